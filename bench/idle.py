@@ -1,0 +1,80 @@
+"""The idle daemon: CPU share and resident memory of `followupd run` with nothing to do.
+
+Floor: a bare Python process running APScheduler's BlockingScheduler with a no-op job on the
+same schedule, measured in the same run, since any scheduler costs something.
+Goals: at most 0.5% of a core and 100 MB.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bench.common import Row
+
+FLOOR_SCRIPT = """
+from apscheduler.schedulers.blocking import BlockingScheduler
+s = BlockingScheduler(timezone="UTC")
+s.add_job(lambda: None, "interval", minutes=5)
+s.add_job(lambda: None, "interval", seconds=1)
+s.start()
+"""
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def _measure(args: list[str], env: dict, seconds: float, settle: float) -> tuple[float, float]:
+    """(CPU share of one core, RSS MiB) over `seconds`, after `settle` seconds of start-up."""
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(settle)
+        if proc.poll() is not None:
+            raise RuntimeError(f"{args[2:]} exited with {proc.returncode}")
+        cpu0, t0 = _cpu_seconds(proc.pid), time.monotonic()
+        time.sleep(seconds)
+        cpu1, t1 = _cpu_seconds(proc.pid), time.monotonic()
+        return (cpu1 - cpu0) / (t1 - t0), _rss_mib(proc.pid)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=20)
+
+
+def _demo_home(root: Path) -> dict:
+    """A home with the demo's data, already ticked: the daemon finds nothing new."""
+    home = root / "home"
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+    subprocess.run([sys.executable, "-m", "followupd", "demo", str(home)], env=env, check=True,
+                   capture_output=True)
+    return {**env, "FOLLOWUPD_HOME": str(home)}
+
+
+def run(quick: bool) -> list[Row]:
+    seconds = 10.0 if quick else 60.0
+    root = Path(tempfile.mkdtemp(prefix="followupd-bench-idle-"))
+    try:
+        env = _demo_home(root)
+        floor_cpu, floor_rss = _measure([sys.executable, "-c", FLOOR_SCRIPT], env, seconds, 2.0)
+        cpu, rss = _measure([sys.executable, "-m", "followupd", "run"], env, seconds, 4.0)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    label = f"idle daemon over {seconds:.0f} s"
+    return [
+        Row(f"{label}: CPU (% of a core; goal <= 0.5)", cpu * 100, "%", floor_cpu * 100, "%"),
+        Row(f"{label}: resident memory (goal <= 100 MiB)", rss, "MiB", floor_rss, "MiB"),
+    ]

@@ -1,0 +1,319 @@
+"""Talking to Google safely: credentials, a transport that never re-sends, errors, pacing.
+
+googleapiclient's default transport, httplib2, re-sends a request whose connection was closed
+before an answer came, even with `RETRIES = 1`: for a POST that the server already carried
+out, that is a second draft. followupd hands googleapiclient an httplib2-shaped transport over
+google-auth's requests session instead: one request, one send, and our own retry policy
+(which looks before it creates again) decides what happens next.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import google.auth.exceptions
+import httplib2
+import requests
+from google.auth.transport.requests import AuthorizedSession
+from google.oauth2 import credentials as user_credentials
+from google.oauth2 import service_account
+from googleapiclient.discovery import build
+from googleapiclient.errors import HttpError
+from googleapiclient.http import BatchHttpRequest, HttpRequest
+
+from followupd.config import Settings
+
+SCOPE_COMPOSE = "https://www.googleapis.com/auth/gmail.compose"  # create and read drafts
+SCOPE_EVENTS = "https://www.googleapis.com/auth/calendar.events"  # create and read events
+SCOPE_READ = "https://www.googleapis.com/auth/gmail.readonly"  # opt-in: was a draft sent?
+GOOGLE_BATCH = {"gmail": "https://gmail.googleapis.com/batch/gmail/v1",
+                "calendar": "https://www.googleapis.com/batch/calendar/v3"}
+REAUTH = "Google sign-in expired or was revoked: run `followupd auth`"
+TIMEOUT = 30.0
+
+
+def scopes(read_scope: bool) -> list[str]:
+    return [SCOPE_COMPOSE, SCOPE_EVENTS, *([SCOPE_READ] if read_scope else [])]
+
+
+class CredentialsProblem(Exception):
+    """The Google credentials cannot be used; the message says what to do."""
+
+
+# --- credentials -----------------------------------------------------------------------------
+
+
+def write_private(path: Path, text: str) -> None:
+    """Atomically replace `path` with `text`, readable by the owner only (tokens are secrets)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        os.unlink(temporary)
+        raise
+
+
+class TokenFile:
+    """An authorized-user token file that is rewritten whenever google-auth refreshes it."""
+
+    def __init__(self, path: Path, wanted_scopes: Sequence[str]):
+        self.path = path
+        try:
+            info = json.loads(path.read_text())
+            credentials = user_credentials.Credentials.from_authorized_user_info(
+                info, list(wanted_scopes))
+        except FileNotFoundError:
+            raise CredentialsProblem(
+                f"no Google token at {path}: run `followupd auth` to sign in") from None
+        except (ValueError, AttributeError, json.JSONDecodeError) as exc:
+            raise CredentialsProblem(f"{path} is not an authorized-user token file ({exc}); "
+                                     "run `followupd auth` again") from None
+        # google-auth ignores the file's token_uri; honour it (an emulator, a test server)
+        if info.get("token_uri"):
+            credentials = credentials.with_token_uri(info["token_uri"])
+        self.credentials = credentials
+        self._saved = credentials.token
+
+    def save_if_refreshed(self) -> None:
+        if self.credentials.token and self.credentials.token != self._saved:
+            write_private(self.path, self.credentials.to_json())
+            self._saved = self.credentials.token
+
+
+def load_credentials(settings: Settings) -> tuple[Any, TokenFile | None]:
+    """(credentials, the token file to keep up to date, or None for a service account)."""
+    google = settings.config.google
+    wanted = scopes(google.read_scope)
+    if google.service_account_file:
+        path = settings.path(google.service_account_file)
+        if not google.subject:
+            raise CredentialsProblem("google.subject (FOLLOWUPD_GOOGLE_SUBJECT) must name the "
+                                     "mailbox the service account acts for")
+        try:
+            creds = service_account.Credentials.from_service_account_file(
+                str(path), scopes=wanted, subject=google.subject)
+        except FileNotFoundError:
+            raise CredentialsProblem(f"no service account key at {path}") from None
+        except ValueError as exc:
+            raise CredentialsProblem(f"{path} is not a service account key ({exc})") from None
+        return creds, None
+    token = TokenFile(settings.path(google.token_file), wanted)
+    return token.credentials, token
+
+
+# --- transport -------------------------------------------------------------------------------
+
+
+class Transport:
+    """httplib2's `request()` for googleapiclient, over a session that sends each request once.
+
+    google-auth's AuthorizedSession adds the bearer token and refreshes it on a 401 (the
+    server did nothing on a 401, so sending again is safe); urllib3 retries nothing else.
+    """
+
+    def __init__(self, credentials: Any, timeout: float = TIMEOUT):
+        self.session = AuthorizedSession(credentials)
+        self.session.mount("https://", requests.adapters.HTTPAdapter(max_retries=0))
+        self.session.mount("http://", requests.adapters.HTTPAdapter(max_retries=0))
+        self.timeout = timeout
+        self.round_trips = 0
+
+    def request(self, uri: str, method: str = "GET", body: Any = None,
+                headers: dict | None = None, redirections: int = 5,
+                connection_type: Any = None) -> tuple[httplib2.Response, bytes]:
+        self.round_trips += 1
+        answer = self.session.request(method, uri, data=body, headers=headers,
+                                      timeout=self.timeout, allow_redirects=False)
+        info = {k.lower(): v for k, v in answer.headers.items()
+                if k.lower() not in ("content-encoding", "transfer-encoding")}
+        info["status"] = str(answer.status_code)
+        response = httplib2.Response(info)
+        response.reason = answer.reason
+        return response, answer.content
+
+    def close(self) -> None:
+        self.session.close()
+
+
+SERVICE_PATH = {"gmail": "", "calendar": "calendar/v3/"}  # from the discovery documents
+
+
+def build_service(api: str, version: str, transport: Transport, endpoint: str | None):
+    """A googleapiclient service from the bundled discovery document, at `endpoint`.
+
+    `api_endpoint` replaces rootUrl *and* servicePath, so Calendar's path is added back:
+    requests land at {endpoint}/gmail/v1/... and {endpoint}/calendar/v3/..., as at Google.
+    """
+    options = {"api_endpoint": endpoint.rstrip("/") + "/" + SERVICE_PATH[api]} \
+        if endpoint else None
+    return build(api, version, http=transport, static_discovery=True, cache_discovery=False,
+                 client_options=options)
+
+
+def batch_uri(api: str, endpoint: str | None) -> str:
+    """new_batch_http_request() ignores an overridden endpoint, so name the batch URI."""
+    if endpoint:
+        return f"{endpoint.rstrip('/')}/batch/{'gmail/v1' if api == 'gmail' else 'calendar/v3'}"
+    return GOOGLE_BATCH[api]
+
+
+# --- errors ----------------------------------------------------------------------------------
+
+
+RATE_REASONS = {"rateLimitExceeded", "userRateLimitExceeded"}
+
+
+@dataclass(frozen=True)
+class CallError:
+    """Why one call failed, and what that allows next."""
+
+    reason: str
+    status: int | None = None
+    retryable: bool = False  # trying again may work
+    maybe_acted: bool = False  # Google may have carried it out: look before creating again
+    in_flight: bool = False  # no answer at all: Google may still be working on it
+    retry_after: float | None = None
+    systemic: bool = False  # every call would fail the same way (credentials)
+
+
+def _error_reasons(exc: HttpError) -> list[str]:
+    details = exc.error_details if isinstance(exc.error_details, list) else []
+    return [d.get("reason", "") for d in details if isinstance(d, dict)]
+
+
+def _retry_after(value: str | None) -> float | None:
+    try:
+        return max(0.0, float(value)) if value else None
+    except ValueError:
+        return None
+
+
+def classify(exc: BaseException) -> CallError:
+    """Map an exception from a Google call to what the retry policy may do with it."""
+    if isinstance(exc, HttpError):
+        status = exc.resp.status
+        message = (exc.reason or "")[:200]
+        after = _retry_after(exc.resp.get("retry-after"))
+        if status == 429 or (status == 403 and RATE_REASONS & set(_error_reasons(exc))):
+            return CallError(f"rate limited by Google ({status})", status, retryable=True,
+                             retry_after=after)
+        if status in (500, 502, 503, 504):
+            return CallError(f"Google answered {status}", status, retryable=True,
+                             maybe_acted=True, retry_after=after)
+        if status == 401:
+            return CallError(f"Google refused the credentials (401): {REAUTH}", status,
+                             retryable=True, systemic=True)
+        return CallError(f"Google answered {status}: {message}", status)
+    if isinstance(exc, google.auth.exceptions.RefreshError):
+        return CallError(REAUTH, retryable=True, systemic=True)
+    if isinstance(exc, requests.exceptions.ConnectTimeout | requests.exceptions.SSLError):
+        return CallError(f"cannot reach Google ({type(exc).__name__})", retryable=True)
+    if isinstance(exc, requests.exceptions.RequestException | OSError | httplib2.HttpLib2Error):
+        return CallError(f"no answer from Google ({type(exc).__name__})", retryable=True,
+                         maybe_acted=True, in_flight=True)
+    raise exc
+
+
+def call(request: HttpRequest) -> Any:
+    """Execute one request; never with googleapiclient's num_retries (it re-sends POSTs)."""
+    return request.execute(num_retries=0)
+
+
+def execute_batch(uri: str, transport: Transport,
+                  requests_by_key: Sequence[tuple[str, HttpRequest]]) -> dict[str, Any]:
+    """Run requests in one HTTP batch: {key: response or CallError}.
+
+    A failure of the batch as a whole (its connection, or a 5xx on the envelope) leaves
+    every part uncertain.
+    """
+    results: dict[str, Any] = {}
+
+    def collect(request_id: str, response: Any, exception: BaseException | None) -> None:
+        results[request_id] = classify(exception) if exception else response
+
+    batch = BatchHttpRequest(callback=collect, batch_uri=uri)
+    for key, request in requests_by_key:
+        batch.add(request, request_id=key)
+    try:
+        batch.execute(http=transport)
+    except Exception as exc:  # classify() re-raises what it does not know
+        failure = classify(exc)
+        for key, _ in requests_by_key:
+            results.setdefault(key, failure)
+    return results
+
+
+def run_calls(uri: str, transport: Transport, calls: Sequence[tuple[str, HttpRequest]],
+              use_batch: bool) -> dict[str, Any]:
+    """Many calls: one HTTP batch when allowed and worth it, else one request each."""
+    if use_batch and len(calls) > 1:
+        return execute_batch(uri, transport, calls)
+    results = {}
+    for key, request in calls:
+        try:
+            results[key] = call(request)
+        except Exception as exc:  # classify() re-raises what it does not know
+            results[key] = classify(exc)
+    return results
+
+
+# --- pacing ----------------------------------------------------------------------------------
+
+
+class TokenBucket:
+    """Spend at most `per_minute` units in any sixty seconds, whatever the burst.
+
+    The bucket holds `burst` units and refills at (per_minute - burst) a minute, so a full
+    bucket plus a minute of refill never exceeds the budget: zero 429s from our own pace.
+    """
+
+    def __init__(self, per_minute: float, burst: float,
+                 clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep):
+        burst = min(burst, per_minute / 2)
+        self.rate = (per_minute - burst) / 60.0
+        self.capacity = burst
+        self.tokens = burst
+        self.clock = clock
+        self.sleep = sleep
+        self.updated = clock()
+        self.waited = 0.0
+
+    def take(self, cost: float) -> None:
+        """Wait until `cost` units are available, then spend them (costs above the bucket
+        are spent in bucket-sized steps)."""
+        while cost > 0:
+            step = min(cost, self.capacity)
+            self._refill()
+            if self.tokens < step:
+                pause = (step - self.tokens) / self.rate
+                self.waited += pause
+                self.sleep(pause)
+                self._refill()
+            self.tokens -= step
+            cost -= step
+
+    def _refill(self) -> None:
+        now = self.clock()
+        self.tokens = min(self.capacity, self.tokens + (now - self.updated) * self.rate)
+        self.updated = now
+
+
+def backoff(attempt: int, retry_after: float | None, base: float = 0.5,
+            cap: float = 8.0) -> float:
+    """Exponential backoff with full jitter, never shorter than the server's Retry-After."""
+    delay = random.uniform(0, min(cap, base * 2 ** attempt))
+    return max(delay, retry_after or 0.0)

@@ -1,0 +1,127 @@
+"""The local outbox: drafts as RFC 5322 `.eml` files, reminders as RFC 5545 `.ics` files.
+
+Each file is named by its follow-up id and written atomically (a private temporary file in
+the same folder, flushed, then renamed), so a reader never sees half a file and a rerun after
+a crash finds the file instead of writing a second copy. Drafts hold patient details: every
+file is created readable by its owner only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from icalendar import Alarm, Calendar, Event, Timezone
+
+from followupd.delivery import Delivered, DeliveryError, Draft, Item, Outcome, Reminder
+
+
+def write_atomically(path: Path, data: bytes) -> bool:
+    """Write `data` to `path` unless it exists; True if this call wrote it."""
+    if path.exists():
+        return False
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.",
+                                     suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:  # mkstemp creates it 0600
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        try:
+            os.link(temporary, path)  # fails if another writer got there first: no overwrite
+        except FileExistsError:
+            return False
+        directory = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
+        return True
+    finally:
+        os.unlink(temporary)
+
+
+def reminder_calendar(reminder: Reminder, stamp: datetime | None = None) -> Calendar:
+    """An iCalendar with one event, its VTIMEZONE and a display alarm."""
+    calendar = Calendar()
+    calendar.add("prodid", "-//followupd//followupd//EN")
+    calendar.add("version", "2.0")
+    calendar.add_component(Timezone.from_tzinfo(
+        reminder.start.tzinfo, tzid=reminder.timezone,
+        first_date=reminder.start.date() - timedelta(days=366),
+        last_date=reminder.start.date() + timedelta(days=366)))
+    event = Event()
+    event.add("uid", reminder.uid)
+    event.add("dtstamp", stamp or datetime.now(UTC))
+    event.add("dtstart", reminder.start)
+    event.add("dtend", reminder.end)
+    event.add("summary", reminder.title)
+    event.add("description", reminder.description)
+    event.add("transp", "TRANSPARENT")
+    alarm = Alarm()
+    alarm.add("action", "DISPLAY")
+    alarm.add("description", reminder.title)
+    alarm.add("trigger", timedelta(minutes=-reminder.alarm_minutes))
+    event.add_component(alarm)
+    calendar.add_component(event)
+    return calendar
+
+
+def remove_orphaned_temporaries(folder: Path) -> int:
+    """Delete temporary files whose writer died mid-write (they may hold patient details)."""
+    removed = 0
+    for temporary in folder.glob("*/.*.tmp"):
+        pid = temporary.name.split(".")[-3] if temporary.name.count(".") >= 4 else ""
+        if pid.isdigit() and _alive(int(pid)):
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            temporary.unlink()
+            removed += 1
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class OutboxBackend:
+    name = "outbox"
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        if folder.is_dir():
+            remove_orphaned_temporaries(folder)
+
+    def draft_path(self, follow_up_id: int) -> Path:
+        return self.folder / "drafts" / f"{follow_up_id}.eml"
+
+    def reminder_path(self, follow_up_id: int) -> Path:
+        return self.folder / "reminders" / f"{follow_up_id}.ics"
+
+    def _write(self, path: Path, data: bytes) -> Outcome:
+        try:
+            write_atomically(path, data)
+        except OSError as exc:
+            return DeliveryError(f"cannot write to the outbox ({exc.strerror})")
+        return Delivered(f"outbox:{path.relative_to(self.folder)}")
+
+    def deliver(self, items: Sequence[Item]) -> list[Outcome]:
+        return [self._write(self.draft_path(item.follow_up_id), item.as_bytes())
+                if isinstance(item, Draft) else
+                self._write(self.reminder_path(item.follow_up_id),
+                            reminder_calendar(item).to_ical())
+                for item in items]
+
+    def close(self) -> None:
+        pass

@@ -1,0 +1,491 @@
+"""One tick: plan -> claim -> render -> deliver -> record.
+
+The only module that knows every step. Planning reads only rows changed since its cursor (so
+an idle tick costs the same on a thousand referrals or a million) and writes intent to the
+ledger; delivery claims due rows (the claim is committed before anything leaves the process),
+renders them, hands them to a backend and records the outcome against the claim's fence.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+from types import SimpleNamespace
+
+from followupd import planning
+from followupd.config import ConfigError, Rule, Settings
+from followupd.delivery import Backend, Delivered, DeliveryError, Draft, Reminder
+from followupd.logs import Log
+from followupd.models import FollowUp, State
+from followupd.planning import Calendar, Desired, Existing, Subject
+from followupd.render import (
+    RenderError,
+    Templates,
+    build_draft,
+    build_reminder,
+    context_for,
+    message_id,
+)
+from followupd.store import (
+    Bundle,
+    Store,
+    cancel_orphans,
+    changed_referrals,
+    changed_visits,
+    claim_due,
+    drafts_to_sync,
+    expire_dead_claims,
+    insert_follow_ups,
+    installation_id,
+    ledger_rows,
+    load_bundle,
+    read_cursor,
+    record_result,
+    record_sync,
+    release_claim,
+    update_follow_ups,
+    write_cursor,
+    write_meta,
+)
+from followupd.timing import utcnow
+
+log = Log()
+
+PAGE = 2000  # subjects planned per transaction
+CLAIM_BATCH = 50  # follow-ups claimed at once (and sent to Google in one batch)
+SYNC_BATCH = 50  # delivered drafts checked per tick
+LEASE = timedelta(minutes=5)
+# The planning cursor never passes "now minus this": a transaction that committed late with an
+# earlier timestamp (or a replica whose clock runs behind) is still seen. Re-planning a row is
+# idempotent, so reading a few rows twice costs little.
+CURSOR_OVERLAP = timedelta(seconds=60)
+MAX_BACKOFF = timedelta(hours=1)
+HEARTBEAT = "heartbeat"  # meta key: the last completed tick
+CREDENTIALS = "google_credentials"  # meta key: "ok", or why Google refused them
+
+
+@dataclass
+class TickReport:
+    inserted: int = 0
+    changed: int = 0
+    cancelled: int = 0
+    delivered: list[tuple[int, str, str]] = field(default_factory=list)  # id, kind, external
+    held: list[tuple[int, str]] = field(default_factory=list)
+    waiting: list[tuple[int, str]] = field(default_factory=list)
+    failed: list[tuple[int, str]] = field(default_factory=list)
+    stopped: str | None = None  # why delivery stopped early (e.g. credentials revoked)
+    synced: list[tuple[int, str]] = field(default_factory=list)  # drafts found sent/deleted
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+
+def make_backend(settings: Settings) -> Backend:
+    """The configured backend; missing Google credentials stop start-up with what to do."""
+    if settings.config.delivery.backend == "outbox":
+        from followupd.delivery.outbox import OutboxBackend
+
+        return OutboxBackend(settings.outbox_dir)
+    from followupd.delivery.google import GoogleBackend
+    from followupd.delivery.googleapi import CredentialsProblem
+
+    try:
+        return GoogleBackend(settings)
+    except CredentialsProblem as exc:
+        raise ConfigError([f"google: {exc}"]) from None
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, under another user
+        return True
+    return True
+
+
+def rules_fingerprint(settings: Settings) -> str:
+    """Changes whenever anything that decides what is planned changes: then re-plan all."""
+    config = settings.config
+    material = json.dumps({
+        "rules": [rule.model_dump(mode="json") for rule in config.rules],
+        "holidays": [str(day) for day in config.holidays],
+        "timezone": config.practice.timezone,
+    }, sort_keys=True)
+    return hashlib.sha256(material.encode()).hexdigest()[:16]
+
+
+def referral_subject(row) -> Subject:
+    """Planning's view of a referral: dates and flags, no patient values."""
+    events = {"referral.received": row.received_on}
+    if row.closed_on:
+        events["referral.closed"] = row.closed_on
+    if row.release_on_file and row.release_on:
+        events["release.recorded"] = row.release_on
+    recipients = {"physician": bool(row.physician_email)}
+    if row.prescriber_id:
+        recipients["prescriber"] = bool(row.prescriber_email)
+    return Subject("referral", row.id, f"referral {row.ref}", row.specialty,
+                   bool(row.release_on_file), recipients, events, closed=bool(row.closed_on))
+
+
+def visit_subject(row) -> Subject:
+    recipients = {"physician": bool(row.physician_email)} if row.physician_id else {}
+    return Subject("visit", row.id, f"visit {row.id}", row.specialty, True, recipients,
+                   {"visit.logged": row.visited_on})
+
+
+def bundle_subject(bundle: Bundle) -> Subject | None:
+    """The same view, built from the rows loaded for delivery (None: the subject is gone)."""
+    if bundle.referral is not None:
+        referral, doctor, prescriber = bundle.referral, bundle.physician, bundle.prescriber
+        return referral_subject(SimpleNamespace(
+            id=referral.id, ref=referral.ref, received_on=referral.received_on,
+            closed_on=referral.closed_on, release_on_file=referral.release_on_file,
+            release_on=referral.release_on, specialty=doctor.specialty if doctor else None,
+            physician_email=doctor.email if doctor else None,
+            prescriber_id=referral.prescriber_id,
+            prescriber_email=prescriber.email if prescriber else None))
+    if bundle.visit is not None:
+        visit, doctor = bundle.visit, bundle.physician
+        return visit_subject(SimpleNamespace(
+            id=visit.id, visited_on=visit.visited_on, physician_id=visit.physician_id,
+            specialty=visit.specialty or (doctor.specialty if doctor else None),
+            physician_email=doctor.email if doctor else None))
+    return None
+
+
+class Engine:
+    """Runs ticks for one home: its settings, its store and its delivery backend."""
+
+    def __init__(self, settings: Settings, store: Store, backend: Backend | None = None,
+                 clock: Callable[[], datetime] = utcnow, owner: str | None = None):
+        self.settings = settings
+        self.store = store
+        self.clock = clock
+        self.host = socket.gethostname()
+        self.owner = owner or f"{self.host}:{os.getpid()}"
+        self.templates = Templates(settings.templates_dir)
+        problems = self.templates.problems(settings.config.rules)
+        if problems:
+            raise ConfigError(problems)
+        self.rules = {rule.name: rule for rule in settings.config.rules}
+        self.enabled = [rule for rule in settings.config.rules if rule.enabled]
+        self.needs_release = frozenset(
+            rule.name for rule in self.enabled
+            if rule.when.release == "required" or self.templates.uses_patient_fields(rule.template))
+        config = settings.config
+        self.calendar = Calendar(config.practice.zone, frozenset(config.holidays))
+        self.fingerprint = rules_fingerprint(settings)
+        self._backend = backend
+        self.stopping = False
+
+    @property
+    def backend(self) -> Backend:
+        if self._backend is None:
+            self._backend = make_backend(self.settings)
+        return self._backend
+
+    def close(self) -> None:
+        if self._backend is not None:
+            self._backend.close()
+
+    # --- one tick ---------------------------------------------------------------------
+
+    def tick(self) -> TickReport:
+        report = TickReport()
+        with self.store.session() as session:
+            expired = expire_dead_claims(session, self.host, _pid_alive, self.clock())
+        if expired:
+            log.warning("recovered claims of a process that died", follow_ups=expired)
+        self.plan(report)
+        self.deliver_due(report)
+        if not report.stopped and not self.stopping:
+            self.sync(report)
+        self.heartbeat(report)
+        return report
+
+    def stop(self) -> None:
+        """Ask a running tick to finish the batch in hand and return (SIGTERM)."""
+        self.stopping = True
+
+    def heartbeat(self, report: TickReport) -> None:
+        """Record that a tick completed, for `followupd health` (ids and counts only)."""
+        beat = {"at": self.clock().isoformat(timespec="seconds"), "owner": self.owner[:60],
+                "delivered": len(report.delivered), "failed": len(report.failed),
+                "waiting": len(report.waiting)}
+        with self.store.session() as session:
+            write_meta(session, HEARTBEAT, json.dumps(beat))
+            if self.settings.config.delivery.backend == "google":
+                if report.stopped:
+                    write_meta(session, CREDENTIALS, report.stopped[:256])
+                elif report.delivered or report.synced:
+                    write_meta(session, CREDENTIALS, "ok")
+
+    # --- sync -------------------------------------------------------------------------
+
+    def sync(self, report: TickReport | None = None) -> TickReport:
+        """Notice drafts the therapist sent or deleted: a bounded check per tick."""
+        report = report or TickReport()
+        draft_states = getattr(self.backend, "draft_states", None)
+        if draft_states is None:
+            return report
+        now = self.clock()
+        with self.store.session() as session:
+            rows = drafts_to_sync(session, now, SYNC_BATCH)
+            installation = installation_id(session) if rows else ""
+        if not rows:
+            return report
+        domain = self.settings.config.practice.message_domain
+        by_draft = {row.external_id.removeprefix("gmail:"): row for row in rows}
+        states = draft_states([(draft_id, message_id(installation, row.id, domain))
+                               for draft_id, row in by_draft.items()])
+        later = now + self.settings.config.schedule.sync.as_timedelta()
+        with self.store.session() as session:
+            for draft_id, found in states.items():
+                row = by_draft[draft_id]
+                if found is None or found.state == "present":
+                    record_sync(session, row.id, next_attempt_at=later)
+                    continue
+                reason = {"sent": f"sent {found.sent_at:%Y-%m-%d %H:%M} UTC"
+                          if found.sent_at else "sent",
+                          "deleted": "deleted from Gmail drafts without sending",
+                          "gone": "no longer in Gmail drafts (sent or deleted)"}[found.state]
+                record_sync(session, row.id, state=found.state, reason=reason,
+                            next_attempt_at=None)
+                report.synced.append((row.id, found.state))
+                log.info("synced", follow_up=row.id, state=found.state)
+        return report
+
+    # --- plan -------------------------------------------------------------------------
+
+    def plan(self, report: TickReport | None = None) -> TickReport:
+        """Bring the ledger up to date with every referral and visit changed since last time."""
+        report = report or TickReport()
+        with self.store.session() as session:
+            report.cancelled += cancel_orphans(session, [rule.name for rule in self.enabled])
+        for subject_type, read, to_subject in (
+                ("referral", changed_referrals, referral_subject),
+                ("visit", changed_visits, visit_subject)):
+            self._plan_table(subject_type, read, to_subject, report)
+        return report
+
+    def _plan_table(self, subject_type: str, read, to_subject, report: TickReport) -> None:
+        """Plan every row changed after the cursor, a page (one transaction) at a time.
+
+        The cursor stops short of the last minute: a row whose transaction started before
+        this tick but committed after it was read carries an earlier timestamp, and must
+        still be read next time. Once the table is quiet, the cursor reaches its newest row
+        and an idle tick reads nothing.
+        """
+        prefix = f"plan:{subject_type}:"
+        cursor_name = prefix + self.fingerprint
+        horizon = self.clock() - CURSOR_OVERLAP
+        with self.store.session() as session:
+            position = read_cursor(session, cursor_name)
+        after, newest = None, None
+        while True:
+            with self.store.session() as session:
+                rows = read(session, position, after, PAGE)
+                if rows:
+                    self._reconcile(session, subject_type, [to_subject(r) for r in rows],
+                                    report)
+            if not rows:
+                break
+            after = newest = (rows[-1].updated_at, rows[-1].id)
+            if len(rows) < PAGE:
+                break
+        if newest is not None:
+            target = min(newest[0], horizon)
+            if position is None or target > position:
+                with self.store.session() as session:
+                    write_cursor(session, cursor_name, target, prefix=prefix)
+
+    def _reconcile(self, session, subject_type: str, subjects: list[Subject],
+                   report: TickReport) -> None:
+        wanted: list[Desired] = []
+        for subject in subjects:
+            wanted += planning.desired(subject, self.enabled, self.calendar, self.needs_release)
+        existing = [Existing(r.id, r.rule, r.subject_type, r.subject_id, r.state, r.due_at,
+                             r.remind_at, r.reason, r.external_id)
+                    for r in ledger_rows(session, subject_type, [s.id for s in subjects])]
+        changes = planning.reconcile(wanted, existing, [(s.type, s.id) for s in subjects])
+        if not changes:
+            return
+        insert_follow_ups(session, [{
+            "rule": d.rule, "subject_type": d.subject_type, "subject_id": d.subject_id,
+            "kind": d.kind, "due_at": d.due_at, "remind_at": d.remind_at,
+            "state": State.held if d.hold else State.planned, "reason": d.hold,
+        } for d in changes.inserts])
+        update_follow_ups(session, changes.updates)
+        report.inserted += len(changes.inserts)
+        report.changed += len(changes.updates)
+        for desired in changes.inserts:
+            log.info("planned", rule=desired.rule, subject=f"{desired.subject_type}:"
+                     f"{desired.subject_id}", kind=desired.kind,
+                     due_at=desired.due_at.isoformat(), held=bool(desired.hold))
+        for follow_up_id, values in changes.updates:
+            if "state" in values:
+                log.info("replanned", follow_up=follow_up_id, state=values["state"],
+                         reason=values.get("reason"))
+
+    # --- deliver ----------------------------------------------------------------------
+
+    def deliver_due(self, report: TickReport | None = None) -> TickReport:
+        """Claim what is due, a batch at a time, and deliver each batch in one backend call."""
+        report = report or TickReport()
+        seen: set[int] = set()
+        while not report.stopped and not self.stopping:
+            with self.store.session() as session:
+                claimed = claim_due(session, self.clock(), self.owner, LEASE, CLAIM_BATCH)
+            claimed = [(i, f) for i, f in claimed if i not in seen]
+            if not claimed:
+                break
+            seen.update(i for i, _ in claimed)
+            self._deliver_batch(claimed, report)
+        return report
+
+    def _deliver_batch(self, claimed: list[tuple[int, int]], report: TickReport) -> None:
+        ready: list[tuple[int, int, dict, Draft | Reminder]] = []
+        for follow_up_id, fence in claimed:
+            if self.stopping:  # shutting down: hand back what was not started
+                with self.store.session() as session:
+                    release_claim(session, follow_up_id, fence, State.planned)
+                continue
+            prepared = self._prepare(follow_up_id, fence, report)
+            if prepared is not None:
+                ready.append(prepared)
+        if not ready:
+            return
+        try:
+            outcomes = self.backend.deliver([item for *_, item in ready])
+        except Exception as exc:  # a bug in a backend must not lose the claims
+            outcomes = [DeliveryError(f"internal error ({type(exc).__name__})")] * len(ready)
+            log.error("backend error", error=type(exc).__name__)
+        for (follow_up_id, fence, fields, _), outcome in zip(ready, outcomes, strict=True):
+            self._record_outcome(follow_up_id, fence, fields, outcome, report)
+
+    def _prepare(self, follow_up_id: int, fence: int,
+                 report: TickReport) -> tuple[int, int, dict, Draft | Reminder] | None:
+        """Gate and render one claimed follow-up; None if it is settled without delivery."""
+        with self.store.session() as session:
+            bundle = load_bundle(session, follow_up_id)
+            installation = installation_id(session)
+        follow_up = bundle.follow_up
+        rule = self.rules.get(follow_up.rule)
+        fields = {"follow_up": follow_up_id, "rule": follow_up.rule, "kind": follow_up.kind,
+                  "attempt": follow_up.attempts}
+        wanted, gone = self._gate(bundle, rule)
+        not_an_attempt = FollowUp.attempts - 1  # the claim counted one; nothing was tried
+        if gone:
+            self._record(follow_up_id, fence, state=State.cancelled, reason=gone,
+                         attempts=not_an_attempt)
+            report.cancelled += 1
+            log.info("cancelled", reason=gone, **fields)
+            return None
+        if wanted.hold:
+            self._record(follow_up_id, fence, state=State.held, reason=wanted.hold,
+                         attempts=not_an_attempt)
+            report.held.append((follow_up_id, wanted.hold))
+            log.info("held", reason=wanted.hold, **fields)
+            return None
+        if report.stopped:
+            self._record(follow_up_id, fence, state=State.waiting, reason=report.stopped,
+                         next_attempt_at=self.clock() + MAX_BACKOFF, attempts=not_an_attempt)
+            return None
+        try:
+            item = self.render(bundle, rule, installation)
+        except RenderError as exc:
+            self._fail(follow_up_id, fence, str(exc), report, fields)
+            return None
+        except Exception as exc:  # a bug must not stop the other follow-ups
+            self._fail(follow_up_id, fence, f"internal error ({type(exc).__name__})", report,
+                       fields)
+            return None
+        return follow_up_id, fence, fields, replace(item, attempt=follow_up.attempts)
+
+    def _record_outcome(self, follow_up_id: int, fence: int, fields: dict, outcome,
+                        report: TickReport) -> None:
+        if isinstance(outcome, Delivered):
+            self._record(follow_up_id, fence, state=outcome.state,
+                         external_id=outcome.external_id, reason=None, next_attempt_at=None)
+            report.delivered.append((follow_up_id, fields["kind"], outcome.external_id))
+            log.info("delivered" if outcome.state == State.done else outcome.state,
+                     external_id=outcome.external_id, **fields)
+            return
+        if outcome.permanent:
+            self._fail(follow_up_id, fence, outcome.reason, report, fields)
+            return
+        if outcome.systemic:
+            report.stopped = outcome.reason
+        delay = timedelta(seconds=outcome.retry_after) if outcome.retry_after else min(
+            MAX_BACKOFF, timedelta(seconds=random.uniform(0, 30 * 2 ** min(fields["attempt"], 10))))
+        self._record(follow_up_id, fence, state=State.waiting, reason=outcome.reason,
+                     next_attempt_at=self.clock() + delay)
+        report.waiting.append((follow_up_id, outcome.reason))
+        log.warning("waiting", reason=outcome.reason, retry_in=int(delay.total_seconds()),
+                    **fields)
+
+    def _fail(self, follow_up_id: int, fence: int, reason: str, report: TickReport,
+              fields: dict) -> None:
+        self._record(follow_up_id, fence, state=State.failed, reason=reason)
+        report.failed.append((follow_up_id, reason))
+        log.error("failed", reason=reason, **fields)
+
+    def _record(self, follow_up_id: int, fence: int, **values) -> None:
+        with self.store.session() as session:
+            if not record_result(session, follow_up_id, fence, **values):
+                log.warning("lease lost", follow_up=follow_up_id, fence=fence)
+
+    def _gate(self, bundle: Bundle, rule: Rule | None) -> tuple[Desired | None, str | None]:
+        """Decide again, on fresh rows, whether this follow-up may go out now."""
+        follow_up = bundle.follow_up
+        if rule is None or not rule.enabled:
+            return None, f"rule {follow_up.rule} is disabled or removed"
+        subject = bundle_subject(bundle)
+        if subject is None:
+            return None, f"the {follow_up.subject_type} was removed"
+        wanted = planning.desired(subject, [rule], self.calendar, self.needs_release)
+        if not wanted:
+            return None, f"no longer applies to {subject.label}"
+        return wanted[0], None
+
+    def render(self, bundle: Bundle, rule: Rule, installation: str) -> Draft | Reminder:
+        follow_up = bundle.follow_up
+        release = bool(bundle.referral is not None and bundle.referral.release_on_file)
+        context = context_for(self.settings, rule, bundle, release=release)
+        if rule.make == "draft":
+            return build_draft(self.templates, rule, context, follow_up_id=follow_up.id,
+                               settings=self.settings, installation=installation,
+                               now=self.clock())
+        return build_reminder(self.templates, rule, context, follow_up_id=follow_up.id,
+                              settings=self.settings, installation=installation,
+                              remind_at=follow_up.remind_at or follow_up.due_at)
+
+    # --- preview ----------------------------------------------------------------------
+
+    def preview(self, follow_up_id: int) -> tuple[Draft | Reminder | None, str | None]:
+        """Render one follow-up as it would be delivered now, changing nothing.
+
+        Returns (rendered, None), or (None, why it would not go out).
+        """
+        with self.store.session() as session:
+            bundle = load_bundle(session, follow_up_id)
+            if bundle is None:
+                return None, f"no follow-up {follow_up_id}"
+            installation = installation_id(session)
+        rule = self.rules.get(bundle.follow_up.rule)
+        wanted, gone = self._gate(bundle, rule)
+        if gone:
+            return None, gone
+        if wanted.hold:
+            return None, wanted.hold
+        return self.render(bundle, rule, installation), None

@@ -1,0 +1,201 @@
+"""Bringing in the spreadsheets a practice already keeps: referrals and visits from CSV.
+
+Streams the file (memory stays flat whatever its size), validates each row on its own,
+writes a batch of rows per transaction, and reports a bad row by line number and column
+only, never by its values. Re-importing the same file changes nothing.
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import io
+import shutil
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import IO, Literal
+
+import sqlalchemy as sa
+
+from followupd.records import (
+    REFERRAL_COLUMNS,
+    REFERRAL_REQUIRED,
+    VISIT_COLUMNS,
+    VISIT_REQUIRED,
+    RowError,
+    parse_referral,
+    parse_visit,
+)
+from followupd.store import Counts, Directory, Store, upsert_referrals, upsert_visits
+
+Kind = Literal["referrals", "visits"]
+BATCH_ROWS = 1000
+_CHUNK = 1 << 20
+csv.field_size_limit(1 << 20)
+
+_SPEC = {
+    "referrals": (REFERRAL_COLUMNS, REFERRAL_REQUIRED, parse_referral, upsert_referrals),
+    "visits": (VISIT_COLUMNS, VISIT_REQUIRED, parse_visit, upsert_visits),
+}
+
+
+class ImportRefused(Exception):
+    """The whole file cannot be imported; nothing from it was written."""
+
+
+@dataclass
+class ImportReport:
+    counts: Counts = field(default_factory=Counts)
+    problems: list[str] = field(default_factory=list)
+    ignored_columns: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.counts.rejected == 0
+
+
+def normalize_header(name: str) -> str:
+    return "_".join(name.strip().lstrip("\ufeff").casefold().replace("-", " ").split())
+
+
+def check_utf8(binary: IO[bytes], shown: str) -> int:
+    """Refuse a file that is not UTF-8 before importing any of it; returns its size."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    size = 0
+    line = 1
+    while chunk := binary.read(_CHUNK):
+        try:
+            decoder.decode(chunk)
+        except UnicodeDecodeError as exc:
+            line += chunk[: exc.start].count(b"\n")
+            raise ImportRefused(
+                f"{shown}: not UTF-8 text (first bad byte on line {line}); "
+                "in Excel use Save As > \"CSV UTF-8\", in LibreOffice choose UTF-8") from None
+        line += chunk.count(b"\n")
+        size += len(chunk)
+    try:
+        decoder.decode(b"", final=True)
+    except UnicodeDecodeError:
+        raise ImportRefused(f"{shown}: not UTF-8 text (it ends mid-character)") from None
+    binary.seek(0)
+    return size
+
+
+def _open_source(path: str) -> tuple[IO[bytes], str]:
+    """The file as seekable bytes; standard input is spooled to a private temporary file."""
+    if path == "-":
+        spool = tempfile.TemporaryFile()  # noqa: SIM115 -- mode 0600, closed by the caller
+        shutil.copyfileobj(sys.stdin.buffer, spool)
+        spool.seek(0)
+        return spool, "standard input"
+    try:
+        return open(path, "rb"), path
+    except FileNotFoundError:
+        raise ImportRefused(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise ImportRefused(f"{path}: is a folder, not a CSV file") from None
+    except PermissionError:
+        raise ImportRefused(f"{path}: not readable (check its permissions)") from None
+
+
+def read_header(reader: Iterator[list[str]], kind: Kind, shown: str) -> tuple[list[str], list[str]]:
+    """The normalized header and the columns that will be ignored; refuses a bad header."""
+    known, required, _, _ = _SPEC[kind]
+    try:
+        raw = next(reader)
+    except StopIteration:
+        raise ImportRefused(f"{shown}: the file is empty (expected a header row: "
+                            f"{', '.join(required)}, ...)") from None
+    except csv.Error as exc:
+        raise ImportRefused(f"{shown}: line 1: not a CSV header ({exc})") from None
+    header = [normalize_header(name) for name in raw]
+    duplicates = sorted({name for name in header if name and header.count(name) > 1})
+    if duplicates:
+        raise ImportRefused(f"{shown}: column {', '.join(duplicates)} appears twice in the header")
+    missing = [name for name in required if name not in header]
+    if missing:
+        plural = "columns" if len(missing) > 1 else "column"
+        raise ImportRefused(
+            f"{shown}: required {plural} {', '.join(missing)} missing from the header "
+            f"(the header has: {', '.join(h for h in header if h) or 'nothing'})")
+    ignored = [name for name in header if name and name not in known]
+    return header, ignored
+
+
+def _rows(reader, header: list[str], report: ImportReport, shown: str):
+    """(line number, {column: text}) for each data row; malformed rows go to the report."""
+    wanted = [(i, name) for i, name in enumerate(header) if name]
+    while True:
+        line = reader.line_num + 1
+        try:
+            values = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            report.counts.rejected += 1
+            report.problems.append(f"line {line}: not valid CSV ({exc})")
+            continue
+        if not values or all(not v.strip() for v in values):
+            continue
+        if len(values) > len(header):
+            report.counts.rejected += 1
+            report.problems.append(
+                f"line {line}: {len(values)} values but the header has {len(header)} columns")
+            continue
+        yield line, {name: values[i] for i, name in wanted if i < len(values)}
+
+
+def import_csv(store: Store, path: str, kind: Kind,
+               progress: Callable[[int, int | None], None] | None = None,
+               batch_rows: int = BATCH_ROWS) -> ImportReport:
+    """Import a referrals or visits CSV; a bad row is rejected, the rest go in."""
+    binary, shown = _open_source(path)
+    with binary:
+        total = check_utf8(binary, shown)
+        text = io.TextIOWrapper(binary, encoding="utf-8-sig", newline="")
+        reader = csv.reader(text)
+        report = ImportReport()
+        header, report.ignored_columns = read_header(reader, kind, shown)
+        _, _, parse, upsert = _SPEC[kind]
+        directory = Directory()
+        batch: list[tuple[int, object]] = []
+        for line, row in _rows(reader, header, report, shown):
+            try:
+                batch.append((line, parse(row)))
+            except RowError as exc:
+                report.counts.rejected += 1
+                report.problems.append(f"line {line}, column {exc.column}: {exc.message}")
+            if len(batch) >= batch_rows:
+                _write(store, batch, upsert, directory, report)
+                batch = []
+                if progress:
+                    progress(binary.tell(), total)
+        if batch:
+            _write(store, batch, upsert, directory, report)
+        if progress:
+            progress(total, total)
+    return report
+
+
+def _write(store: Store, batch, upsert, directory: Directory, report: ImportReport) -> None:
+    """One transaction per batch; if the database refuses it, find the row row by row."""
+    try:
+        with store.session() as session:
+            outcomes = upsert(session, [record for _, record in batch], directory)
+    except sa.exc.DBAPIError:
+        directory.forget()  # cached ids may belong to the rolled-back transaction
+        outcomes = []
+        for line, record in batch:
+            try:
+                with store.session() as session:
+                    outcomes += upsert(session, [record], directory)
+            except sa.exc.DBAPIError as exc:
+                directory.forget()
+                report.counts.rejected += 1
+                reason = type(getattr(exc, "orig", exc)).__name__
+                report.problems.append(f"line {line}: the database refused this row ({reason})")
+    for outcome in outcomes:
+        report.counts.add(outcome)
+

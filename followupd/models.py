@@ -1,0 +1,165 @@
+"""The tables: physicians and their practices, referrals, office visits, and the follow-up ledger.
+
+Times are stored as UTC (naive in the database, aware in Python) and shown in the practice's
+zone. Patient fields live only on `Referral`; the ledger refers to subjects by id, so anything
+printed from it (status, logs, metrics) carries no patient detail.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime
+from enum import StrEnum
+
+import sqlalchemy as sa
+from sqlalchemy.types import TypeDecorator
+from sqlmodel import Field, SQLModel
+
+
+class UTCDateTime(TypeDecorator):
+    """Aware datetimes in, aware UTC datetimes out, whatever the database keeps."""
+
+    impl = sa.DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        return value.astimezone(UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        return None if value is None else value.replace(tzinfo=UTC)
+
+
+def now_utc() -> datetime:
+    return datetime.now(UTC)
+
+
+def _stamp(**kw) -> Field:  # type: ignore[valid-type]
+    return Field(default_factory=now_utc, sa_type=UTCDateTime, **kw)
+
+
+class Practice(SQLModel, table=True):
+    """A physician's office (the places the therapist visits and refers with)."""
+
+    __tablename__ = "practice"
+    id: int | None = Field(default=None, primary_key=True)
+    key: str = Field(max_length=200, unique=True)  # case-folded name: one row per office
+    name: str = Field(max_length=200)
+    created_at: datetime = _stamp()
+
+
+class Physician(SQLModel, table=True):
+    __tablename__ = "physician"
+    id: int | None = Field(default=None, primary_key=True)
+    key: str = Field(max_length=420, unique=True)  # case-folded "name|practice"
+    name: str = Field(max_length=200)
+    specialty: str | None = Field(default=None, max_length=120)
+    email: str | None = Field(default=None, max_length=254)
+    fax: str | None = Field(default=None, max_length=40)
+    practice_id: int | None = Field(default=None, foreign_key="practice.id", index=True)
+    created_at: datetime = _stamp()
+    updated_at: datetime = _stamp()
+
+
+class Referral(SQLModel, table=True):
+    """One referral; the only table with patient details."""
+
+    __tablename__ = "referral"
+    id: int | None = Field(default=None, primary_key=True)
+    ref: str = Field(max_length=64, unique=True)  # the practice's own id, e.g. R-12
+    received_on: date
+    physician_id: int = Field(foreign_key="physician.id", index=True)
+    client_name: str = Field(max_length=200)
+    client_dob: date | None = None
+    presenting_problem: str | None = None
+    treatment_focus: str | None = None
+    release_on_file: bool = False
+    release_on: date | None = None
+    prescriber_id: int | None = Field(default=None, foreign_key="physician.id")
+    closed_on: date | None = None
+    closing_summary: str | None = None
+    created_at: datetime = _stamp()
+    updated_at: datetime = _stamp(index=True)
+
+
+class Visit(SQLModel, table=True):
+    """An outreach visit to a physician's office."""
+
+    __tablename__ = "visit"
+    id: int | None = Field(default=None, primary_key=True)
+    key: str = Field(max_length=460, unique=True)  # "date|practice|physician", case-folded
+    visited_on: date
+    practice_id: int = Field(foreign_key="practice.id", index=True)
+    physician_id: int | None = Field(default=None, foreign_key="physician.id")
+    specialty: str | None = Field(default=None, max_length=120)
+    business_manager: str | None = Field(default=None, max_length=200)
+    cards_left: int = 0
+    handouts_left: int = 0
+    notes: str | None = None
+    created_at: datetime = _stamp()
+    updated_at: datetime = _stamp(index=True)
+
+
+class Kind(StrEnum):
+    draft = "draft"
+    reminder = "reminder"
+
+
+class State(StrEnum):
+    planned = "planned"  # waiting for its due time
+    held = "held"  # cannot go out yet (e.g. no release of information); reason says why
+    claimed = "claimed"  # a tick is delivering it; intent recorded before any external call
+    waiting = "waiting"  # a transient failure; tried again at next_attempt_at
+    done = "done"  # the draft or event exists; external_id says which
+    sent = "sent"  # the therapist sent the draft
+    deleted = "deleted"  # the therapist deleted the draft or event
+    gone = "gone"  # the draft left Drafts: sent or deleted (google.read_scope tells which)
+    cancelled = "cancelled"  # no longer applies (rule disabled, release revoked, ...)
+    failed = "failed"  # a permanent error; reason says which
+
+
+class FollowUp(SQLModel, table=True):
+    """The ledger: one row per rule and subject, the source of truth for what was made."""
+
+    __tablename__ = "follow_up"
+    __table_args__ = (
+        sa.UniqueConstraint("rule", "subject_type", "subject_id", name="uq_follow_up_subject"),
+        sa.Index("ix_follow_up_state_due", "state", "due_at"),
+    )
+    id: int | None = Field(default=None, primary_key=True)
+    rule: str = Field(max_length=64)
+    subject_type: str = Field(max_length=16)  # referral | visit
+    subject_id: int
+    kind: str = Field(max_length=16)  # Kind
+    state: str = Field(default=State.planned, max_length=16)  # State
+    due_at: datetime = Field(sa_type=UTCDateTime)  # when to deliver
+    remind_at: datetime | None = Field(default=None, sa_type=UTCDateTime)  # a reminder's time
+    next_attempt_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    external_id: str | None = Field(default=None, max_length=256)
+    attempts: int = 0
+    reason: str | None = None
+    claimed_by: str | None = Field(default=None, max_length=120)
+    lease_until: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    fence: int = 0
+    created_at: datetime = _stamp()
+    updated_at: datetime = _stamp()
+
+
+class Meta(SQLModel, table=True):
+    """Facts about this database, such as the installation id that makes external ids unique."""
+
+    __tablename__ = "meta"
+    key: str = Field(primary_key=True, max_length=64)
+    value: str = Field(max_length=256)
+
+
+class Cursor(SQLModel, table=True):
+    """Bookkeeping for incremental work: how far planning has read each table."""
+
+    __tablename__ = "cursor"
+    name: str = Field(primary_key=True, max_length=64)
+    position: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    last_id: int = 0
+    updated_at: datetime = _stamp()

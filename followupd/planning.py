@@ -1,0 +1,195 @@
+"""Pure planning: which follow-ups should exist, and how the ledger must change to match.
+
+`desired()` turns one referral or visit (as a `Subject`: ids, dates and flags, never patient
+values) and the rules into the follow-ups that should exist. `reconcile()` compares those with
+the ledger rows already there and returns the inserts and updates. Neither touches a clock or
+a database, so both are tested directly and planning the same state twice changes nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime, time
+from zoneinfo import ZoneInfo
+
+from followupd.config import Rule, normalize_specialty
+from followupd.models import State
+from followupd.timing import due_at, localize
+
+# Which kind of subject each event belongs to.
+EVENT_SUBJECT = {
+    "referral.received": "referral",
+    "referral.closed": "referral",
+    "release.recorded": "referral",
+    "visit.logged": "visit",
+}
+PENDING = (State.planned, State.held)
+NO_RELEASE = "no release of information on file for {label}"
+REVOKED = "release of information revoked for {label}"
+
+
+@dataclass(frozen=True)
+class Subject:
+    """What planning may know of a referral or a visit."""
+
+    type: str  # referral | visit
+    id: int
+    label: str  # "referral R-12", "visit 7": safe to show anywhere
+    specialty: str | None = None
+    release: bool = True
+    # Who a draft can be addressed to ("physician", "prescriber"), and whether we have
+    # their email address.
+    recipients: Mapping[str, bool] = field(default_factory=dict)
+    events: Mapping[str, date] = field(default_factory=dict)
+    closed: bool = False
+
+
+@dataclass(frozen=True)
+class Calendar:
+    zone: ZoneInfo
+    holidays: frozenset[date] = frozenset()
+
+
+@dataclass(frozen=True)
+class Desired:
+    rule: str
+    subject_type: str
+    subject_id: int
+    kind: str
+    due_at: datetime
+    remind_at: datetime | None
+    hold: str | None  # why it may not go out yet, or None
+
+    @property
+    def key(self) -> tuple[str, str, int]:
+        return (self.rule, self.subject_type, self.subject_id)
+
+
+@dataclass(frozen=True)
+class Existing:
+    """A ledger row, as much of it as planning needs."""
+
+    id: int
+    rule: str
+    subject_type: str
+    subject_id: int
+    state: str
+    due_at: datetime
+    remind_at: datetime | None
+    reason: str | None
+    external_id: str | None
+
+    @property
+    def key(self) -> tuple[str, str, int]:
+        return (self.rule, self.subject_type, self.subject_id)
+
+
+@dataclass
+class Changes:
+    inserts: list[Desired] = field(default_factory=list)
+    updates: list[tuple[int, dict]] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.inserts or self.updates)
+
+
+def matches(rule: Rule, subject: Subject) -> bool:
+    """Does the rule's `when:` hold for this subject (release aside: that holds, not skips)?"""
+    when = rule.when
+    if when.referral != "any" and (subject.type != "referral"
+                                   or subject.closed != (when.referral == "closed")):
+        return False
+    specialty = normalize_specialty(subject.specialty) if subject.specialty else None
+    if when.specialty is not None and specialty not in {normalize_specialty(s)
+                                                        for s in when.specialty}:
+        return False
+    return not (when.specialty_not is not None and specialty in {
+        normalize_specialty(s) for s in when.specialty_not})
+
+
+def desired(subject: Subject, rules: Iterable[Rule], calendar: Calendar,
+            needs_release: frozenset[str] = frozenset()) -> list[Desired]:
+    """The follow-ups this subject should have under the enabled rules.
+
+    A reminder is due as soon as its event happened (it goes on the calendar right away) and
+    is dated at the offset; a draft is due at the offset. A rule in `needs_release` (its
+    template shows patient details, or it says `release: required`) is held until a
+    release is on file.
+    """
+    out = []
+    for rule in rules:
+        if not rule.enabled or EVENT_SUBJECT[rule.event] != subject.type:
+            continue
+        day = subject.events.get(rule.event)
+        if day is None or not matches(rule, subject):
+            continue
+        if rule.make == "draft" and rule.to not in subject.recipients:
+            continue
+        start = localize(day, time(0), calendar.zone)
+        moment = due_at(start, rule.after, calendar.zone, rule.at, calendar.holidays)
+        hold = None
+        if (rule.name in needs_release or rule.when.release == "required") \
+                and not subject.release:
+            hold = NO_RELEASE.format(label=subject.label)
+        elif rule.make == "draft" and not subject.recipients[rule.to]:
+            hold = f"no email address for the {rule.to} of {subject.label}"
+        if rule.make == "reminder":
+            out.append(Desired(rule.name, subject.type, subject.id, "reminder", start, moment,
+                               hold))
+        else:
+            out.append(Desired(rule.name, subject.type, subject.id, "draft", moment, None, hold))
+    return out
+
+
+def reconcile(wanted: Sequence[Desired], existing: Sequence[Existing],
+              subjects: Iterable[tuple[str, int]]) -> Changes:
+    """Inserts and updates that make the ledger agree with `wanted` for these subjects.
+
+    Only rows that have not gone out are touched: planned and held rows follow the data; a
+    cancelled row comes back if it applies again and may go out; anything claimed, waiting
+    or finished belongs to delivery and is left alone.
+    """
+    changes = Changes()
+    by_key = {e.key: e for e in existing}
+    wanted_keys = set()
+    for want in wanted:
+        wanted_keys.add(want.key)
+        row = by_key.get(want.key)
+        if row is None:
+            changes.inserts.append(want)
+            continue
+        update = _follow(row, want)
+        if update:
+            changes.updates.append((row.id, update))
+    covered = set(subjects)
+    for row in existing:
+        if row.key in wanted_keys or (row.subject_type, row.subject_id) not in covered:
+            continue
+        if row.state in PENDING:
+            changes.updates.append((row.id, {
+                "state": State.cancelled,
+                "reason": f"no longer applies to {row.subject_type} {row.subject_id} "
+                          f"(its event or the rule's conditions changed)"}))
+    return changes
+
+
+def _follow(row: Existing, want: Desired) -> dict:
+    """How a not-yet-delivered row changes to match what is wanted now."""
+    update: dict = {}
+    if row.state in PENDING and row.external_id is None:
+        if row.due_at != want.due_at:
+            update["due_at"] = want.due_at
+        if row.remind_at != want.remind_at:
+            update["remind_at"] = want.remind_at
+    if row.state == State.planned and want.hold and want.hold.startswith("no release"):
+        update.update(state=State.cancelled, reason=REVOKED.format(
+            label=want.hold.removeprefix("no release of information on file for ")))
+    elif row.state in PENDING:
+        state = State.held if want.hold else State.planned
+        if (row.state, row.reason) != (state, want.hold):
+            update.update(state=state, reason=want.hold)
+    elif row.state == State.cancelled and row.external_id is None and want.hold is None:
+        update.update(state=State.planned, reason=None, due_at=want.due_at,
+                      remind_at=want.remind_at)
+    return update

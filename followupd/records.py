@@ -1,0 +1,268 @@
+"""Validating what a person enters: one referral or visit as text, from a CSV row or the CLI.
+
+Pure: text in, a typed record or a `RowError` out. An error names the column and what is
+wrong and never repeats the value, because the value may be a patient's name or diagnosis.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import date
+from functools import lru_cache
+from typing import Any
+
+from email_validator import EmailNotValidError, validate_email
+
+REFERRAL_COLUMNS = (
+    "ref", "received_on", "physician", "physician_email", "physician_fax", "specialty",
+    "practice", "client_name", "client_dob", "presenting_problem", "treatment_focus",
+    "release_on_file", "closed_on", "closing_summary",
+    # Optional, beyond the columns every practice has: the date the release was signed, and
+    # the client's prescriber when that is not the referring physician.
+    "release_on", "prescriber", "prescriber_email",
+)
+REFERRAL_REQUIRED = ("ref", "received_on", "physician", "client_name")
+VISIT_COLUMNS = (
+    "visited_on", "practice", "physician", "specialty", "business_manager", "cards_left",
+    "handouts_left", "notes",
+)
+VISIT_REQUIRED = ("visited_on", "practice")
+
+# Free text may run over several lines; everything else is one line.
+MULTILINE = {"presenting_problem", "treatment_focus", "closing_summary", "notes"}
+MAX_LENGTH = {"ref": 64, "physician_fax": 40, "physician_email": 254, "prescriber_email": 254,
+              "specialty": 120}
+DEFAULT_MAX_LENGTH = 200
+MULTILINE_MAX_LENGTH = 10_000
+
+YES = {"yes", "y", "true", "1", "x", "on file"}
+NO = {"no", "n", "false", "0", ""}
+_DATE_RE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+_FAX_RE = re.compile(r"^[0-9+().\- ]{4,40}$")
+
+
+class RowError(ValueError):
+    """One field is wrong; `column` names it and the message says how, without its value."""
+
+    def __init__(self, column: str, message: str):
+        super().__init__(f"{column}: {message}")
+        self.column = column
+        self.message = message
+
+
+def _is_control(ch: str) -> bool:
+    return unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp") and ch not in "\t"
+
+
+def clean_text(column: str, raw: Any) -> str | None:
+    """Trimmed text, or None when empty; refuses control characters and overlong values."""
+    if raw is None:
+        return None
+    text = str(raw).strip()
+    if not text:
+        return None
+    multiline = column in MULTILINE
+    if text.isprintable():  # the common case: no line breaks or control characters at all
+        limit = MULTILINE_MAX_LENGTH if multiline else MAX_LENGTH.get(column, DEFAULT_MAX_LENGTH)
+        if len(text) > limit:
+            raise RowError(column, f"is longer than {limit} characters")
+        return text
+    if multiline:
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
+        if any(_is_control(ch) and ch != "\n" for ch in text):
+            raise RowError(column, "contains control characters")
+        limit = MULTILINE_MAX_LENGTH
+    else:
+        if any(ch in "\r\n\u2028\u2029\x85" for ch in text):
+            raise RowError(column, "contains a line break where a single line belongs")
+        if any(_is_control(ch) for ch in text):
+            raise RowError(column, "contains control characters")
+        limit = MAX_LENGTH.get(column, DEFAULT_MAX_LENGTH)
+    if len(text) > limit:
+        raise RowError(column, f"is longer than {limit} characters")
+    return text
+
+
+def parse_date(column: str, raw: Any, *, required: bool = False) -> date | None:
+    text = clean_text(column, raw)
+    if text is None:
+        if required:
+            raise RowError(column, "is empty (a date like 2026-11-23 is required)")
+        return None
+    if not _DATE_RE.match(text):
+        raise RowError(column, "is not a date (write it as YYYY-MM-DD, e.g. 2026-11-23)")
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise RowError(column, "is not a calendar date (check the month and day)") from None
+
+
+def parse_yes_no(column: str, raw: Any) -> bool:
+    text = (clean_text(column, raw) or "").casefold()
+    if text in YES:
+        return True
+    if text in NO:
+        return False
+    raise RowError(column, "must be yes or no")
+
+
+def parse_count(column: str, raw: Any) -> int:
+    text = clean_text(column, raw)
+    if text is None:
+        return 0
+    if not text.isdigit() or len(text) > 6:
+        raise RowError(column, "must be a whole number (0 or more)")
+    return int(text)
+
+
+@lru_cache(maxsize=4096)
+def _normalized_email(text: str) -> str | None:
+    """A spreadsheet repeats the same few physicians' addresses on many rows."""
+    try:
+        return validate_email(text, check_deliverability=False).normalized
+    except EmailNotValidError:
+        return None
+
+
+def parse_email(column: str, raw: Any) -> str | None:
+    text = clean_text(column, raw)
+    if text is None:
+        return None
+    normalized = _normalized_email(text)
+    if normalized is None:
+        raise RowError(column, "is not an email address (e.g. dr.lee@clinic.example)")
+    return normalized
+
+
+def parse_fax(column: str, raw: Any) -> str | None:
+    text = clean_text(column, raw)
+    if text is not None and not _FAX_RE.match(text):
+        raise RowError(column, "is not a fax number (digits, spaces, + ( ) - .)")
+    return text
+
+
+def required_text(column: str, raw: Any) -> str:
+    text = clean_text(column, raw)
+    if text is None:
+        raise RowError(column, "is empty (required)")
+    return text
+
+
+def fold(text: str | None) -> str:
+    return " ".join((text or "").casefold().split())
+
+
+def practice_key(name: str) -> str:
+    return fold(name)
+
+
+def physician_key(name: str, practice: str | None) -> str:
+    return f"{fold(name)}|{fold(practice)}"
+
+
+def visit_key(visited_on: date, practice: str, physician: str | None) -> str:
+    return f"{visited_on.isoformat()}|{fold(practice)}|{fold(physician)}"
+
+
+@dataclass(frozen=True)
+class PhysicianRecord:
+    name: str
+    practice: str | None = None
+    specialty: str | None = None
+    email: str | None = None
+    fax: str | None = None
+
+
+@dataclass(frozen=True)
+class ReferralRecord:
+    """A validated referral. `fields` holds only the columns the source had, so a CSV
+    without a column leaves that field as it is on re-import instead of blanking it."""
+
+    ref: str
+    physician: PhysicianRecord
+    fields: Mapping[str, Any]
+    prescriber: PhysicianRecord | None = None
+    has_prescriber: bool = False  # the source had a prescriber column
+
+    def referral_values(self, physician_id: int) -> dict[str, Any]:
+        return {"ref": self.ref, "physician_id": physician_id, **self.fields}
+
+
+@dataclass(frozen=True)
+class VisitRecord:
+    visited_on: date
+    practice: str
+    physician_name: str | None
+    specialty: str | None
+    fields: Mapping[str, Any]
+
+    def physician_record(self) -> PhysicianRecord:
+        assert self.physician_name
+        return PhysicianRecord(self.physician_name, self.practice, self.specialty)
+
+    def visit_values(self, practice_id: int, physician_id: int | None) -> dict[str, Any]:
+        return {"visited_on": self.visited_on, "practice_id": practice_id,
+                "physician_id": physician_id, "specialty": self.specialty, **self.fields}
+
+
+def parse_referral(row: Mapping[str, Any]) -> ReferralRecord:
+    """Validate one referral; only the columns present in `row` are set."""
+    present = set(row)
+    fields: dict[str, Any] = {}
+    ref = required_text("ref", row.get("ref"))
+    fields["received_on"] = parse_date("received_on", row.get("received_on"), required=True)
+    fields["client_name"] = required_text("client_name", row.get("client_name"))
+    if "client_dob" in present:
+        fields["client_dob"] = parse_date("client_dob", row["client_dob"])
+        if fields["client_dob"] and (fields["client_dob"] > fields["received_on"]
+                                     or fields["client_dob"].year < 1900):
+            raise RowError("client_dob", "is not a plausible birth date")
+    for column in ("presenting_problem", "treatment_focus", "closing_summary"):
+        if column in present:
+            fields[column] = clean_text(column, row[column])
+    if "release_on_file" in present:
+        fields["release_on_file"] = parse_yes_no("release_on_file", row["release_on_file"])
+    signed = parse_date("release_on", row.get("release_on"))
+    if signed:  # empty: the date the release was first recorded here stands
+        if not fields.get("release_on_file", True):
+            raise RowError("release_on", "is set but release_on_file is no")
+        fields.update(release_on=signed, release_on_file=True)
+    if "closed_on" in present:
+        fields["closed_on"] = parse_date("closed_on", row["closed_on"])
+        if fields["closed_on"] and fields["closed_on"] < fields["received_on"]:
+            raise RowError("closed_on", "is before received_on")
+    physician = PhysicianRecord(
+        name=required_text("physician", row.get("physician")),
+        practice=clean_text("practice", row.get("practice")),
+        specialty=clean_text("specialty", row.get("specialty")),
+        email=parse_email("physician_email", row.get("physician_email")),
+        fax=parse_fax("physician_fax", row.get("physician_fax")),
+    )
+    prescriber_name = clean_text("prescriber", row.get("prescriber"))
+    prescriber = PhysicianRecord(
+        name=prescriber_name, email=parse_email("prescriber_email", row.get("prescriber_email")),
+    ) if prescriber_name else None
+    return ReferralRecord(ref=ref, physician=physician, fields=fields, prescriber=prescriber,
+                          has_prescriber="prescriber" in present)
+
+
+def parse_visit(row: Mapping[str, Any]) -> VisitRecord:
+    """Validate one office visit."""
+    present = set(row)
+    fields: dict[str, Any] = {}
+    for column in ("cards_left", "handouts_left"):
+        if column in present:
+            fields[column] = parse_count(column, row[column])
+    for column in ("business_manager", "notes"):
+        if column in present:
+            fields[column] = clean_text(column, row[column])
+    return VisitRecord(
+        visited_on=parse_date("visited_on", row.get("visited_on"), required=True),
+        practice=required_text("practice", row.get("practice")),
+        physician_name=clean_text("physician", row.get("physician")),
+        specialty=clean_text("specialty", row.get("specialty")),
+        fields=fields,
+    )

@@ -1,0 +1,612 @@
+"""The database: opening it safely, migrating it, and writing rows in batches.
+
+SQLite (the default) runs in WAL mode with a busy timeout, in a file only its owner can read.
+Any other SQLAlchemy URL works; PostgreSQL through psycopg 3 is the scale-out path. The schema
+is Alembic's, shipped inside the package and applied when the store opens.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from importlib.resources import files
+from pathlib import Path
+
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config as AlembicConfig
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from alembic.util.exc import CommandError
+from sqlalchemy.orm import Session
+
+from followupd.models import (
+    Cursor,
+    FollowUp,
+    Meta,
+    Physician,
+    Practice,
+    Referral,
+    State,
+    Visit,
+    now_utc,
+)
+from followupd.records import (
+    PhysicianRecord,
+    ReferralRecord,
+    VisitRecord,
+    physician_key,
+    practice_key,
+    visit_key,
+)
+
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+_MIGRATION_LOCK = 0x466F6C6C  # PostgreSQL advisory lock id: one migrator at a time
+
+
+class StoreError(Exception):
+    """The database cannot be used as it is; the message says what to do."""
+
+
+def _alembic_config() -> AlembicConfig:
+    cfg = AlembicConfig()
+    cfg.set_main_option("script_location", str(files("followupd") / "migrations"))
+    return cfg
+
+
+def _sqlite_path(url: sa.URL) -> Path | None:
+    if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
+        return None
+    return Path(url.database)
+
+
+def _private_file(path: Path) -> None:
+    """Create the database file readable by its owner only (SQLite's -wal/-shm follow it)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
+    os.close(fd)
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & 0o077:
+        os.chmod(path, 0o600)
+
+
+def _on_sqlite_connect(dbapi_connection, _record) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+    cursor.execute("PRAGMA journal_mode = WAL")
+    cursor.execute("PRAGMA synchronous = NORMAL")
+    cursor.execute("PRAGMA foreign_keys = ON")
+    cursor.close()
+
+
+def create_engine(url: str) -> sa.Engine:
+    """An engine for `url`; SQLite files are created private and tuned for a daemon."""
+    try:
+        parsed = sa.make_url(url)
+    except sa.exc.ArgumentError:
+        raise StoreError(
+            f"database url {url!r} is not a SQLAlchemy URL "
+            "(e.g. sqlite:///followupd.sqlite3 or postgresql+psycopg://host/db)") from None
+    path = _sqlite_path(parsed)
+    if path is not None:
+        _private_file(path)
+        engine = sa.create_engine(parsed, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
+        sa.event.listen(engine, "connect", _on_sqlite_connect)
+        return engine
+    try:
+        return sa.create_engine(parsed, pool_pre_ping=True)
+    except ModuleNotFoundError as exc:
+        raise StoreError(f"no driver for {parsed.drivername} ({exc.name} is not installed; "
+                         "for PostgreSQL: pip install 'followupd[postgres]')") from None
+
+
+def schema_state(connection: sa.Connection) -> tuple[str | None, str]:
+    """(revision the database is at, revision this followupd ships)."""
+    script = ScriptDirectory.from_config(_alembic_config())
+    current = MigrationContext.configure(connection).get_current_revision()
+    head = script.get_current_head()
+    if current is not None:
+        try:
+            known = script.get_revision(current)
+        except CommandError:
+            known = None
+        if known is None:
+            raise StoreError(
+                f"the database is at schema revision {current}, written by a newer followupd; "
+                "upgrade followupd (pip install -U followupd) before using this database")
+    return current, head
+
+
+def migrate(engine: sa.Engine) -> None:
+    """Bring the schema to this version's head; refuse a database from a newer version."""
+    with engine.begin() as connection:
+        if connection.dialect.name == "postgresql":
+            connection.execute(sa.text("SELECT pg_advisory_xact_lock(:id)"),
+                               {"id": _MIGRATION_LOCK})
+        current, head = schema_state(connection)
+        if current == head:
+            return
+        cfg = _alembic_config()
+        cfg.attributes["connection"] = connection
+        command.upgrade(cfg, "head")
+
+
+class Store:
+    """An open, migrated database."""
+
+    def __init__(self, url: str, *, migrate_schema: bool = True):
+        self.url = url
+        self.engine = create_engine(url)
+        try:
+            if migrate_schema:
+                migrate(self.engine)
+        except sa.exc.OperationalError as exc:
+            self.engine.dispose()
+            raise StoreError(f"cannot open the database ({_short(exc)})") from None
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """One transaction: committed when the block ends, rolled back if it raises."""
+        with Session(self.engine, expire_on_commit=False) as session, session.begin():
+            yield session
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
+def _short(exc: Exception) -> str:
+    text = str(getattr(exc, "orig", exc)).strip().splitlines()
+    return text[0] if text else exc.__class__.__name__
+
+
+# --- writing records -----------------------------------------------------------------------
+
+
+@dataclass
+class Counts:
+    added: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    rejected: int = 0
+
+    def add(self, outcome: str) -> None:
+        setattr(self, outcome, getattr(self, outcome) + 1)
+
+    def __str__(self) -> str:
+        return (f"added {self.added}, updated {self.updated}, "
+                f"unchanged {self.unchanged}, rejected {self.rejected}")
+
+
+@dataclass
+class _KnownPhysician:
+    id: int
+    specialty: str | None
+    email: str | None
+    fax: str | None
+
+
+class Directory:
+    """Practice and physician ids by key, cached for the length of an import.
+
+    Holds plain values, not ORM objects, so it stays valid from one transaction to the next;
+    call `forget()` after a rollback.
+    """
+
+    def __init__(self) -> None:
+        self.forget()
+
+    def forget(self) -> None:
+        self.practices: dict[str, int] = {}
+        self.physicians: dict[str, _KnownPhysician] = {}
+
+    def practice_id(self, session: Session, name: str | None) -> int | None:
+        if not name:
+            return None
+        key = practice_key(name)
+        if key not in self.practices:
+            found = session.execute(sa.select(Practice.id).where(Practice.key == key)).scalar()
+            if found is None:
+                practice = Practice(key=key, name=name)
+                session.add(practice)
+                session.flush()
+                found = practice.id
+            self.practices[key] = found
+        return self.practices[key]
+
+    def physician(self, session: Session, record: PhysicianRecord) -> tuple[int, bool]:
+        """The id of the physician for `record`, created or brought up to date; True if
+        anything about the physician changed."""
+        key = physician_key(record.name, record.practice)
+        known = self.physicians.get(key)
+        if known is None:
+            row = session.execute(
+                sa.select(Physician.id, Physician.specialty, Physician.email, Physician.fax)
+                .where(Physician.key == key)).first()
+            if row is None:
+                physician = Physician(
+                    key=key, name=record.name, specialty=record.specialty, email=record.email,
+                    fax=record.fax, practice_id=self.practice_id(session, record.practice))
+                session.add(physician)
+                session.flush()
+                self.physicians[key] = _KnownPhysician(
+                    physician.id, record.specialty, record.email, record.fax)
+                return physician.id, True
+            known = self.physicians[key] = _KnownPhysician(*row)
+        changes = {name: value for name in ("specialty", "email", "fax")
+                   if (value := getattr(record, name)) is not None
+                   and getattr(known, name) != value}
+        if changes:
+            stamp = now_utc()
+            session.execute(sa.update(Physician).where(Physician.id == known.id)
+                            .values(**changes, updated_at=stamp))
+            if "email" in changes:  # held notes waiting for an address are planned again
+                session.execute(sa.update(Referral).where(sa.or_(
+                    Referral.physician_id == known.id, Referral.prescriber_id == known.id))
+                    .values(updated_at=stamp))
+            for name, value in changes.items():
+                setattr(known, name, value)
+        return known.id, bool(changes)
+
+
+REFERRAL_DEFAULTS = {"client_dob": None, "presenting_problem": None, "treatment_focus": None,
+                     "release_on_file": False, "release_on": None, "prescriber_id": None,
+                     "closed_on": None, "closing_summary": None}
+VISIT_DEFAULTS = {"physician_id": None, "specialty": None, "business_manager": None,
+                  "cards_left": 0, "handouts_left": 0, "notes": None}
+
+
+def _release_date(values: dict, old: dict | None, stamp: datetime) -> dict:
+    """A release keeps the date it was recorded; revoking it clears the date."""
+    on_file = values.get("release_on_file", old["release_on_file"] if old else False)
+    if not on_file:
+        values["release_on"] = None
+    elif "release_on" not in values and (old is None or not old["release_on_file"]):
+        values["release_on"] = stamp.date()
+    return values
+
+
+def _upsert(session: Session, table: sa.Table, key_column: str,
+            items: Sequence[tuple[str, dict]], defaults: dict, adjust=None) -> list[bool | None]:
+    """Insert or update rows by a natural key with one statement per kind of change.
+
+    Returns, for each item: None if added, else whether it changed. Core statements rather
+    than ORM objects: an import of a year of referrals is mostly this function.
+    """
+    stamp = now_utc()
+    key = table.c[key_column]
+    existing = {row[key_column]: dict(row) for row in session.execute(
+        sa.select(table).where(key.in_({k for k, _ in items}))).mappings()}
+    inserts: dict[str, dict] = {}
+    updates: dict[int, dict] = {}
+    outcomes: list[bool | None] = []
+    for item_key, given in items:
+        values = adjust(dict(given), existing.get(item_key), stamp) if adjust else dict(given)
+        if item_key in inserts:  # the same key twice in one batch: the later row wins
+            merged = {**inserts[item_key], **values}
+            outcomes.append(merged != inserts[item_key])
+            inserts[item_key] = merged
+            continue
+        old = existing.get(item_key)
+        if old is None:
+            inserts[item_key] = {**defaults, **values, key_column: item_key,
+                                 "created_at": stamp, "updated_at": stamp}
+            outcomes.append(None)
+            continue
+        changed = {column: value for column, value in values.items() if old[column] != value}
+        if changed:
+            old.update(changed)
+            updates.setdefault(old["id"], {}).update(changed, updated_at=stamp)
+        outcomes.append(bool(changed))
+    if inserts:
+        session.execute(sa.insert(table), list(inserts.values()))
+    by_columns: dict[tuple[str, ...], list[dict]] = {}
+    for row_id, changed in updates.items():
+        by_columns.setdefault(tuple(sorted(changed)), []).append({"_id": row_id, **changed})
+    for columns, rows in by_columns.items():
+        session.execute(sa.update(table).where(table.c.id == sa.bindparam("_id"))
+                        .values({c: sa.bindparam(c) for c in columns}), rows)
+    return outcomes
+
+
+def _outcome(changed: bool | None, related_changed: bool) -> str:
+    if changed is None:
+        return "added"
+    return "updated" if changed or related_changed else "unchanged"
+
+
+def upsert_referrals(session: Session, records: Iterable[ReferralRecord],
+                     directory: Directory) -> list[str]:
+    """Insert or update referrals by `ref`; returns added/updated/unchanged for each."""
+    items, physician_changes = [], []
+    for record in records:
+        physician_id, physician_changed = directory.physician(session, record.physician)
+        values = record.referral_values(physician_id)
+        if record.has_prescriber:
+            values["prescriber_id"] = directory.physician(session, record.prescriber)[0] \
+                if record.prescriber else None
+        values.pop("ref")
+        items.append((record.ref, values))
+        physician_changes.append(physician_changed)
+    outcomes = _upsert(session, Referral.__table__, "ref", items, REFERRAL_DEFAULTS,
+                       _release_date)
+    return [_outcome(o, p) for o, p in zip(outcomes, physician_changes, strict=True)]
+
+
+def upsert_visits(session: Session, records: Iterable[VisitRecord],
+                  directory: Directory) -> list[str]:
+    """Insert or update visits by (date, practice, physician)."""
+    items, physician_changes = [], []
+    for record in records:
+        practice_id = directory.practice_id(session, record.practice)
+        physician_id, physician_changed = None, False
+        if record.physician_name:
+            physician_id, physician_changed = directory.physician(
+                session, record.physician_record())
+        key = visit_key(record.visited_on, record.practice, record.physician_name)
+        items.append((key, record.visit_values(practice_id, physician_id)))
+        physician_changes.append(physician_changed)
+    outcomes = _upsert(session, Visit.__table__, "key", items, VISIT_DEFAULTS)
+    return [_outcome(o, p) for o, p in zip(outcomes, physician_changes, strict=True)]
+
+
+# --- the ledger ------------------------------------------------------------------------------
+
+
+def installation_id(session: Session) -> str:
+    """This database's random id; external ids derive from it so two homes never collide."""
+    return session.execute(
+        sa.select(Meta.value).where(Meta.key == "installation_id")).scalar_one()
+
+
+def read_meta(session: Session, key: str) -> str | None:
+    return session.execute(sa.select(Meta.value).where(Meta.key == key)).scalar()
+
+
+def write_meta(session: Session, key: str, value: str) -> None:
+    """Set a fact about this database (a heartbeat, the state of the credentials)."""
+    updated = session.execute(sa.update(Meta).where(Meta.key == key).values(value=value))
+    if updated.rowcount == 0:
+        session.add(Meta(key=key, value=value))
+
+
+def expire_dead_claims(session: Session, host: str, alive: Callable[[int], bool],
+                       now: datetime) -> int:
+    """End the leases of processes on this host that no longer exist (killed, crashed).
+
+    Their follow-ups are due again at once instead of after the lease; the attempt was
+    counted at the claim, so the next try looks before it creates.
+    """
+    owners = session.execute(sa.select(FollowUp.claimed_by).where(
+        FollowUp.state == State.claimed, FollowUp.lease_until > now).distinct()).scalars()
+    dead = []
+    for owner in owners:
+        name, _, pid = (owner or "").rpartition(":")
+        if name == host and pid.isdigit() and not alive(int(pid)):
+            dead.append(owner)
+    if not dead:
+        return 0
+    return session.execute(sa.update(FollowUp).where(
+        FollowUp.state == State.claimed, FollowUp.claimed_by.in_(dead))
+        .values(lease_until=now)).rowcount
+
+
+def release_claim(session: Session, follow_up_id: int, fence: int, state: str) -> None:
+    """Give back a claim that was not worked on (shutting down): no attempt was made."""
+    record_result(session, follow_up_id, fence, state=state, attempts=FollowUp.attempts - 1)
+
+
+def due_backlog(session: Session, now: datetime) -> int:
+    """Follow-ups due now and not yet delivered."""
+    return session.execute(sa.select(sa.func.count()).select_from(FollowUp).where(sa.or_(
+        sa.and_(FollowUp.state == State.planned, FollowUp.due_at <= now),
+        sa.and_(FollowUp.state == State.waiting, FollowUp.next_attempt_at <= now),
+    ))).scalar_one()
+
+
+def recent_failures(session: Session, since: datetime) -> int:
+    return session.execute(sa.select(sa.func.count()).select_from(FollowUp).where(
+        FollowUp.state == State.failed, FollowUp.updated_at >= since)).scalar_one()
+
+
+def read_cursor(session: Session, name: str) -> datetime | None:
+    return session.execute(sa.select(Cursor.position).where(Cursor.name == name)).scalar()
+
+
+def write_cursor(session: Session, name: str, position: datetime, *, prefix: str) -> None:
+    """Move a planning cursor; cursors for other rule sets of the same table are dropped."""
+    session.execute(sa.delete(Cursor).where(Cursor.name.startswith(prefix),
+                                            Cursor.name != name))
+    updated = session.execute(sa.update(Cursor).where(Cursor.name == name)
+                              .values(position=position, updated_at=now_utc()))
+    if updated.rowcount == 0:
+        session.add(Cursor(name=name, position=position))
+
+
+def _changed(model, columns, since: datetime | None, after: tuple[datetime, int] | None,
+             limit: int):
+    query = sa.select(*columns).order_by(model.updated_at, model.id).limit(limit)
+    if since is not None:
+        query = query.where(model.updated_at > since)
+    if after is not None:
+        query = query.where(sa.tuple_(model.updated_at, model.id) > sa.tuple_(*after))
+    return query
+
+
+def changed_referrals(session: Session, since: datetime | None,
+                      after: tuple[datetime, int] | None, limit: int) -> Sequence[sa.Row]:
+    """Referrals changed since a time, with what planning needs of their physicians.
+
+    Keyset-paged on (updated_at, id), so each page costs the same however large the table.
+    """
+    doctor = sa.orm.aliased(Physician)
+    prescriber = sa.orm.aliased(Physician)
+    query = _changed(Referral, (
+        Referral.id, Referral.ref, Referral.updated_at, Referral.received_on, Referral.closed_on,
+        Referral.release_on_file, Referral.release_on, doctor.specialty,
+        doctor.email.label("physician_email"), Referral.prescriber_id,
+        prescriber.email.label("prescriber_email"),
+    ), since, after, limit)
+    query = query.join(doctor, doctor.id == Referral.physician_id).outerjoin(
+        prescriber, prescriber.id == Referral.prescriber_id)
+    return session.execute(query).all()
+
+
+def changed_visits(session: Session, since: datetime | None,
+                   after: tuple[datetime, int] | None, limit: int) -> Sequence[sa.Row]:
+    query = _changed(Visit, (
+        Visit.id, Visit.updated_at, Visit.visited_on,
+        sa.func.coalesce(Visit.specialty, Physician.specialty).label("specialty"),
+        Visit.physician_id, Physician.email.label("physician_email"),
+    ), since, after, limit)
+    query = query.outerjoin(Physician, Physician.id == Visit.physician_id)
+    return session.execute(query).all()
+
+
+def ledger_rows(session: Session, subject_type: str, ids: Sequence[int]) -> Sequence[FollowUp]:
+    return session.execute(sa.select(FollowUp).where(
+        FollowUp.subject_type == subject_type, FollowUp.subject_id.in_(ids))).scalars().all()
+
+
+def _insert(session: Session):
+    """INSERT ... ON CONFLICT DO NOTHING for the ledger's unique key (planners may race)."""
+    name = session.get_bind().dialect.name
+    if name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    elif name == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert
+    else:  # pragma: no cover - other databases: a plain insert, conflicts raise
+        return sa.insert(FollowUp)
+    return insert(FollowUp).on_conflict_do_nothing(
+        index_elements=["rule", "subject_type", "subject_id"])
+
+
+def insert_follow_ups(session: Session, rows: Sequence[dict]) -> None:
+    if rows:
+        stamp = now_utc()
+        session.execute(_insert(session), [
+            {"next_attempt_at": None, "external_id": None, "attempts": 0, "claimed_by": None,
+             "lease_until": None, "fence": 0, "created_at": stamp, "updated_at": stamp, **row}
+            for row in rows])
+
+
+def update_follow_ups(session: Session, updates: Sequence[tuple[int, dict]]) -> None:
+    """Apply planning's updates, only to rows that have not been claimed meanwhile."""
+    stamp = now_utc()
+    for follow_up_id, values in updates:
+        session.execute(sa.update(FollowUp).where(
+            FollowUp.id == follow_up_id,
+            FollowUp.state.in_((State.planned, State.held, State.cancelled)),
+        ).values(**values, updated_at=stamp))
+
+
+def cancel_orphans(session: Session, enabled_rules: Sequence[str]) -> int:
+    """Cancel pending follow-ups whose rule is gone or disabled, or whose subject is gone."""
+    pending = FollowUp.state.in_((State.planned, State.held))
+    count = session.execute(sa.update(FollowUp).where(
+        pending, FollowUp.rule.not_in(enabled_rules) if enabled_rules else sa.true())
+        .values(state=State.cancelled, reason="its rule was disabled or removed",
+                updated_at=now_utc())).rowcount
+    for subject_type, model in (("referral", Referral), ("visit", Visit)):
+        missing = ~sa.exists().where(model.id == FollowUp.subject_id)
+        count += session.execute(sa.update(FollowUp).where(
+            pending, FollowUp.subject_type == subject_type, missing)
+            .values(state=State.cancelled, reason=f"the {subject_type} was removed",
+                    updated_at=now_utc())).rowcount
+    return count
+
+
+def claim_due(session: Session, now: datetime, owner: str, lease: timedelta,
+              limit: int) -> list[tuple[int, int]]:
+    """Claim due follow-ups in one statement; returns (id, fence) for each.
+
+    A claim is a lease: if its holder dies, the row is due again once the lease expires. The
+    fence goes up with every claim, so a late holder cannot record over newer work. The
+    attempt is counted here, before any call, so that after a crash the next try knows an
+    earlier one may have reached Google and looks before creating.
+    """
+    due = sa.or_(
+        sa.and_(FollowUp.state == State.planned, FollowUp.due_at <= now),
+        sa.and_(FollowUp.state == State.waiting, FollowUp.next_attempt_at <= now),
+        sa.and_(FollowUp.state == State.claimed, FollowUp.lease_until < now),
+    )
+    pick = sa.select(FollowUp.id).where(due).order_by(FollowUp.due_at, FollowUp.id).limit(limit)
+    if session.get_bind().dialect.name == "postgresql":
+        pick = pick.with_for_update(skip_locked=True)
+    claimed = session.execute(
+        sa.update(FollowUp).where(FollowUp.id.in_(pick.scalar_subquery()))
+        .values(state=State.claimed, claimed_by=owner, lease_until=now + lease,
+                fence=FollowUp.fence + 1, attempts=FollowUp.attempts + 1, updated_at=now)
+        .returning(FollowUp.id, FollowUp.fence)
+        .execution_options(synchronize_session=False)).all()
+    return sorted((row.id, row.fence) for row in claimed)
+
+
+def record_result(session: Session, follow_up_id: int, fence: int, **values) -> bool:
+    """Store a delivery's outcome if the claim is still ours (the fence matches)."""
+    done = session.execute(sa.update(FollowUp).where(
+        FollowUp.id == follow_up_id, FollowUp.fence == fence, FollowUp.state == State.claimed,
+    ).values(**values, claimed_by=None, lease_until=None, updated_at=now_utc())
+        .execution_options(synchronize_session=False))
+    return done.rowcount == 1
+
+
+@dataclass
+class Bundle:
+    """A follow-up with the rows its template may draw on."""
+
+    follow_up: FollowUp
+    referral: Referral | None = None
+    visit: Visit | None = None
+    physician: Physician | None = None
+    prescriber: Physician | None = None
+    practice: Practice | None = None
+
+
+def load_bundle(session: Session, follow_up_id: int) -> Bundle | None:
+    follow_up = session.get(FollowUp, follow_up_id)
+    if follow_up is None:
+        return None
+    bundle = Bundle(follow_up)
+    if follow_up.subject_type == "referral":
+        bundle.referral = session.get(Referral, follow_up.subject_id)
+        if bundle.referral is not None:
+            bundle.physician = session.get(Physician, bundle.referral.physician_id)
+            if bundle.referral.prescriber_id:
+                bundle.prescriber = session.get(Physician, bundle.referral.prescriber_id)
+    else:
+        bundle.visit = session.get(Visit, follow_up.subject_id)
+        if bundle.visit is not None:
+            bundle.practice = session.get(Practice, bundle.visit.practice_id)
+            if bundle.visit.physician_id:
+                bundle.physician = session.get(Physician, bundle.visit.physician_id)
+    if bundle.physician is not None and bundle.practice is None and bundle.physician.practice_id:
+        bundle.practice = session.get(Practice, bundle.physician.practice_id)
+    return bundle
+
+
+def drafts_to_sync(session: Session, now: datetime, limit: int) -> Sequence[FollowUp]:
+    """Delivered Gmail drafts whose next check is due, those never checked first."""
+    return session.execute(
+        sa.select(FollowUp).where(
+            FollowUp.state == State.done, FollowUp.kind == "draft",
+            FollowUp.external_id.startswith("gmail:"),
+            sa.or_(FollowUp.next_attempt_at.is_(None), FollowUp.next_attempt_at <= now))
+        .order_by(FollowUp.next_attempt_at.is_not(None), FollowUp.next_attempt_at,
+                  FollowUp.id)
+        .limit(limit)).scalars().all()
+
+
+def record_sync(session: Session, follow_up_id: int, **values) -> None:
+    """Store what sync learned about a delivered draft (only while it is still `done`)."""
+    session.execute(sa.update(FollowUp).where(
+        FollowUp.id == follow_up_id, FollowUp.state == State.done)
+        .values(**values, updated_at=now_utc()))
+
+
+def state_counts(session: Session) -> dict[str, int]:
+    return dict(session.execute(
+        sa.select(FollowUp.state, sa.func.count()).group_by(FollowUp.state)).all())

@@ -1,0 +1,139 @@
+"""Durations and calendar arithmetic in the practice's time zone.
+
+Pure functions: no clock, no database. "1 month" and "3 days" are wall-calendar steps in the
+practice's zone (so a DST change does not shift a 09:00 reminder to 10:00); "2 hours" is
+elapsed time. Business days skip weekends and the configured holidays.
+"""
+
+from __future__ import annotations
+
+import calendar
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time, timedelta
+from zoneinfo import ZoneInfo
+
+DURATION_HINT = 'try "3 days", "1 month", "2 business days"'
+
+_UNITS = {
+    "second": "seconds",
+    "sec": "seconds",
+    "minute": "minutes",
+    "min": "minutes",
+    "hour": "hours",
+    "hr": "hours",
+    "day": "days",
+    "business day": "business_days",
+    "working day": "business_days",
+    "week": "weeks",
+    "month": "months",
+}
+_DURATION_RE = re.compile(
+    r"^\s*(\d{1,4})\s*(second|sec|minute|min|hour|hr|business day|working day|day|week|month)s?"
+    r"\s*$",
+    re.IGNORECASE,
+)
+
+
+@dataclass(frozen=True)
+class Duration:
+    """An offset such as "2 business days", kept as written so it reads back the same."""
+
+    amount: int
+    unit: str  # seconds | minutes | hours | days | business_days | weeks | months
+
+    @classmethod
+    def parse(cls, text: str) -> Duration:
+        match = _DURATION_RE.match(text or "")
+        if not match:
+            raise ValueError(f'"{text}" is not a duration ({DURATION_HINT})')
+        unit = re.sub(r"\s+", " ", match.group(2).lower())
+        return cls(int(match.group(1)), _UNITS[unit])
+
+    def __str__(self) -> str:
+        word = self.unit.replace("business_days", "business days").rstrip("s")
+        return f"{self.amount} {word}{'' if self.amount == 1 else 's'}"
+
+    @property
+    def is_elapsed(self) -> bool:
+        """Elapsed-time units ignore the calendar; the rest step local dates."""
+        return self.unit in ("seconds", "minutes", "hours")
+
+    def as_timedelta(self) -> timedelta:
+        """Only for elapsed units and for rough comparisons (a month counts 31 days)."""
+        per = {"seconds": 1, "minutes": 60, "hours": 3600, "days": 86400, "business_days": 86400,
+               "weeks": 7 * 86400, "months": 31 * 86400}
+        return timedelta(seconds=self.amount * per[self.unit])
+
+
+def add_months(day: date, months: int) -> date:
+    """31 January plus one month is the last day of February, not 3 March."""
+    index = day.month - 1 + months
+    year, month = day.year + index // 12, index % 12 + 1
+    return date(year, month, min(day.day, calendar.monthrange(year, month)[1]))
+
+
+def is_business_day(day: date, holidays: Iterable[date] = ()) -> bool:
+    return day.weekday() < 5 and day not in set(holidays)
+
+
+def add_business_days(day: date, count: int, holidays: Iterable[date] = ()) -> date:
+    """Step forward over weekends and holidays; 0 rolls a non-business day forward."""
+    closed = set(holidays)
+    while not is_business_day(day, closed):
+        if count > 0:
+            break
+        day += timedelta(days=1)
+    while count > 0:
+        day += timedelta(days=1)
+        if is_business_day(day, closed):
+            count -= 1
+    return day
+
+
+def localize(day: date, wall: time, zone: ZoneInfo) -> datetime:
+    """A wall-clock time on a local date, as UTC; a time inside a DST gap moves forward."""
+    local = datetime.combine(day, wall).replace(tzinfo=zone)
+    return local.astimezone(UTC)
+
+
+def due_at(
+    start: datetime,
+    offset: Duration,
+    zone: ZoneInfo,
+    at: time | None = None,
+    holidays: Iterable[date] = (),
+) -> datetime:
+    """When a follow-up comes due: `offset` after `start`, at local time `at` if given.
+
+    `start` must be timezone-aware. With `at`, the result is the first `at` on or after the
+    offset's date (for elapsed offsets, the first `at` not before start + offset).
+    """
+    if start.tzinfo is None:
+        raise ValueError("start must be timezone-aware")
+    if offset.is_elapsed:
+        moment = start.astimezone(UTC) + offset.as_timedelta()
+        if at is None:
+            return moment
+        local = moment.astimezone(zone)
+        candidate = localize(local.date(), at, zone)
+        if candidate < moment:
+            candidate = localize(local.date() + timedelta(days=1), at, zone)
+        return candidate
+    local = start.astimezone(zone)
+    day = local.date()
+    if offset.unit == "days":
+        day += timedelta(days=offset.amount)
+    elif offset.unit == "weeks":
+        day += timedelta(weeks=offset.amount)
+    elif offset.unit == "months":
+        day = add_months(day, offset.amount)
+    else:
+        day = add_business_days(day, offset.amount, holidays)
+    wall = at if at is not None else local.time().replace(tzinfo=None)
+    return localize(day, wall, zone)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)

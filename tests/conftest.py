@@ -1,0 +1,99 @@
+"""Shared fixtures: a fresh followupd home, the CLI, and a database URL for each backend.
+
+Tests that take `db_url` run against SQLite and, when FOLLOWUPD_TEST_POSTGRES_URL is set,
+against the real PostgreSQL in a schema of their own that is dropped afterwards.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from typer.testing import CliRunner
+
+from followupd.cli import app
+from followupd.resources import default_config_dir
+
+REPO = Path(__file__).resolve().parent.parent
+SAMPLE = REPO / "config" / "sample"
+POSTGRES_URL = os.environ.get("FOLLOWUPD_TEST_POSTGRES_URL")
+
+# Patient values in the shipped sample files: none may ever appear outside the database.
+SAMPLE_PATIENT_VALUES = (
+    "Avery Quinlan", "1984-03-09", "Panic attacks", "Jordan Pelletier", "1991-07-22",
+    "Low mood", "Casey Fairbanks", "1978-12-01", "Generalized worry",
+)
+
+
+def pytest_report_header(config):
+    if POSTGRES_URL:
+        return f"PostgreSQL tests: on ({sa.make_url(POSTGRES_URL).render_as_string()})"
+    return "PostgreSQL tests: SKIPPED (set FOLLOWUPD_TEST_POSTGRES_URL to run them)"
+
+
+def pytest_terminal_summary(terminalreporter):
+    if not POSTGRES_URL:
+        terminalreporter.write_line(
+            "PostgreSQL tests were skipped: FOLLOWUPD_TEST_POSTGRES_URL is not set")
+
+
+@pytest.fixture
+def postgres_url():
+    """A URL into a fresh, private schema of the test PostgreSQL database."""
+    if not POSTGRES_URL:
+        pytest.skip("FOLLOWUPD_TEST_POSTGRES_URL is not set")
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(POSTGRES_URL)
+    with admin.begin() as conn:
+        conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+    url = sa.make_url(POSTGRES_URL).update_query_dict({"options": f"-csearch_path={schema}"})
+    yield url.render_as_string(hide_password=False)
+    with admin.begin() as conn:
+        conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
+    admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def db_url(request, tmp_path):
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'followupd.sqlite3'}"
+    return request.getfixturevalue("postgres_url")
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch) -> Path:
+    """A followupd home with the default configuration, and a clean environment."""
+    for name in list(os.environ):
+        if name.startswith("FOLLOWUPD_") and not name.startswith("FOLLOWUPD_TEST_"):
+            monkeypatch.delenv(name)
+    path = tmp_path / "home"
+    path.mkdir()
+    shutil.copyfile(default_config_dir() / "followupd.yaml", path / "followupd.yaml")
+    return path
+
+
+@dataclass
+class Ran:
+    code: int
+    stdout: str
+    stderr: str
+
+
+@pytest.fixture
+def cli(home, db_url):
+    """Run a followupd command on the test home and database, as a user would."""
+    runner = CliRunner()
+
+    def run(*args: str, input: str | None = None, env: dict | None = None) -> Ran:
+        full_env = {"FOLLOWUPD_DATABASE_URL": db_url, **(env or {})}
+        result = runner.invoke(app, ["--home", str(home), *args], input=input, env=full_env)
+        if result.exception and not isinstance(result.exception, SystemExit):
+            raise result.exception
+        return Ran(result.exit_code, result.stdout, result.stderr)
+
+    return run

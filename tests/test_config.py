@@ -1,0 +1,145 @@
+"""followupd.yaml: a typo is an error naming file, line and key; the environment wins."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+import pytest
+
+from followupd import config as configuration
+
+
+def edit(home, old: str, new: str) -> None:
+    path = home / "followupd.yaml"
+    text = path.read_text()
+    assert old in text, old
+    path.write_text(text.replace(old, new, 1))
+
+
+def problems(home, environ=None) -> list[str]:
+    with pytest.raises(configuration.ConfigError) as caught:
+        configuration.load(home, environ=environ or {})
+    return caught.value.problems
+
+
+def test_the_shipped_default_is_valid(home):
+    settings = configuration.load(home, environ={})
+    assert settings.config.practice.timezone == "America/Chicago"
+    assert [r.name for r in settings.config.rules][:2] == [
+        "referral-acknowledgement", "closing-note"]
+    assert settings.database_url == f"sqlite:///{home / 'followupd.sqlite3'}"
+    assert settings.outbox_dir == home / "outbox"
+
+
+def test_every_key_of_the_default_has_a_comment():
+    from followupd.resources import default_config_dir
+
+    lines = (default_config_dir() / "followupd.yaml").read_text().splitlines()
+    section = ""
+    for index, line in enumerate(lines):
+        match = re.match(r"^(\s*)([a-z_]+):", line)
+        if not match:
+            continue
+        if not match.group(1):
+            section = match.group(2)
+        # The entries of rules and specialty_chain are the user's own, documented above them.
+        elif section in ("rules", "specialty_chain") or lines[index - 1].strip().startswith("- "):
+            continue
+        above = lines[index - 1].strip()
+        assert above.startswith("#") or (lines[index - 1].rstrip().endswith(":") and \
+            line.strip().endswith(":")), f"no comment above line {index + 1}: {line}"
+
+
+def test_bad_duration_names_file_line_key_and_fix(home):
+    edit(home, "after: 1 month", "after: 1 mnth")
+    [problem] = problems(home)
+    assert re.fullmatch(
+        r'.*followupd\.yaml:\d+: rules\[3\]\.after: "1 mnth" is not a duration '
+        r'\(try "3 days", "1 month", "2 business days"\)', problem)
+    line = int(problem.split(":")[1])
+    assert "1 mnth" in (home / "followupd.yaml").read_text().splitlines()[line - 1]
+
+
+def test_misspelt_key_suggests_the_right_one(home):
+    edit(home, '  email: "dana', '  emial: "dana')
+    found = problems(home)
+    assert any('practice.emial: unknown key (did you mean "email"?)' in p for p in found)
+    assert any("practice.email: required key is missing" in p for p in found)
+
+
+def test_wrong_type(home):
+    edit(home, "batch_size: 50", "batch_size: lots")
+    [problem] = problems(home)
+    assert "google.batch_size" in problem and "'lots'" in problem
+
+
+def test_unknown_time_zone(home):
+    edit(home, "America/Chicago", "America/Chicgo")
+    [problem] = problems(home)
+    assert 'practice.timezone: "America/Chicgo" is not an IANA time zone' in problem
+
+
+def test_bad_email_event_and_time_of_day(home):
+    edit(home, '"dana@reyes-therapy.example"', '"dana at reyes"')
+    edit(home, "event: visit.logged", "event: visit.logd")
+    edit(home, 'at: "10:00"', 'at: "25:00"')
+    found = "\n".join(problems(home))
+    assert 'practice.email: "dana at reyes" is not an email address' in found
+    assert 'rules[3].event: "visit.logd" is not an event' in found
+    assert 'rules[3].at: "25:00" is not a time of day' in found
+
+
+def test_duplicate_rule_names(home):
+    edit(home, "name: closing-note", "name: referral-acknowledgement")
+    assert any("used twice" in p for p in problems(home))
+
+
+def test_yaml_syntax_error_has_a_line(home):
+    edit(home, "  poll: 5 minutes", "  poll: [5 minutes")
+    [problem] = problems(home)
+    assert re.match(r".*followupd\.yaml:\d+: not valid YAML", problem)
+
+
+def test_missing_and_empty_files(tmp_path):
+    assert "followupd init" in problems(tmp_path)[0]
+    (tmp_path / "followupd.yaml").write_text("")
+    assert "empty" in problems(tmp_path)[0]
+
+
+def test_environment_overrides_dotenv_overrides_yaml(home):
+    (home / ".env").write_text("FOLLOWUPD_DELIVERY=google\nFOLLOWUPD_OUTBOX=from-dotenv\n")
+    settings = configuration.load(home, environ={"FOLLOWUPD_OUTBOX": "from-env"})
+    assert settings.config.delivery.backend == "google"
+    assert settings.outbox_dir == home / "from-env"
+
+
+def test_a_bad_environment_value_names_the_variable(home):
+    found = problems(home, environ={"FOLLOWUPD_DELIVERY": "carrier-pigeon"})
+    assert found[0].startswith("FOLLOWUPD_DELIVERY (overrides delivery.backend): ")
+
+
+def test_next_specialty_chain(home):
+    config = configuration.load(home, environ={}).config
+    assert config.next_specialty("Internal Medicine") == "OB/GYN"
+    assert config.next_specialty("internist") == "OB/GYN"
+    assert config.next_specialty("obstetrics and gynecology") == "pediatrician"
+    assert config.next_specialty("dermatology") is None
+
+
+def test_cli_exits_2_with_no_traceback(home):
+    edit(home, "after: 1 month", "after: 1 mnth")
+    ran = subprocess.run([sys.executable, "-m", "followupd", "--home", str(home), "check"],
+                         capture_output=True, text=True, env={"PATH": "/usr/bin:/bin"})
+    assert ran.returncode == 2
+    assert "rules[3].after" in ran.stderr
+    assert "Traceback" not in ran.stderr + ran.stdout
+
+
+def test_check_passes_on_a_good_home(home):
+    ran = subprocess.run([sys.executable, "-m", "followupd", "check", "--home", str(home)],
+                         capture_output=True, text=True, env={"PATH": "/usr/bin:/bin"})
+    assert ran.returncode == 0, ran.stderr
+    assert "is valid" in ran.stdout
+    assert not (home / "followupd.sqlite3").exists()  # check changes nothing

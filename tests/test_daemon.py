@@ -1,0 +1,209 @@
+"""`followupd run` as a real background process: schedule, wake-up, signals, one per home,
+recovery after a kill, health, and logs without patient details."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from followupd.demo import SAMPLE_CLIENTS, load_samples, prepare_home
+from followupd.models import FollowUp
+from followupd.store import Store, write_meta
+
+
+def env_for(db_url: str, **extra: str) -> dict[str, str]:
+    return {"PATH": os.environ["PATH"], "FOLLOWUPD_DATABASE_URL": db_url, **extra}
+
+
+def followupd(home: Path, *args: str, env: dict) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "followupd", "--home", str(home), *args],
+                          capture_output=True, text=True, env=env, timeout=60)
+
+
+def start_daemon(home: Path, env: dict, log_path: Path | None = None) -> subprocess.Popen:
+    log = open(log_path or home / "daemon.log", "w")  # noqa: SIM115 - closed with the process
+    return subprocess.Popen([sys.executable, "-m", "followupd", "--home", str(home), "run"],
+                            stdout=log, stderr=log, env=env)
+
+
+def wait_for(condition, timeout: float, step: float = 0.05):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(step)
+    return condition()
+
+
+def set_poll(home: Path, poll: str = "1 second") -> None:
+    path = home / "followupd.yaml"
+    path.write_text(path.read_text().replace("poll: 5 minutes", f"poll: {poll}"))
+
+
+def add_referral(home: Path, ref: str, env: dict, release: bool = True) -> None:
+    args = ["referral", "add", "--ref", ref, "--physician", "Dr. Miriam Okafor",
+            "--physician-email", "okafor@lakeside.example", "--client-name", "Imogen Ashcroft",
+            "--problem", "Panic disorder", "--received-on",
+            (date.today() - timedelta(days=10)).isoformat()]
+    ran = followupd(home, *args, *(["--release"] if release else []), env=env)
+    assert ran.returncode == 0, ran.stderr
+
+
+def drafts(home: Path) -> list[Path]:
+    return sorted((home / "outbox" / "drafts").glob("*.eml")) \
+        if (home / "outbox" / "drafts").exists() else []
+
+
+def stop(proc: subprocess.Popen, timeout: float = 10) -> tuple[int, float]:
+    started = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    code = proc.wait(timeout=timeout)
+    return code, time.monotonic() - started
+
+
+@pytest.mark.parametrize("poll", ["1 second", "1 minute"])  # a minute: only the wake-up
+def test_a_new_referral_is_drafted_within_seconds_and_sigterm_exits_0(home, db_url, poll):
+    set_poll(home, poll)
+    env = env_for(db_url)
+    daemon = start_daemon(home, env)
+    try:
+        assert wait_for(lambda: "event=started" in (home / "daemon.log").read_text(), 15)
+        time.sleep(1.5)  # the first tick has run and found nothing
+        added = time.monotonic()
+        add_referral(home, "R-1", env)
+        assert wait_for(lambda: drafts(home), 3.0), (home / "daemon.log").read_text()
+        assert time.monotonic() - added < 3.0
+        code, took = stop(daemon)
+        assert code == 0 and took < 10
+        assert "event=stopped" in (home / "daemon.log").read_text()
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+
+
+def test_a_second_daemon_on_the_same_sqlite_home_refuses(home, tmp_path):
+    db_url = f"sqlite:///{tmp_path / 'one.sqlite3'}"
+    env = env_for(db_url)
+    first = start_daemon(home, env)
+    try:
+        assert wait_for(lambda: "event=started" in (home / "daemon.log").read_text(), 15)
+        second = subprocess.run([sys.executable, "-m", "followupd", "--home", str(home), "run"],
+                                capture_output=True, text=True, env=env, timeout=30)
+        assert second.returncode == 2
+        assert f"pid {first.pid}" in second.stderr and "already using" in second.stderr
+    finally:
+        stop(first)
+
+
+def test_a_killed_daemon_restarted_finishes_without_duplicates(home, db_url, tmp_path):
+    set_poll(home)
+    env = env_for(db_url)
+    count = 400
+    received = (date.today() - timedelta(days=10)).isoformat()
+    csv_path = tmp_path / "referrals.csv"
+    csv_path.write_text("ref,received_on,physician,physician_email,client_name,release_on_file\n"
+                        + "".join(f"R-{i},{received},Dr. P{i % 9},p{i % 9}@clinic.example,"
+                                  f"Client {i},yes\n" for i in range(count)))
+    assert followupd(home, "import", "referrals", str(csv_path), env=env).returncode == 0
+    daemon = start_daemon(home, env)
+    assert wait_for(lambda: len(drafts(home)) >= 30, 30)
+    daemon.send_signal(signal.SIGKILL)
+    daemon.wait()
+    assert len(drafts(home)) < count  # killed mid-run
+    restarted = start_daemon(home, env, home / "daemon2.log")
+    try:
+        assert wait_for(lambda: len(drafts(home)) == count, 60), len(drafts(home))
+        store = Store(db_url)
+        with store.session() as session:
+            assert wait_for(lambda: {r.state for r in session.execute(
+                sa.select(FollowUp)).scalars()} == {"done"}, 10)
+            session.expire_all()
+            rows = session.execute(sa.select(FollowUp)).scalars().all()
+        store.close()
+        assert len(rows) == count and {row.state for row in rows} == {"done"}
+        assert sorted(int(p.stem) for p in drafts(home)) == sorted(row.id for row in rows)
+        assert [p.name for p in (home / "outbox" / "drafts").iterdir()
+                if not p.name.endswith(".eml")] == []  # no half-written file left behind
+    finally:
+        stop(restarted)
+
+
+def test_health(home, db_url):
+    env = env_for(db_url)
+    ran = followupd(home, "health", env=env)
+    assert ran.returncode == 1 and "no tick has completed yet" in ran.stderr
+    assert followupd(home, "run", "--once", env=env).returncode == 0
+    ran = followupd(home, "health", env=env)
+    assert ran.returncode == 0, ran.stderr
+    assert "healthy" in ran.stdout and "due backlog: 0" in ran.stdout
+    store = Store(db_url)
+    with store.session() as session:  # the daemon stopped ticking an hour ago
+        old = datetime.now(UTC) - timedelta(hours=1)
+        write_meta(session, "heartbeat", json.dumps({"at": old.isoformat()}))
+    ran = followupd(home, "health", env=env)
+    assert ran.returncode == 1 and "the last tick was" in ran.stderr
+    assert followupd(home, "run", "--once", env=env).returncode == 0
+    with store.session() as session:  # Google refused the grant
+        write_meta(session, "google_credentials",
+                   "Google sign-in expired or was revoked: run `followupd auth`")
+    store.close()
+    ran = followupd(home, "health", env={**env, "FOLLOWUPD_DELIVERY": "google"})
+    assert ran.returncode == 1 and "run `followupd auth`" in ran.stderr
+
+
+def test_sighup_reloads_and_a_bad_reload_keeps_the_old_configuration(home, db_url):
+    set_poll(home)
+    env = env_for(db_url)
+    daemon = start_daemon(home, env)
+    log = home / "daemon.log"
+    try:
+        assert wait_for(lambda: "event=started" in log.read_text(), 15)
+        config = home / "followupd.yaml"
+        good = config.read_text()
+        config.write_text(good.replace("after: 1 month", "after: 1 mnth"))
+        daemon.send_signal(signal.SIGHUP)
+        assert wait_for(lambda: "reload failed" in log.read_text(), 5)
+        assert "rules[3].after" in log.read_text()
+        config.write_text(good)
+        daemon.send_signal(signal.SIGHUP)
+        assert wait_for(lambda: "event=reloaded" in log.read_text(), 5)
+        add_referral(home, "R-1", env)
+        assert wait_for(lambda: drafts(home), 5)  # still working after both reloads
+    finally:
+        stop(daemon)
+
+
+@pytest.mark.parametrize("fmt", ["logfmt", "json"])
+def test_the_daemons_logs_carry_no_patient_details(tmp_path, fmt):
+    home = tmp_path / "demo"
+    prepare_home(home)
+    set_poll(home)
+    db_url = f"sqlite:///{home / 'followupd.sqlite3'}"
+    store = Store(db_url)
+    load_samples(store, date.today())
+    store.close()
+    env = env_for(db_url, FOLLOWUPD_LOG_FORMAT=fmt, FOLLOWUPD_LOG_LEVEL="DEBUG")
+    daemon = start_daemon(home, env)
+    try:
+        assert wait_for(lambda: len(drafts(home)) == 4, 20)
+        time.sleep(1.5)  # another tick or two, with nothing new
+    finally:
+        code, _ = stop(daemon)
+    assert code == 0
+    lines = (home / "daemon.log").read_text().splitlines()
+    assert any("delivered" in line for line in lines)
+    if fmt == "json":
+        events = [json.loads(line) for line in lines]
+        assert {"ts", "level", "event"} <= set(events[0])
+    for value in (v for client in SAMPLE_CLIENTS for v in client):
+        assert not [line for line in lines if value in line], value

@@ -1,0 +1,106 @@
+"""The database: private SQLite files, WAL, migrations, and refusing a newer schema."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from datetime import UTC, date, datetime, timedelta
+
+import pytest
+import sqlalchemy as sa
+
+from followupd.models import FollowUp, Physician, Referral
+from followupd.store import Store, StoreError
+
+
+def test_sqlite_file_is_private_and_in_wal_mode(tmp_path):
+    path = tmp_path / "db" / "followupd.sqlite3"
+    store = Store(f"sqlite:///{path}")
+    with store.session() as session:
+        session.add(Physician(key="a|", name="A"))
+    with store.engine.connect() as conn:
+        assert conn.execute(sa.text("PRAGMA journal_mode")).scalar() == "wal"
+        assert conn.execute(sa.text("PRAGMA busy_timeout")).scalar() >= 5000
+        for suffix in ("", "-wal", "-shm"):
+            file = path.with_name(path.name + suffix)
+            assert stat.S_IMODE(file.stat().st_mode) == 0o600, suffix
+    store.close()
+
+
+def test_an_existing_world_readable_database_is_made_private(tmp_path):
+    path = tmp_path / "followupd.sqlite3"
+    path.touch()
+    os.chmod(path, 0o644)
+    Store(f"sqlite:///{path}").close()
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def test_migrations_create_every_table_and_rerun_as_no_ops(db_url):
+    Store(db_url).close()
+    store = Store(db_url)  # second open: already at head
+    tables = set(sa.inspect(store.engine).get_table_names())
+    assert {"practice", "physician", "referral", "visit", "follow_up", "alembic_version"} <= tables
+    store.close()
+
+
+def test_a_database_from_a_newer_followupd_is_refused(db_url):
+    store = Store(db_url)
+    with store.engine.begin() as conn:
+        conn.execute(sa.text("UPDATE alembic_version SET version_num = '9999'"))
+    store.close()
+    with pytest.raises(StoreError, match="newer followupd"):
+        Store(db_url)
+
+
+def test_times_come_back_as_utc(db_url):
+    store = Store(db_url)
+    due = datetime(2026, 3, 8, 8, 30, tzinfo=UTC) + timedelta(hours=5)
+    with store.session() as session:
+        session.add(FollowUp(rule="r", subject_type="referral", subject_id=1, kind="draft",
+                             due_at=due.astimezone(datetime.now().astimezone().tzinfo)))
+    with store.session() as session:
+        row = session.execute(sa.select(FollowUp)).scalar_one()
+    assert row.due_at == due and row.due_at.tzinfo == UTC
+    store.close()
+
+
+def test_ledger_is_unique_per_rule_and_subject(db_url):
+    store = Store(db_url)
+    due = datetime.now(UTC)
+    with store.session() as session:
+        session.add(FollowUp(rule="r", subject_type="referral", subject_id=1, kind="draft",
+                             due_at=due))
+    with pytest.raises(sa.exc.IntegrityError), store.session() as session:
+        session.add(FollowUp(rule="r", subject_type="referral", subject_id=1, kind="draft",
+                             due_at=due))
+    store.close()
+
+
+def test_status_json_is_valid_and_has_no_patient_fields(cli, db_url):
+    store = Store(db_url)
+    with store.session() as session:
+        physician = Physician(key="dr x|", name="Dr X")
+        session.add(physician)
+        session.flush()
+        referral = Referral(ref="R-1", received_on=date(2026, 11, 2),
+                            physician_id=physician.id, client_name="Philippa Strand",
+                            presenting_problem="Bulimia")
+        session.add(referral)
+        session.flush()
+        session.add(FollowUp(rule="referral-acknowledgement", subject_type="referral",
+                             subject_id=referral.id, kind="draft", state="held",
+                             reason="no release of information on file for referral R-1",
+                             due_at=datetime(2026, 11, 3, 14, tzinfo=UTC)))
+    store.close()
+    ran = cli("status", "--json")
+    assert ran.code == 0
+    [line] = ran.stdout.strip().splitlines()
+    record = json.loads(line)
+    assert set(record) == {"id", "rule", "kind", "state", "due_at", "external_id", "attempts",
+                           "reason"}
+    assert record["state"] == "held" and record["due_at"] == "2026-11-03T14:00:00+00:00"
+    table = cli("status")
+    assert "held" in table.stdout
+    for value in ("Philippa", "Strand", "Bulimia"):
+        assert value not in ran.stdout + table.stdout
