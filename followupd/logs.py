@@ -63,9 +63,25 @@ class Log:
         self._log(logging.ERROR, event, fields)
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever `sys.stderr` is when a line is logged, not when set up (a test
+    runner or a re-exec may have swapped it since)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
 def setup(level: str = "INFO", fmt: str = "logfmt", stream=None) -> None:
     """Send followupd's log to `stream` (standard error) in the chosen format."""
-    handler = logging.StreamHandler(stream or sys.stderr)
+    handler = logging.StreamHandler(stream) if stream is not None else _StderrHandler()
     handler.setFormatter(JsonFormatter() if fmt == "json" else LogfmtFormatter())
     for name, at in ((LOGGER_NAME, level), ("apscheduler", "WARNING")):
         logger = logging.getLogger(name)  # APScheduler logs every job run at INFO: too much

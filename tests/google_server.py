@@ -471,6 +471,8 @@ class GoogleServer:
         self._httpd: _HTTPServer | None = None
         self._thread: threading.Thread | None = None
         self._connections: set[_Handler] = set()
+        self._busy = 0  # requests being answered right now
+        self._idle = threading.Condition(threading.Lock())
         self.delay = delay
         self.part_delay = 0.0
         self._init_state()
@@ -701,7 +703,23 @@ class GoogleServer:
 
     # ---- request entry point
 
+    def wait_idle(self, timeout: float = 30.0) -> None:
+        """Block until no request is being answered (an abandoned slow call has finished)."""
+        with self._idle:
+            if not self._idle.wait_for(lambda: self._busy == 0, timeout):
+                raise TimeoutError(f"server still busy after {timeout} s")
+
     def _serve(self, handler: _Handler) -> None:
+        with self._idle:
+            self._busy += 1
+        try:
+            self._serve_one(handler)
+        finally:
+            with self._idle:
+                self._busy -= 1
+                self._idle.notify_all()
+
+    def _serve_one(self, handler: _Handler) -> None:
         length = int(handler.headers.get("Content-Length") or 0)
         body = handler.rfile.read(length) if length else b""
         with self._lock:
