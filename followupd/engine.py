@@ -349,6 +349,8 @@ class Engine:
             claimed = [(i, f) for i, f in claimed if i not in seen]
             if not claimed:
                 break
+            if not seen:
+                self.backend.begin()  # built only now: an idle tick never touches Google
             seen.update(i for i, _ in claimed)
             self._deliver_batch(claimed, report)
         return report

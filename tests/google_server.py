@@ -99,6 +99,7 @@ import json
 import math
 import re
 import secrets
+import sys
 import threading
 import time
 from collections import Counter, deque
@@ -453,6 +454,12 @@ class _HTTPServer(ThreadingHTTPServer):
     allow_reuse_address = True
     app: GoogleServer
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that vanished mid-request (killed, timed out) is expected; others print."""
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            return
+        super().handle_error(request, client_address)
+
 
 # --------------------------------------------------------------------------- the server
 
@@ -702,6 +709,12 @@ class GoogleServer:
             self._stopping.wait(seconds)
 
     # ---- request entry point
+
+    @property
+    def busy(self) -> int:
+        """Requests being answered right now."""
+        with self._idle:
+            return self._busy
 
     def wait_idle(self, timeout: float = 30.0) -> None:
         """Block until no request is being answered (an abandoned slow call has finished)."""

@@ -482,3 +482,24 @@ def test_auth_without_an_oauth_client_file_says_how_to_get_one(google_home, cli)
     ran = cli("auth")
     assert ran.code == 2
     assert "client_secret.json" in ran.stderr and "Desktop app" in ran.stderr
+
+
+def test_a_round_of_lookups_reads_the_recent_drafts_once(google_home, server):
+    """After an outage, every retry looks before it creates; the recent drafts are read once
+    a round, not once per claimed batch (120 follow-ups are three batches)."""
+    clock = Clock()
+    engine, store = open_engine(google_home, clock)
+    add_referrals(store, 120)
+    server.inject("drafts.create", "drop", times=1000)  # nothing made, no answer
+    engine.tick()
+    assert not server.drafts("me") and {row.state for row in ledger(store)} == {"waiting"}
+    server.clear_faults()
+    clock.advance(hours=2)
+    before = len(server.requests)
+    engine.tick()
+    scans = [path for method, path, _ in server.requests[before:]
+             if method == "GET" and path.split("?")[0].endswith("/drafts") and "q=" not in path]
+    assert len(scans) == 1
+    assert {row.state for row in ledger(store)} == {"done"}
+    assert_exactly_once(server, store)
+    store.close()

@@ -44,6 +44,16 @@ def test_migrations_create_every_table_and_rerun_as_no_ops(db_url):
     store.close()
 
 
+def test_schema_head_constant_names_the_newest_migration():
+    """The fast "already migrated" check compares against SCHEMA_HEAD: a new migration must
+    move it, or databases would never be upgraded."""
+    from alembic.script import ScriptDirectory
+
+    from followupd.store import SCHEMA_HEAD, _alembic_config
+
+    assert ScriptDirectory.from_config(_alembic_config()).get_current_head() == SCHEMA_HEAD
+
+
 def test_a_database_from_a_newer_followupd_is_refused(db_url):
     store = Store(db_url)
     with store.engine.begin() as conn:

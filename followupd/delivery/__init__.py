@@ -70,6 +70,10 @@ Outcome = Delivered | DeliveryError
 class Backend(Protocol):
     name: str
 
+    def begin(self) -> None:
+        """A round of deliveries starts: forget what was learned about the destination in
+        the last one (it may have changed since)."""
+
     def deliver(self, items: Sequence[Item]) -> list[Outcome]:
         """Put drafts where the therapist reviews them and reminders on the calendar.
 

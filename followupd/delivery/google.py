@@ -92,6 +92,14 @@ class GoogleBackend:
         self.calendar_bucket = TokenBucket(quota.calendar_requests_per_minute,
                                            burst=self.batch_size, sleep=sleep)
         self.counters = Counters()
+        # Recent drafts by header, read once a round (see _recent_drafts), and the drafts
+        # this round has tried to create: a lost answer among those needs a fresh read.
+        self._recent: tuple[dict[str, str], CallError | None] | None = None
+        self._tried: set[int] = set()
+
+    def begin(self) -> None:
+        self._recent = None
+        self._tried = set()
 
     def close(self) -> None:
         self.transport.close()
@@ -154,6 +162,7 @@ class GoogleBackend:
                     last[follow_up_id] = error
                     blocked.add(follow_up_id)
             creatable = [d for d in pending.values() if d.follow_up_id not in blocked]
+            self._tried.update(d.follow_up_id for d in creatable)
             results = self._gmail_calls("drafts.create", [
                 (str(d.follow_up_id), self.gmail.users().drafts().create(
                     userId="me", body={"message": {"raw": _raw(d)}})) for d in creatable])
@@ -223,7 +232,8 @@ class GoogleBackend:
             else:
                 missing.append(draft)
         if missing:
-            by_header, error = self._scan_recent_drafts()
+            by_header, error = self._recent_drafts(
+                fresh=any(d.follow_up_id in self._tried for d in missing))
             for draft in missing:
                 match = by_header.get(draft.message_id) or by_header.get(draft.tag)
                 if match:
@@ -231,6 +241,16 @@ class GoogleBackend:
                 elif error is not None:
                     unknown[draft.follow_up_id] = _as_lookup_error(error)
         return found, unknown
+
+    def _recent_drafts(self, fresh: bool) -> tuple[dict[str, str], CallError | None]:
+        """The header index of recent drafts, read at most once a round unless `fresh`.
+
+        A read made earlier this round holds every draft from earlier rounds; a draft this
+        round tried to create may have appeared after it, so those ask for a `fresh` one.
+        """
+        if fresh or self._recent is None or self._recent[1] is not None:
+            self._recent = self._scan_recent_drafts()
+        return self._recent
 
     def _scan_recent_drafts(self) -> tuple[dict[str, str], CallError | None]:
         """{Message-ID or X-Followupd-Id: draft id} over the most recent drafts."""

@@ -116,6 +116,9 @@ class OutboxBackend:
             return DeliveryError(f"cannot write to the outbox ({exc.strerror})")
         return Delivered(f"outbox:{path.relative_to(self.folder)}")
 
+    def begin(self) -> None:
+        """Nothing is cached between rounds: each write checks the files themselves."""
+
     def deliver(self, items: Sequence[Item]) -> list[Outcome]:
         return [self._write(self.draft_path(item.follow_up_id), item.as_bytes())
                 if isinstance(item, Draft) else
