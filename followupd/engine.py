@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from types import SimpleNamespace
+from typing import TYPE_CHECKING
 
 from followupd import planning
 from followupd.config import ConfigError, Rule, Settings
@@ -54,6 +55,9 @@ from followupd.store import (
     write_meta,
 )
 from followupd.timing import utcnow
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
 
 log = Log()
 
@@ -357,12 +361,17 @@ class Engine:
 
     def _deliver_batch(self, claimed: list[tuple[int, int]], report: TickReport) -> None:
         ready: list[tuple[int, int, dict, Draft | Reminder]] = []
+        with self.store.session() as session:  # one read for the batch: rows it shares
+            installation = installation_id(session)  # (physicians, practices) load once
+            bundles = {follow_up_id: load_bundle(session, follow_up_id)
+                       for follow_up_id, _ in claimed}
         for follow_up_id, fence in claimed:
             if self.stopping:  # shutting down: hand back what was not started
                 with self.store.session() as session:
                     release_claim(session, follow_up_id, fence, State.planned)
                 continue
-            prepared = self._prepare(follow_up_id, fence, report)
+            prepared = self._prepare(follow_up_id, fence, bundles[follow_up_id],
+                                     installation, report)
             if prepared is not None:
                 ready.append(prepared)
         if not ready:
@@ -372,15 +381,13 @@ class Engine:
         except Exception as exc:  # a bug in a backend must not lose the claims
             outcomes = [DeliveryError(f"internal error ({type(exc).__name__})")] * len(ready)
             log.error("backend error", error=type(exc).__name__)
-        for (follow_up_id, fence, fields, _), outcome in zip(ready, outcomes, strict=True):
-            self._record_outcome(follow_up_id, fence, fields, outcome, report)
+        with self.store.session() as session:  # the batch's results in one commit
+            for (follow_up_id, fence, fields, _), outcome in zip(ready, outcomes, strict=True):
+                self._record_outcome(follow_up_id, fence, fields, outcome, report, session)
 
-    def _prepare(self, follow_up_id: int, fence: int,
+    def _prepare(self, follow_up_id: int, fence: int, bundle: Bundle, installation: str,
                  report: TickReport) -> tuple[int, int, dict, Draft | Reminder] | None:
         """Gate and render one claimed follow-up; None if it is settled without delivery."""
-        with self.store.session() as session:
-            bundle = load_bundle(session, follow_up_id)
-            installation = installation_id(session)
         follow_up = bundle.follow_up
         rule = self.rules.get(follow_up.rule)
         fields = {"follow_up": follow_up_id, "rule": follow_up.rule, "kind": follow_up.kind,
@@ -415,37 +422,42 @@ class Engine:
         return follow_up_id, fence, fields, replace(item, attempt=follow_up.attempts)
 
     def _record_outcome(self, follow_up_id: int, fence: int, fields: dict, outcome,
-                        report: TickReport) -> None:
+                        report: TickReport, session: Session) -> None:
         if isinstance(outcome, Delivered):
-            self._record(follow_up_id, fence, state=outcome.state,
+            self._record(follow_up_id, fence, state=outcome.state, session=session,
                          external_id=outcome.external_id, reason=None, next_attempt_at=None)
             report.delivered.append((follow_up_id, fields["kind"], outcome.external_id))
             log.info("delivered" if outcome.state == State.done else outcome.state,
                      external_id=outcome.external_id, **fields)
             return
         if outcome.permanent:
-            self._fail(follow_up_id, fence, outcome.reason, report, fields)
+            self._fail(follow_up_id, fence, outcome.reason, report, fields, session)
             return
         if outcome.systemic:
             report.stopped = outcome.reason
         delay = timedelta(seconds=outcome.retry_after) if outcome.retry_after else min(
             MAX_BACKOFF, timedelta(seconds=random.uniform(0, 30 * 2 ** min(fields["attempt"], 10))))
         self._record(follow_up_id, fence, state=State.waiting, reason=outcome.reason,
-                     next_attempt_at=self.clock() + delay)
+                     next_attempt_at=self.clock() + delay, session=session)
         report.waiting.append((follow_up_id, outcome.reason))
         log.warning("waiting", reason=outcome.reason, retry_in=int(delay.total_seconds()),
                     **fields)
 
     def _fail(self, follow_up_id: int, fence: int, reason: str, report: TickReport,
-              fields: dict) -> None:
-        self._record(follow_up_id, fence, state=State.failed, reason=reason)
+              fields: dict, session: Session | None = None) -> None:
+        self._record(follow_up_id, fence, state=State.failed, reason=reason, session=session)
         report.failed.append((follow_up_id, reason))
         log.error("failed", reason=reason, **fields)
 
-    def _record(self, follow_up_id: int, fence: int, **values) -> None:
-        with self.store.session() as session:
-            if not record_result(session, follow_up_id, fence, **values):
-                log.warning("lease lost", follow_up=follow_up_id, fence=fence)
+    def _record(self, follow_up_id: int, fence: int, session: Session | None = None,
+                **values) -> None:
+        """Record against the claim's fence (in `session`, else in a transaction of its own);
+        a fence that moved means another process took the follow-up over."""
+        if session is None:
+            with self.store.session() as own:
+                return self._record(follow_up_id, fence, own, **values)
+        if not record_result(session, follow_up_id, fence, **values):
+            log.warning("lease lost", follow_up=follow_up_id, fence=fence)
 
     def _gate(self, bundle: Bundle, rule: Rule | None) -> tuple[Desired | None, str | None]:
         """Decide again, on fresh rows, whether this follow-up may go out now."""

@@ -36,6 +36,15 @@ def pytest_report_header(config):
     return "PostgreSQL tests: SKIPPED (set FOLLOWUPD_TEST_POSTGRES_URL to run them)"
 
 
+# Minutes-long tests start first, so the workers finish together rather than one of them
+# starting the kill harness when everything else is done.
+SLOW_FIRST = ("test_kill.py", "test_container.py", "backlog_drains")
+
+
+def pytest_collection_modifyitems(config, items):
+    items.sort(key=lambda item: not any(mark in item.nodeid for mark in SLOW_FIRST))
+
+
 def pytest_terminal_summary(terminalreporter):
     if not POSTGRES_URL:
         terminalreporter.write_line(
