@@ -114,7 +114,10 @@ def print_table(rows: list[Row], title: str) -> None:
     for row in rows:
         table.add_row(row.name, _number(row.value, row.unit),
                       _number(row.floor, row.floor_unit), _number(row.ratio, "x"))
-    Console().print(table)
+    console = Console()
+    if not console.is_terminal:  # a CI log: never cut a figure to fit 80 columns
+        console = Console(width=140)
+    console.print(table)
 
 
 def write_json(rows: list[Row], *, quick: bool, path: Path = RESULTS) -> dict[str, Any]:
