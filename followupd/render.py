@@ -14,6 +14,7 @@ import hashlib
 import re
 import traceback
 from datetime import date, datetime, timedelta
+from email.errors import HeaderParseError
 from email.headerregistry import Address
 from email.message import EmailMessage
 from email.policy import SMTP
@@ -154,7 +155,7 @@ def mailbox(name: str | None, address: str | None, what: str) -> Address:
         raise RenderError(f"no email address for the {what}")
     try:
         return Address(display_name=display, addr_spec=addr)
-    except (ValueError, IndexError, TypeError):
+    except (ValueError, IndexError, TypeError, HeaderParseError):  # found by tests/test_fuzz
         raise RenderError(f"the {what} email is not a single valid address") from None
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+import trust
 from typer.testing import CliRunner
 
 from followupd.cli import app
@@ -45,7 +46,47 @@ def pytest_collection_modifyitems(config, items):
     items.sort(key=lambda item: not any(mark in item.nodeid for mark in SLOW_FIRST))
 
 
+# Files the suite leaves behind that may hold patient values by design: the database, the
+# drafts (a note to the physician, released), and the CSV files fed in.
+PHI_ALLOWED = (".sqlite3", ".sqlite3-wal", ".sqlite3-shm", ".eml", ".csv", ".pyc")
+
+
+def scan_for_patient_values(root: Path) -> tuple[int, list[str]]:
+    """(files read, "path: value" hits) over everything under `root` except PHI_ALLOWED."""
+    scanned, hits = 0, []
+    for path in root.rglob("*"):
+        if not path.is_file() or path.is_symlink() or path.name.endswith(PHI_ALLOWED):
+            continue
+        try:
+            text = path.read_bytes().decode("utf-8", "replace")
+        except OSError:
+            continue
+        scanned += 1
+        hits += [f"{path}: {value}" for value in SAMPLE_PATIENT_VALUES if value in text]
+    return scanned, hits
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Patient data scan over every file the whole suite wrote (logs, .ics, status files,
+    the kill harness's run logs): once, on the controller, after the workers are done."""
+    if hasattr(session.config, "workerinput"):
+        return
+    factory = getattr(session.config, "_tmp_path_factory", None)
+    if factory is None:
+        return
+    scanned, hits = scan_for_patient_values(factory.getbasetemp())
+    trust.record("phi", files=scanned, hits=len(hits))
+    session.config._followupd_phi = (scanned, hits)
+    if hits and session.exitstatus == 0:
+        session.exitstatus = 1
+
+
 def pytest_terminal_summary(terminalreporter):
+    scanned, hits = getattr(terminalreporter.config, "_followupd_phi", (0, []))
+    terminalreporter.write_line(f"patient data scan: {scanned} files the suite wrote, "
+                                f"{len(hits)} with a sample patient's details")
+    for hit in hits:
+        terminalreporter.write_line(f"  PATIENT DATA IN {hit}", red=True)
     if not POSTGRES_URL:
         terminalreporter.write_line(
             "PostgreSQL tests were skipped: FOLLOWUPD_TEST_POSTGRES_URL is not set")

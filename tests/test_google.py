@@ -17,6 +17,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import sqlalchemy as sa
+import trust
 from google_server import running_server
 
 from followupd import config as configuration
@@ -199,53 +200,78 @@ def test_calendar_events_carry_no_patient_details(google_home, server):
     store.close()
 
 
-FAULTS = ["429", "500", "502", "503", "504", "403-rate", "act-then-drop", "act-then-500",
-          "drop", "slow", "act-then-slow"]
+# Each fault at each call that makes something. "act-then-*": the server acted, then the
+# answer was lost (a dropped connection, a 500, a timeout); "401": an expired token, refreshed.
+FAULTS = ["429", "500", "502", "503", "504", "403-rate", "401", "act-then-drop",
+          "act-then-500", "drop", "slow", "act-then-slow"]
+LOOKUP_FAULTS = ["429", "503", "403-rate", "401", "drop", "slow"]
+
+
+def inject(server, home, kind, fault, times):
+    """Inject `fault`; a 401 needs a token the server can refresh, as Google would."""
+    if fault == "401":
+        write_token(home, token_uri=f"{server.base_url}/token")
+        server.valid_refresh_tokens.add("refresh-me")
+    server.inject(kind, fault, times=times, **({"seconds": 3} if "slow" in fault else {}))
 
 
 @pytest.mark.parametrize("fault", FAULTS)
 @pytest.mark.parametrize("kind", ["drafts.create", "events.insert"])
 def test_fault_matrix_converges_to_exactly_one(google_home, server, kind, fault):
+    trust.record("fault", tried=1)
     clock = Clock()
     engine, store = open_engine(google_home, clock)
     add_referrals(store, 3)
     add_visits(store, 3)
-    extra = {"seconds": 3} if "slow" in fault else {}
-    server.inject(kind, fault, times=2, **extra)
+    inject(server, google_home, kind, fault, times=2)
     converge(engine, clock, server=server)
     assert {row.state for row in ledger(store)} == {"done"}
     assert len(server.drafts("me")) == 3 and len(server.events("primary")) == 3
     assert_exactly_once(server, store)
     store.close()
+    trust.record("fault", converged=1)
 
 
-@pytest.mark.parametrize("fault", ["429", "503", "403-rate", "drop", "slow"])
+@pytest.mark.parametrize("fault", LOOKUP_FAULTS)
 @pytest.mark.parametrize("kind", ["drafts.list", "drafts.get", "events.get"])
 def test_faults_on_the_lookups_too(google_home, server, kind, fault):
     """The lookup after a lost answer can fail as well: still never a second one."""
+    trust.record("fault", tried=1)
     clock = Clock()
     engine, store = open_engine(google_home, clock)
     add_referrals(store, 2)
     add_visits(store, 2)
     server.inject("drafts.create", "act-then-500", times=2)  # made, but answered 500
     server.inject("events.insert", "act-then-drop", times=2)
-    server.inject(kind, fault, times=3, **({"seconds": 3} if fault == "slow" else {}))
+    inject(server, google_home, kind, fault, times=3)
     converge(engine, clock, server=server)
     assert_exactly_once(server, store)
     assert {row.state for row in ledger(store)} == {"done"}
     store.close()
+    trust.record("fault", converged=1)
 
 
-def test_a_bad_request_fails_with_googles_reason(google_home, server):
+@pytest.mark.parametrize("kind", ["drafts.create", "events.insert"])
+def test_a_400_fails_that_follow_up_with_googles_reason(google_home, server, kind):
+    """A request Google refuses as malformed is not retried: that one follow-up fails, with
+    Google's reason and no patient detail; the others are delivered."""
+    trust.record("fault", tried=1)
     clock = Clock()
     engine, store = open_engine(google_home, clock)
     add_referrals(store, 2)
-    server.inject("drafts.create", "400", times=1)
-    report = engine.tick()
-    [(_, reason)] = report.failed
-    assert reason.startswith("Google answered 400")
-    assert sum(row.state == "done" for row in ledger(store)) == 1
+    add_visits(store, 2)
+    server.inject(kind, "400", times=1)
+    converge(engine, clock, server=server)
+    rows = ledger(store)
+    failed = [row for row in rows if row.state == "failed"]
+    assert len(failed) == 1 and failed[0].kind == ("draft" if kind == "drafts.create"
+                                                    else "reminder")
+    assert failed[0].reason.startswith("Google answered 400")
+    assert not any(value in failed[0].reason for value in PATIENT_VALUES)
+    assert sum(row.state == "done" for row in rows) == 3
+    assert_exactly_once(server, store)
     store.close()
+    trust.record("fault", converged=1)
 
 
 def test_crash_between_the_call_and_the_commit(google_home, server):

@@ -4,7 +4,8 @@ Tests call `record(kind, **figures)`; each call appends one JSON line to a file 
 FOLLOWUPD_TEST_TRUST_DIR (when set), one file per test process so parallel workers never
 interleave. `python tests/trust.py DIR` adds them up and prints:
 
-    trust: 50 kills, 0 duplicates, 0 lost; 38/38 faults converged; 4000 fuzz inputs, 0 crashes
+    trust: 55 kills, 0 duplicates, 0 lost; 58/58 faults converged; 2000 fuzz inputs, 0 crashes;
+    0 patient values in 900 files written
 """
 
 from __future__ import annotations
@@ -36,7 +37,8 @@ def summary(directory: Path) -> str:
     return (f"trust: {totals['kill.kills']} kills, {totals['kill.duplicates']} duplicates, "
             f"{totals['kill.lost']} lost; {totals['fault.converged']}/{totals['fault.tried']} "
             f"faults converged; {totals['fuzz.inputs']} fuzz inputs, {totals['fuzz.crashes']} "
-            f"crashes")
+            f"crashes; {totals['phi.hits']} patient values in {totals['phi.files']} files "
+            f"written")
 
 
 if __name__ == "__main__":
