@@ -30,7 +30,7 @@ from followupd.delivery import Draft
 from followupd.delivery.outbox import reminder_calendar
 from followupd.engine import Engine
 from followupd.intake import ImportRefused, import_csv
-from followupd.models import FollowUp, Referral, now_utc
+from followupd.models import FollowUp, Referral
 from followupd.records import (
     PhysicianRecord,
     RowError,
@@ -48,6 +48,7 @@ from followupd.store import (
     Directory,
     Store,
     StoreError,
+    change_stamp,
     schema_state,
     upsert_referrals,
     upsert_visits,
@@ -314,7 +315,7 @@ def _change_referral(settings: configuration.Settings, ref: str,
                 change(referral)
             except RowError as exc:
                 fail(EXIT_CONFIG, f"{OPTION_NAMES.get(exc.column, exc.column)}: {exc.message}")
-            referral.updated_at = now_utc()
+            referral.updated_at = change_stamp(session, Referral)
     finally:
         store.close()
     wake(settings.home)

@@ -12,7 +12,7 @@ import stat
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from importlib.resources import files
 from pathlib import Path
 
@@ -253,7 +253,7 @@ class Directory:
                    if (value := getattr(record, name)) is not None
                    and getattr(known, name) != value}
         if changes:
-            stamp = now_utc()
+            stamp = change_stamp(session, Referral)
             session.execute(sa.update(Physician).where(Physician.id == known.id)
                             .values(**changes, updated_at=stamp))
             if "email" in changes:  # held notes waiting for an address are planned again
@@ -263,6 +263,20 @@ class Directory:
             for name, value in changes.items():
                 setattr(known, name, value)
         return known.id, bool(changes)
+
+
+def change_stamp(session: Session, table: sa.Table | type) -> datetime:
+    """The updated_at for a change to `table` (referral, visit): now, or just after its
+    newest stamp if the clock has gone back (an NTP step, a VM resumed), because the
+    planner reads changes after a cursor and would never see a row stamped behind it."""
+    column = sa.inspect(table).c.updated_at if isinstance(table, type) else table.c.updated_at
+    newest = session.execute(sa.select(sa.func.max(column))).scalar()
+    now = now_utc()
+    if newest is not None:
+        newest = newest if newest.tzinfo else newest.replace(tzinfo=UTC)
+        if newest >= now:
+            return newest + timedelta(microseconds=1)
+    return now
 
 
 REFERRAL_DEFAULTS = {"client_dob": None, "presenting_problem": None, "treatment_focus": None,
@@ -289,7 +303,7 @@ def _upsert(session: Session, table: sa.Table, key_column: str,
     Returns, for each item: None if added, else whether it changed. Core statements rather
     than ORM objects: an import of a year of referrals is mostly this function.
     """
-    stamp = now_utc()
+    stamp = change_stamp(session, table)
     key = table.c[key_column]
     existing = {row[key_column]: dict(row) for row in session.execute(
         sa.select(table).where(key.in_({k for k, _ in items}))).mappings()}
