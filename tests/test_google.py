@@ -529,3 +529,28 @@ def test_a_round_of_lookups_reads_the_recent_drafts_once(google_home, server):
     assert {row.state for row in ledger(store)} == {"done"}
     assert_exactly_once(server, store)
     store.close()
+
+
+@pytest.mark.parametrize("fault", ["429", "500", "503", "403-rate", "401", "drop", "400"])
+@pytest.mark.parametrize("kind", ["drafts.get", "messages.list"])
+def test_faults_on_the_draft_sync_leave_states_right(google_home, server, kind, fault):
+    """The sync that notices sent and deleted drafts can fail too: a state is recorded only
+    from an answer, so a failed check changes nothing and a later one gets it right."""
+    trust.record("fault", tried=1)
+    set_config(google_home, "read_scope: false", "read_scope: true")
+    clock = Clock()
+    engine, store = open_engine(google_home, clock)
+    add_referrals(store, 3)
+    engine.tick()
+    first, second, third = ledger(store)
+    server.send_draft("me", first.external_id.removeprefix("gmail:"))
+    server.delete_draft("me", second.external_id.removeprefix("gmail:"))
+    inject(server, google_home, kind, fault, times=2)
+    for _ in range(4):
+        clock.advance(hours=1)
+        engine.tick()
+        server.wait_idle()
+    states = {row.id: row.state for row in ledger(store)}
+    assert states == {first.id: "sent", second.id: "deleted", third.id: "done"}
+    store.close()
+    trust.record("fault", converged=1)
