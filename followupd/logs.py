@@ -67,9 +67,6 @@ class _StderrHandler(logging.StreamHandler):
     """Writes to whatever `sys.stderr` is when a line is logged, not when set up (a test
     runner or a re-exec may have swapped it since)."""
 
-    def __init__(self) -> None:
-        super().__init__()
-
     @property
     def stream(self):  # type: ignore[override]
         return sys.stderr

@@ -345,7 +345,8 @@ def test_a_backlog_drains_at_the_budget_with_no_429(google_home, server):
     store.close()
 
 
-def test_sync_notices_sent_and_deleted_drafts(google_home, server):
+def sent_deleted_and_kept(google_home, server):
+    """Three delivered drafts, then the therapist sends the first and deletes the second."""
     set_config(google_home, "read_scope: false", "read_scope: true")
     clock = Clock()
     engine, store = open_engine(google_home, clock)
@@ -354,6 +355,11 @@ def test_sync_notices_sent_and_deleted_drafts(google_home, server):
     first, second, third = ledger(store)
     server.send_draft("me", first.external_id.removeprefix("gmail:"))
     server.delete_draft("me", second.external_id.removeprefix("gmail:"))
+    return clock, engine, store, (first, second, third)
+
+
+def test_sync_notices_sent_and_deleted_drafts(google_home, server):
+    clock, engine, store, (first, second, third) = sent_deleted_and_kept(google_home, server)
     clock.advance(hours=1)
     engine.tick()
     states = {row.id: row for row in ledger(store)}
@@ -537,14 +543,7 @@ def test_faults_on_the_draft_sync_leave_states_right(google_home, server, kind, 
     """The sync that notices sent and deleted drafts can fail too: a state is recorded only
     from an answer, so a failed check changes nothing and a later one gets it right."""
     trust.record("fault", tried=1)
-    set_config(google_home, "read_scope: false", "read_scope: true")
-    clock = Clock()
-    engine, store = open_engine(google_home, clock)
-    add_referrals(store, 3)
-    engine.tick()
-    first, second, third = ledger(store)
-    server.send_draft("me", first.external_id.removeprefix("gmail:"))
-    server.delete_draft("me", second.external_id.removeprefix("gmail:"))
+    clock, engine, store, (first, second, third) = sent_deleted_and_kept(google_home, server)
     inject(server, google_home, kind, fault, times=2)
     for _ in range(4):
         clock.advance(hours=1)
