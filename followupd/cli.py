@@ -34,6 +34,7 @@ from followupd.models import FollowUp, Referral
 from followupd.records import (
     PhysicianRecord,
     RowError,
+    Therapists,
     clean_text,
     parse_date,
     parse_email,
@@ -210,10 +211,20 @@ def _safe_url(url: str) -> str:
 # --- data entry ------------------------------------------------------------------------------
 
 
+def therapists(settings: configuration.Settings) -> Therapists:
+    """The therapist keys data entry accepts (a group practice's `therapists:`)."""
+    config = settings.config
+    return Therapists(frozenset(t.key for t in config.therapists), config.default_therapist())
+
+
+TherapistOption = Annotated[str | None, typer.Option(
+    help="Whose it is, in a group practice: a key from `therapists:` in followupd.yaml.")]
+
+
 def _entry(settings: configuration.Settings, parse, upsert, row: dict) -> str:
     """Validate one row as the CSV import would, then write it; returns the outcome."""
     try:
-        record = parse(row)
+        record = parse(row, therapists(settings))
     except RowError as exc:
         fail(EXIT_CONFIG, f"{OPTION_NAMES.get(exc.column, exc.column)}: {exc.message}")
     store = open_store(settings)
@@ -258,7 +269,8 @@ OPTION_NAMES = {"ref": "--ref", "received_on": "--received-on", "physician": "--
                     "client_dob": "--client-dob", "presenting_problem": "--problem",
                     "treatment_focus": "--focus", "closed_on": "--on", "release_on": "--on",
                 "closing_summary": "--summary", "visited_on": "--on", "cards_left": "--cards",
-                "handouts_left": "--handouts", "business_manager": "--business-manager"}
+                "handouts_left": "--handouts", "business_manager": "--business-manager",
+                "therapist": "--therapist"}
 
 
 @referral_app.command("add")
@@ -275,6 +287,7 @@ def referral_add(
     focus: Annotated[str | None, typer.Option(help="Planned focus of treatment.")] = None,
     release: Annotated[bool, typer.Option(
         help="A release of information for this physician is on file.")] = False,
+    therapist: TherapistOption = None,
     home: Home = None,
 ) -> None:
     """Add a referral (its acknowledgement note is planned on the next tick)."""
@@ -286,7 +299,7 @@ def referral_add(
            "physician": physician, "physician_email": physician_email, "specialty": specialty,
            "practice": practice, "client_name": client_name, "client_dob": client_dob,
            "presenting_problem": problem, "treatment_focus": focus,
-           "release_on_file": "yes" if release else "no"}
+           "release_on_file": "yes" if release else "no", "therapist": therapist}
     _entry(settings, parse_referral, upsert_referrals, row)
     out.print(f"referral {ref}: added", markup=False)
 
@@ -375,13 +388,15 @@ def visit_add(
     handouts: Annotated[int, typer.Option(help="Handouts left.")] = 1,
     notes: Annotated[str | None, typer.Option()] = None,
     on: Annotated[str | None, typer.Option(help="YYYY-MM-DD [default: today].")] = None,
+    therapist: TherapistOption = None,
     home: Home = None,
 ) -> None:
     """Log an outreach visit (its revisit reminder goes on the calendar on the next tick)."""
     settings = load_settings(home)
     row = {"visited_on": on or today(settings).isoformat(), "practice": practice,
            "physician": physician, "specialty": specialty, "business_manager": business_manager,
-           "cards_left": str(cards), "handouts_left": str(handouts), "notes": notes}
+           "cards_left": str(cards), "handouts_left": str(handouts), "notes": notes,
+           "therapist": therapist}
     outcome = _entry(settings, parse_visit, upsert_visits, row)
     out.print(f"visit to {practice} on {row['visited_on']}: {outcome}", markup=False)
 
@@ -403,7 +418,8 @@ def _import(kind: str, file: str, home: Path | None) -> None:
         def progress(done: int, total: int | None) -> None:
             bar.update(task, completed=done, total=total)
     try:
-        report = import_csv(store, file, kind, progress=progress)  # type: ignore[arg-type]
+        report = import_csv(store, file, kind, progress=progress,  # type: ignore[arg-type]
+                            therapists=therapists(settings))
     except ImportRefused as exc:
         fail(EXIT_FAILED, f"refused: {exc}")
     finally:
@@ -449,6 +465,9 @@ def auth(
     bind: Annotated[str, typer.Option(
         help="Address to listen on: 0.0.0.0 inside a container whose port is published.")]
     = "localhost",
+    therapist: Annotated[str | None, typer.Option(
+        help="A group practice: sign in as this therapist (a key from `therapists:`); "
+             "the token goes to their token_file.")] = None,
 ) -> None:
     """Sign in to Google and store the token (mode 0600) for Gmail drafts and Calendar.
 
@@ -458,6 +477,11 @@ def auth(
     from followupd.delivery.googleapi import scopes, write_private
 
     settings = load_settings(home)
+    try:
+        settings = settings.for_therapist(therapist)
+    except KeyError:
+        fail(EXIT_CONFIG, f"--therapist {therapist}: not in followupd.yaml (one of: "
+                          f"{', '.join(t.key for t in settings.config.therapists) or 'none'})")
     google = settings.config.google
     if google.service_account_file:
         fail(EXIT_CONFIG, "a service account is configured (google.service_account_file); "
@@ -515,6 +539,7 @@ def run(
     store = open_store(settings)
     engine = open_engine(settings, store)
     try:
+        engine.check_backends()  # missing credentials: exit 2, whether or not anything is due
         report = engine.tick()
     except configuration.ConfigError as exc:
         fail(EXIT_CONFIG, *exc.problems)
@@ -536,7 +561,7 @@ def _run_daemon(settings: configuration.Settings, home: Path | None) -> None:
 
     def make_engine(current: configuration.Settings) -> Engine:
         engine = Engine(current, store)
-        engine.backend  # noqa: B018 - fail at start (or reload) on missing credentials
+        engine.check_backends()  # fail at start (or reload) on missing credentials
         return engine
 
     try:
@@ -688,6 +713,8 @@ def status(
             for row in _ledger(store, state):
                 record = {name: getattr(row, name) for name in STATUS_FIELDS}
                 record["due_at"] = row.due_at.isoformat()
+                if settings.config.therapists:  # a group practice: whose mailbox holds it
+                    record["therapist"] = row.therapist
                 out.print(json.dumps(record), markup=False)
             return
         _print_ledger(settings, store, state)

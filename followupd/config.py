@@ -11,7 +11,7 @@ import difflib
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, time
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -206,6 +206,17 @@ class Schedule(Strict):
     poll: DurationField = Duration(5, "minutes")
     sync: DurationField = Duration(15, "minutes")
     misfire_grace: DurationField = Duration(1, "hours")
+    # How long a claim on a follow-up lasts: a replica that dies holding claims loses them
+    # after this. Longer than a batch can take (google.timeout x max_attempts).
+    lease: DurationField = Duration(5, "minutes")
+
+    @field_validator("lease")
+    @classmethod
+    def _long_enough(cls, value: Duration) -> Duration:
+        if value.as_timedelta().total_seconds() < 10:
+            raise PydanticCustomError(
+                "lease", "must be at least 10 seconds (a claim must outlast its batch)", {})
+        return value
 
 
 class Quota(Strict):
@@ -224,6 +235,53 @@ class Google(Strict):
     timeout: float = Field(30.0, gt=0, le=600)
     max_attempts: int = Field(5, ge=1, le=20)
     quota: Quota = Quota()
+
+
+class Therapist(Strict):
+    """One therapist of a group practice: a mailbox, a calendar and their own signature.
+
+    Anything left out is the practice's (`practice:`); credentials are per mailbox.
+    """
+
+    key: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")
+    name: str = Field(min_length=1)
+    email: EmailStr
+    credentials: str | None = None
+    practice_name: str | None = None
+    phone: str | None = None
+    address: str | None = None
+    calendar_id: str | None = None
+    mail_domain: str | None = None
+    # This mailbox's token from `followupd auth --therapist KEY` (default tokens/KEY.json),
+    # or, with google.service_account_file, the mailbox to act for (default: email).
+    token_file: str | None = None
+    subject: str | None = None
+    quota: Quota | None = None
+
+    @field_validator("name", "credentials", "practice_name", "phone", "calendar_id")
+    @classmethod
+    def _one_line(cls, value: str | None) -> str | None:
+        if value is not None and any(ch in value for ch in "\r\n"):
+            raise PydanticCustomError("one_line", "must be a single line", {})
+        return value.strip() if value is not None else None
+
+    def practice(self, base: Practice) -> Practice:
+        """The practice settings as this therapist signs and files them."""
+        changes = {"therapist": self.name, "email": self.email}
+        for name in ("credentials", "practice_name", "phone", "address", "calendar_id",
+                     "mail_domain"):
+            if getattr(self, name) is not None:
+                changes[name] = getattr(self, name)
+        return base.model_copy(update=changes)
+
+    def google(self, base: Google) -> Google:
+        """Google settings for this therapist's mailbox: own token or own subject, own quota."""
+        changes: dict[str, Any] = {"quota": self.quota or base.quota}
+        if base.service_account_file:
+            changes["subject"] = self.subject or self.email
+        else:
+            changes["token_file"] = self.token_file or f"tokens/{self.key}.json"
+        return base.model_copy(update=changes)
 
 
 class Logging(Strict):
@@ -245,19 +303,35 @@ class Config(Strict):
     logging: Logging = Logging()
     holidays: list[date] = []
     specialty_chain: dict[str, str] = {}
+    therapists: list[Therapist] = []
     rules: list[Rule] = []
 
     @model_validator(mode="after")
-    def _unique_rule_names(self) -> Config:
-        seen: set[str] = set()
-        for rule in self.rules:
-            if rule.name in seen:
-                raise PydanticCustomError(
-                    "duplicate_rule", 'rule name "{name}" is used twice (names must be unique)',
-                    {"name": rule.name},
-                )
-            seen.add(rule.name)
+    def _unique_names(self) -> Config:
+        for items, what in ((self.rules, "rule name"), (self.therapists, "therapist key")):
+            seen: set[str] = set()
+            for item in items:
+                name = item.name if isinstance(item, Rule) else item.key
+                if name in seen:
+                    raise PydanticCustomError(
+                        "duplicate_name", '{what} "{name}" is used twice (it must be unique)',
+                        {"what": what, "name": name},
+                    )
+                seen.add(name)
         return self
+
+    def therapist(self, key: str | None) -> Therapist | None:
+        """The configured therapist `key` (None: the practice's own therapist)."""
+        if key is None:
+            return None
+        for therapist in self.therapists:
+            if therapist.key == key:
+                return therapist
+        raise KeyError(key)
+
+    def default_therapist(self) -> str | None:
+        """Whose a row without a therapist is: the only one configured, else nobody's."""
+        return self.therapists[0].key if len(self.therapists) == 1 else None
 
     def next_specialty(self, specialty: str | None) -> str | None:
         """Who to ask about next: after an internist, their favourite OB/GYN."""
@@ -295,6 +369,19 @@ class Settings:
     def path(self, name: str) -> Path:
         """A file named in the configuration, relative to the home."""
         return self.home / name
+
+    def for_therapist(self, key: str | None) -> Settings:
+        """These settings as one therapist's: their signature, mailbox, calendar and quota.
+
+        Raises KeyError for a key the configuration does not list.
+        """
+        therapist = self.config.therapist(key)
+        if therapist is None:
+            return self
+        config = self.config.model_copy(update={
+            "practice": therapist.practice(self.config.practice),
+            "google": therapist.google(self.config.google)})
+        return replace(self, config=config)
 
 
 def resolve_home(home: str | os.PathLike[str] | None, environ: Mapping[str, str]) -> Path:

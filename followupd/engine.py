@@ -35,6 +35,7 @@ from followupd.render import (
 )
 from followupd.store import (
     Bundle,
+    SharedTokenBucket,
     Store,
     cancel_orphans,
     changed_referrals,
@@ -64,7 +65,6 @@ log = Log()
 PAGE = 2000  # subjects planned per transaction
 CLAIM_BATCH = 50  # follow-ups claimed at once (and sent to Google in one batch)
 SYNC_BATCH = 50  # delivered drafts checked per tick
-LEASE = timedelta(minutes=5)
 # The planning cursor never passes "now minus this": a transaction that committed late with an
 # earlier timestamp (or a replica whose clock runs behind) is still seen. Re-planning a row is
 # idempotent, so reading a few rows twice costs little.
@@ -72,6 +72,11 @@ CURSOR_OVERLAP = timedelta(seconds=60)
 MAX_BACKOFF = timedelta(hours=1)
 HEARTBEAT = "heartbeat"  # meta key: the last completed tick
 CREDENTIALS = "google_credentials"  # meta key: "ok", or why Google refused them
+
+
+def credentials_key(therapist: str | None) -> str:
+    """The meta key of one mailbox's credentials state."""
+    return CREDENTIALS if therapist is None else f"{CREDENTIALS}:{therapist}"
 
 
 @dataclass
@@ -84,6 +89,7 @@ class TickReport:
     waiting: list[tuple[int, str]] = field(default_factory=list)
     failed: list[tuple[int, str]] = field(default_factory=list)
     stopped: str | None = None  # why delivery stopped early (e.g. credentials revoked)
+    stopped_for: dict[str | None, str] = field(default_factory=dict)  # by therapist
     synced: list[tuple[int, str]] = field(default_factory=list)  # drafts found sent/deleted
 
     @property
@@ -91,7 +97,7 @@ class TickReport:
         return not self.failed
 
 
-def make_backend(settings: Settings) -> Backend:
+def make_backend(settings: Settings, bucket=None) -> Backend:
     """The configured backend; missing Google credentials stop start-up with what to do."""
     if settings.config.delivery.backend == "outbox":
         from followupd.delivery.outbox import OutboxBackend
@@ -101,7 +107,7 @@ def make_backend(settings: Settings) -> Backend:
     from followupd.delivery.googleapi import CredentialsProblem
 
     try:
-        return GoogleBackend(settings)
+        return GoogleBackend(settings, bucket=bucket)
     except CredentialsProblem as exc:
         raise ConfigError([f"google: {exc}"]) from None
 
@@ -175,7 +181,9 @@ class Engine:
         self.settings = settings
         self.store = store
         self.clock = clock
-        self.host = socket.gethostname()
+        # Claims name their holder "replica:pid"; a replica may name itself (containers on
+        # several hosts, or tests), else it is the host.
+        self.host = settings.environ.get("FOLLOWUPD_REPLICA") or socket.gethostname()
         self.owner = owner or f"{self.host}:{os.getpid()}"
         self.templates = Templates(settings.templates_dir)
         problems = self.templates.problems(settings.config.rules)
@@ -189,18 +197,60 @@ class Engine:
         config = settings.config
         self.calendar = Calendar(config.practice.zone, frozenset(config.holidays))
         self.fingerprint = rules_fingerprint(settings)
-        self._backend = backend
+        self.lease = config.schedule.lease.as_timedelta()
+        self._injected = backend
+        self._backends: dict[str | None, Backend] = {}
+        self._views: dict[str | None, Settings] = {None: settings}
         self.stopping = False
+
+    # --- therapists: whose mailbox, signature and calendar -----------------------------
+
+    def mailboxes(self) -> list[str | None]:
+        """The therapists deliveries go to (None: the practice's own, `practice:`)."""
+        return [t.key for t in self.settings.config.therapists] or [None]
+
+    def view(self, therapist: str | None) -> Settings:
+        """The settings as `therapist`'s; KeyError if the configuration does not list them."""
+        if therapist not in self._views:
+            self._views[therapist] = self.settings.for_therapist(therapist)
+        return self._views[therapist]
+
+    def therapist_of(self, bundle: Bundle) -> str | None:
+        subject = bundle.referral or bundle.visit
+        own = subject.therapist if subject is not None else None
+        return own or self.settings.config.default_therapist()
+
+    def backend_for(self, therapist: str | None) -> Backend:
+        """One backend per mailbox (the outbox is one folder for all); built on first use."""
+        if self._injected is not None:
+            return self._injected
+        if self.settings.config.delivery.backend == "outbox":
+            therapist = None
+        if therapist not in self._backends:
+            self._backends[therapist] = make_backend(self.view(therapist), self._bucket())
+        return self._backends[therapist]
 
     @property
     def backend(self) -> Backend:
-        if self._backend is None:
-            self._backend = make_backend(self.settings)
-        return self._backend
+        return self.backend_for(self.settings.config.default_therapist())
+
+    def check_backends(self) -> None:
+        """Build every mailbox's backend now: missing credentials stop start-up."""
+        for therapist in self.mailboxes():
+            self.backend_for(therapist)
+
+    def _bucket(self):
+        """Quota buckets in the database when replicas may share a mailbox (PostgreSQL)."""
+        if self.store.engine.dialect.name != "postgresql":
+            return None
+        return lambda name, per_minute, burst: SharedTokenBucket(self.store, name, per_minute,
+                                                                 burst)
 
     def close(self) -> None:
-        if self._backend is not None:
-            self._backend.close()
+        for backend in {id(b): b for b in self._backends.values()}.values():
+            backend.close()
+        if self._injected is not None:
+            self._injected.close()
 
     # --- one tick ---------------------------------------------------------------------
 
@@ -212,7 +262,7 @@ class Engine:
             log.warning("recovered claims of a process that died", follow_ups=expired)
         self.plan(report)
         self.deliver_due(report)
-        if not report.stopped and not self.stopping:
+        if not self.stopping:
             self.sync(report)
         self.heartbeat(report)
         return report
@@ -229,26 +279,42 @@ class Engine:
         with self.store.session() as session:
             write_meta(session, HEARTBEAT, json.dumps(beat))
             if self.settings.config.delivery.backend == "google":
-                if report.stopped:
-                    write_meta(session, CREDENTIALS, report.stopped[:256])
-                elif report.delivered or report.synced:
-                    write_meta(session, CREDENTIALS, "ok")
+                for therapist in self.mailboxes():
+                    key = credentials_key(therapist)
+                    if therapist in report.stopped_for:
+                        write_meta(session, key, report.stopped_for[therapist][:256])
+                    elif report.delivered or report.synced:
+                        write_meta(session, key, "ok")
 
     # --- sync -------------------------------------------------------------------------
 
     def sync(self, report: TickReport | None = None) -> TickReport:
         """Notice drafts the therapist sent or deleted: a bounded check per tick."""
         report = report or TickReport()
-        draft_states = getattr(self.backend, "draft_states", None)
-        if draft_states is None:
+        if self.settings.config.delivery.backend != "google" and self._injected is None:
             return report
         now = self.clock()
         with self.store.session() as session:
             rows = drafts_to_sync(session, now, SYNC_BATCH)
             installation = installation_id(session) if rows else ""
-        if not rows:
-            return report
-        domain = self.settings.config.practice.message_domain
+        by_mailbox: dict[str | None, list[FollowUp]] = {}
+        for row in rows:
+            by_mailbox.setdefault(row.therapist, []).append(row)
+        for therapist, mine in by_mailbox.items():
+            if therapist not in report.stopped_for:
+                self._sync_mailbox(therapist, mine, installation, now, report)
+        return report
+
+    def _sync_mailbox(self, therapist: str | None, rows: list[FollowUp], installation: str,
+                      now: datetime, report: TickReport) -> None:
+        try:
+            view, backend = self.view(therapist), self.backend_for(therapist)
+        except (KeyError, ConfigError):  # a therapist since removed, or without credentials
+            return
+        draft_states = getattr(backend, "draft_states", None)
+        if draft_states is None:
+            return
+        domain = view.config.practice.message_domain
         by_draft = {row.external_id.removeprefix("gmail:"): row for row in rows}
         states = draft_states([(draft_id, message_id(installation, row.id, domain))
                                for draft_id, row in by_draft.items()])
@@ -267,7 +333,6 @@ class Engine:
                             next_attempt_at=None)
                 report.synced.append((row.id, found.state))
                 log.info("synced", follow_up=row.id, state=found.state)
-        return report
 
     # --- plan -------------------------------------------------------------------------
 
@@ -347,19 +412,20 @@ class Engine:
         """Claim what is due, a batch at a time, and deliver each batch in one backend call."""
         report = report or TickReport()
         seen: set[int] = set()
-        while not report.stopped and not self.stopping:
+        begun: set[str | None] = set()  # mailboxes whose round has started
+        every = len(self.mailboxes())
+        while len(report.stopped_for) < every and not self.stopping:
             with self.store.session() as session:
-                claimed = claim_due(session, self.clock(), self.owner, LEASE, CLAIM_BATCH)
+                claimed = claim_due(session, self.clock(), self.owner, self.lease, CLAIM_BATCH)
             claimed = [(i, f) for i, f in claimed if i not in seen]
             if not claimed:
                 break
-            if not seen:
-                self.backend.begin()  # built only now: an idle tick never touches Google
             seen.update(i for i, _ in claimed)
-            self._deliver_batch(claimed, report)
+            self._deliver_batch(claimed, report, begun)
         return report
 
-    def _deliver_batch(self, claimed: list[tuple[int, int]], report: TickReport) -> None:
+    def _deliver_batch(self, claimed: list[tuple[int, int]], report: TickReport,
+                       begun: set[str | None]) -> None:
         ready: list[tuple[int, int, dict, Draft | Reminder]] = []
         with self.store.session() as session:  # one read for the batch: rows it shares
             installation = installation_id(session)  # (physicians, practices) load once
@@ -376,22 +442,40 @@ class Engine:
                 ready.append(prepared)
         if not ready:
             return
-        try:
-            outcomes = self.backend.deliver([item for *_, item in ready])
-        except Exception as exc:  # a bug in a backend must not lose the claims
-            outcomes = [DeliveryError(f"internal error ({type(exc).__name__})")] * len(ready)
-            log.error("backend error", error=type(exc).__name__)
+        by_mailbox: dict[str | None, list[tuple[int, int, dict, Draft | Reminder]]] = {}
+        for prepared in ready:
+            by_mailbox.setdefault(prepared[2]["therapist"], []).append(prepared)
+        results = []
+        for therapist, items in by_mailbox.items():  # each mailbox in one backend call
+            outcomes = self._deliver_to(therapist, [item for *_, item in items], begun)
+            results += zip(items, outcomes, strict=True)
         with self.store.session() as session:  # the batch's results in one commit
-            for (follow_up_id, fence, fields, _), outcome in zip(ready, outcomes, strict=True):
+            for (follow_up_id, fence, fields, _), outcome in results:
                 self._record_outcome(follow_up_id, fence, fields, outcome, report, session)
+
+    def _deliver_to(self, therapist: str | None, items: list[Draft | Reminder],
+                    begun: set[str | None]) -> list:
+        try:
+            backend = self.backend_for(therapist)
+        except ConfigError as exc:  # this therapist's credentials are missing: the rest go on
+            return [DeliveryError(exc.problems[0], systemic=True)] * len(items)
+        try:
+            if therapist not in begun:
+                backend.begin()  # built only now: an idle tick never touches Google
+                begun.add(therapist)
+            return backend.deliver(items)
+        except Exception as exc:  # a bug in a backend must not lose the claims
+            log.error("backend error", error=type(exc).__name__)
+            return [DeliveryError(f"internal error ({type(exc).__name__})")] * len(items)
 
     def _prepare(self, follow_up_id: int, fence: int, bundle: Bundle, installation: str,
                  report: TickReport) -> tuple[int, int, dict, Draft | Reminder] | None:
         """Gate and render one claimed follow-up; None if it is settled without delivery."""
         follow_up = bundle.follow_up
         rule = self.rules.get(follow_up.rule)
+        therapist = self.therapist_of(bundle)
         fields = {"follow_up": follow_up_id, "rule": follow_up.rule, "kind": follow_up.kind,
-                  "attempt": follow_up.attempts}
+                  "attempt": follow_up.attempts, "therapist": therapist}
         wanted, gone = self._gate(bundle, rule)
         not_an_attempt = FollowUp.attempts - 1  # the claim counted one; nothing was tried
         if gone:
@@ -406,12 +490,20 @@ class Engine:
             report.held.append((follow_up_id, wanted.hold))
             log.info("held", reason=wanted.hold, **fields)
             return None
-        if report.stopped:
-            self._record(follow_up_id, fence, state=State.waiting, reason=report.stopped,
+        try:
+            view = self.view(therapist)
+        except KeyError:
+            stop = (f"therapist {therapist!r} is not in followupd.yaml (add them under "
+                    "`therapists:`, or change the referral's or visit's therapist)")
+        else:
+            stop = report.stopped_for.get(therapist)
+        if stop:
+            self._record(follow_up_id, fence, state=State.waiting, reason=stop,
                          next_attempt_at=self.clock() + MAX_BACKOFF, attempts=not_an_attempt)
+            report.waiting.append((follow_up_id, stop))
             return None
         try:
-            item = self.render(bundle, rule, installation)
+            item = self.render(bundle, rule, installation, view)
         except RenderError as exc:
             self._fail(follow_up_id, fence, str(exc), report, fields)
             return None
@@ -425,7 +517,8 @@ class Engine:
                         report: TickReport, session: Session) -> None:
         if isinstance(outcome, Delivered):
             self._record(follow_up_id, fence, state=outcome.state, session=session,
-                         external_id=outcome.external_id, reason=None, next_attempt_at=None)
+                         external_id=outcome.external_id, reason=None, next_attempt_at=None,
+                         therapist=fields["therapist"])
             report.delivered.append((follow_up_id, fields["kind"], outcome.external_id))
             log.info("delivered" if outcome.state == State.done else outcome.state,
                      external_id=outcome.external_id, **fields)
@@ -434,7 +527,7 @@ class Engine:
             self._fail(follow_up_id, fence, outcome.reason, report, fields, session)
             return
         if outcome.systemic:
-            report.stopped = outcome.reason
+            report.stopped = report.stopped_for[fields["therapist"]] = outcome.reason
         delay = timedelta(seconds=outcome.retry_after) if outcome.retry_after else min(
             MAX_BACKOFF, timedelta(seconds=random.uniform(0, 30 * 2 ** min(fields["attempt"], 10))))
         self._record(follow_up_id, fence, state=State.waiting, reason=outcome.reason,
@@ -472,16 +565,19 @@ class Engine:
             return None, f"no longer applies to {subject.label}"
         return wanted[0], None
 
-    def render(self, bundle: Bundle, rule: Rule, installation: str) -> Draft | Reminder:
+    def render(self, bundle: Bundle, rule: Rule, installation: str,
+               view: Settings | None = None) -> Draft | Reminder:
+        """Render as the therapist's own note or reminder (`view`: their settings)."""
+        view = view or self.view(self.therapist_of(bundle))
         follow_up = bundle.follow_up
         release = bool(bundle.referral is not None and bundle.referral.release_on_file)
-        context = context_for(self.settings, rule, bundle, release=release)
+        context = context_for(view, rule, bundle, release=release)
         if rule.make == "draft":
             return build_draft(self.templates, rule, context, follow_up_id=follow_up.id,
-                               settings=self.settings, installation=installation,
+                               settings=view, installation=installation,
                                now=self.clock())
         return build_reminder(self.templates, rule, context, follow_up_id=follow_up.id,
-                              settings=self.settings, installation=installation,
+                              settings=view, installation=installation,
                               remind_at=follow_up.remind_at or follow_up.due_at)
 
     # --- preview ----------------------------------------------------------------------
@@ -502,4 +598,8 @@ class Engine:
             return None, gone
         if wanted.hold:
             return None, wanted.hold
-        return self.render(bundle, rule, installation), None
+        try:
+            view = self.view(self.therapist_of(bundle))
+        except KeyError:
+            return None, f"therapist {self.therapist_of(bundle)!r} is not in followupd.yaml"
+        return self.render(bundle, rule, installation, view), None

@@ -20,11 +20,13 @@ from typing import IO, Literal
 import sqlalchemy as sa
 
 from followupd.records import (
+    NO_THERAPISTS,
     REFERRAL_COLUMNS,
     REFERRAL_REQUIRED,
     VISIT_COLUMNS,
     VISIT_REQUIRED,
     RowError,
+    Therapists,
     parse_referral,
     parse_visit,
 )
@@ -149,8 +151,12 @@ def _rows(reader, header: list[str], report: ImportReport, shown: str):
 
 def import_csv(store: Store, path: str, kind: Kind,
                progress: Callable[[int, int | None], None] | None = None,
-               batch_rows: int = BATCH_ROWS) -> ImportReport:
-    """Import a referrals or visits CSV; a bad row is rejected, the rest go in."""
+               batch_rows: int = BATCH_ROWS,
+               therapists: Therapists = NO_THERAPISTS) -> ImportReport:
+    """Import a referrals or visits CSV; a bad row is rejected, the rest go in.
+
+    `therapists` are the keys a group practice's rows may name in a `therapist` column.
+    """
     binary, shown = _open_source(path)
     with binary:
         total = check_utf8(binary, shown)
@@ -163,7 +169,7 @@ def import_csv(store: Store, path: str, kind: Kind,
         batch: list[tuple[int, object]] = []
         for line, row in _rows(reader, header, report, shown):
             try:
-                batch.append((line, parse(row)))
+                batch.append((line, parse(row, therapists)))
             except RowError as exc:
                 report.counts.rejected += 1
                 report.problems.append(f"line {line}, column {exc.column}: {exc.message}")

@@ -80,6 +80,7 @@ class Referral(SQLModel, table=True):
     prescriber_id: int | None = Field(default=None, foreign_key="physician.id")
     closed_on: date | None = None
     closing_summary: str | None = None
+    therapist: str | None = Field(default=None, max_length=64)  # a key from `therapists:`
     created_at: datetime = _stamp()
     updated_at: datetime = _stamp(index=True)
 
@@ -98,6 +99,7 @@ class Visit(SQLModel, table=True):
     cards_left: int = 0
     handouts_left: int = 0
     notes: str | None = None
+    therapist: str | None = Field(default=None, max_length=64)
     created_at: datetime = _stamp()
     updated_at: datetime = _stamp(index=True)
 
@@ -143,6 +145,7 @@ class FollowUp(SQLModel, table=True):
     claimed_by: str | None = Field(default=None, max_length=120)
     lease_until: datetime | None = Field(default=None, sa_type=UTCDateTime)
     fence: int = 0
+    therapist: str | None = Field(default=None, max_length=64)  # whose mailbox holds it
     created_at: datetime = _stamp()
     updated_at: datetime = _stamp()
 
@@ -153,6 +156,15 @@ class Meta(SQLModel, table=True):
     __tablename__ = "meta"
     key: str = Field(primary_key=True, max_length=64)
     value: str = Field(max_length=256)
+
+
+class QuotaBucket(SQLModel, table=True):
+    """A token bucket shared by every replica: one per mailbox and calendar."""
+
+    __tablename__ = "quota"
+    name: str = Field(primary_key=True, max_length=200)
+    tokens: float
+    refilled_at: float  # seconds since the epoch
 
 
 class Cursor(SQLModel, table=True):

@@ -23,11 +23,13 @@ REFERRAL_COLUMNS = (
     # Optional, beyond the columns every practice has: the date the release was signed, and
     # the client's prescriber when that is not the referring physician.
     "release_on", "prescriber", "prescriber_email",
+    # A group practice: whose referral it is (a key from `therapists:` in followupd.yaml).
+    "therapist",
 )
 REFERRAL_REQUIRED = ("ref", "received_on", "physician", "client_name")
 VISIT_COLUMNS = (
     "visited_on", "practice", "physician", "specialty", "business_manager", "cards_left",
-    "handouts_left", "notes",
+    "handouts_left", "notes", "therapist",
 )
 VISIT_REQUIRED = ("visited_on", "practice")
 
@@ -151,6 +153,35 @@ def required_text(column: str, raw: Any) -> str:
     return text
 
 
+@dataclass(frozen=True)
+class Therapists:
+    """The therapist keys a row may name, and whose a row naming none is."""
+
+    keys: frozenset[str] = frozenset()
+    default: str | None = None
+
+    def parse(self, raw: Any) -> str | None:
+        text = clean_text("therapist", raw)
+        if text is None:
+            if self.default is None and self.keys:
+                raise RowError("therapist", f"is empty (one of: {self._known()})")
+            return self.default
+        key = text.casefold()
+        if key not in self.keys:
+            if not self.keys:
+                raise RowError("therapist", "is set but followupd.yaml lists no therapists "
+                                            "(add them under `therapists:`)")
+            raise RowError("therapist", f"is not a therapist in followupd.yaml "
+                                        f"(one of: {self._known()})")
+        return key
+
+    def _known(self) -> str:
+        return ", ".join(sorted(self.keys))
+
+
+NO_THERAPISTS = Therapists()
+
+
 def fold(text: str | None) -> str:
     return " ".join((text or "").casefold().split())
 
@@ -163,8 +194,11 @@ def physician_key(name: str, practice: str | None) -> str:
     return f"{fold(name)}|{fold(practice)}"
 
 
-def visit_key(visited_on: date, practice: str, physician: str | None) -> str:
-    return f"{visited_on.isoformat()}|{fold(practice)}|{fold(physician)}"
+def visit_key(visited_on: date, practice: str, physician: str | None,
+              therapist: str | None = None) -> str:
+    """A visit is one per day, office and physician (and therapist, in a group practice)."""
+    key = f"{visited_on.isoformat()}|{fold(practice)}|{fold(physician)}"
+    return f"{key}|{therapist}" if therapist else key
 
 
 @dataclass(frozen=True)
@@ -208,10 +242,17 @@ class VisitRecord:
                 "physician_id": physician_id, "specialty": self.specialty, **self.fields}
 
 
-def parse_referral(row: Mapping[str, Any]) -> ReferralRecord:
+def _therapist(row: Mapping[str, Any], therapists: Therapists, fields: dict[str, Any]) -> None:
+    if "therapist" in row or therapists.keys:
+        fields["therapist"] = therapists.parse(row.get("therapist"))
+
+
+def parse_referral(row: Mapping[str, Any],
+                   therapists: Therapists = NO_THERAPISTS) -> ReferralRecord:
     """Validate one referral; only the columns present in `row` are set."""
     present = set(row)
     fields: dict[str, Any] = {}
+    _therapist(row, therapists, fields)
     ref = required_text("ref", row.get("ref"))
     fields["received_on"] = parse_date("received_on", row.get("received_on"), required=True)
     fields["client_name"] = required_text("client_name", row.get("client_name"))
@@ -249,10 +290,11 @@ def parse_referral(row: Mapping[str, Any]) -> ReferralRecord:
                           has_prescriber="prescriber" in present)
 
 
-def parse_visit(row: Mapping[str, Any]) -> VisitRecord:
+def parse_visit(row: Mapping[str, Any], therapists: Therapists = NO_THERAPISTS) -> VisitRecord:
     """Validate one office visit."""
     present = set(row)
     fields: dict[str, Any] = {}
+    _therapist(row, therapists, fields)
     for column in ("cards_left", "handouts_left"):
         if column in present:
             fields[column] = parse_count(column, row[column])

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import stat
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from followupd.models import (
     Meta,
     Physician,
     Practice,
+    QuotaBucket,
     Referral,
     State,
     Visit,
@@ -41,7 +43,7 @@ from followupd.records import (
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 _MIGRATION_LOCK = 0x466F6C6C  # PostgreSQL advisory lock id: one migrator at a time
-SCHEMA_HEAD = "0002"  # the newest migration; tests/test_store.py checks it against Alembic
+SCHEMA_HEAD = "0003"  # the newest migration; tests/test_store.py checks it against Alembic
 
 
 class StoreError(Exception):
@@ -373,7 +375,8 @@ def upsert_visits(session: Session, records: Iterable[VisitRecord],
         if record.physician_name:
             physician_id, physician_changed = directory.physician(
                 session, record.physician_record())
-        key = visit_key(record.visited_on, record.practice, record.physician_name)
+        key = visit_key(record.visited_on, record.practice, record.physician_name,
+                        record.fields.get("therapist"))
         items.append((key, record.visit_values(practice_id, physician_id)))
         physician_changes.append(physician_changed)
     outcomes = _upsert(session, Visit.__table__, "key", items, VISIT_DEFAULTS)
@@ -395,9 +398,55 @@ def read_meta(session: Session, key: str) -> str | None:
 
 def write_meta(session: Session, key: str, value: str) -> None:
     """Set a fact about this database (a heartbeat, the state of the credentials)."""
-    updated = session.execute(sa.update(Meta).where(Meta.key == key).values(value=value))
-    if updated.rowcount == 0:
-        session.add(Meta(key=key, value=value))
+    _put(session, Meta, {"key": key}, {"value": value})
+
+
+class SharedTokenBucket:
+    """A token bucket every replica draws on, kept in the database: one mailbox's quota
+    holds however many processes deliver for it.
+
+    The same pacing as googleapi.TokenBucket (never more than `per_minute` in any minute),
+    but a take reserves its units at once, going into debt if need be, and then waits the
+    debt out; the next taker, in any replica, waits behind it.
+    """
+
+    def __init__(self, store: Store, name: str, per_minute: float, burst: float,
+                 clock: Callable[[], float] = time.time,
+                 sleep: Callable[[float], None] = time.sleep):
+        burst = min(burst, per_minute / 2)
+        self.store, self.name = store, name
+        self.rate = (per_minute - burst) / 60.0
+        self.capacity = burst
+        self.clock, self.sleep = clock, sleep
+        self.waited = 0.0
+
+    def take(self, cost: float) -> None:
+        while cost > 0:
+            step = min(cost, self.capacity)
+            debt = self._reserve(step)
+            if debt > 0:
+                pause = debt / self.rate
+                self.waited += pause
+                self.sleep(pause)
+            cost -= step
+
+    def _reserve(self, step: float) -> float:
+        """Spend `step` units now; returns how far the bucket went below empty."""
+        with self.store.session() as session:
+            insert = _dialect_insert(session, QuotaBucket)
+            now = self.clock()
+            if insert is not None:
+                session.execute(insert.values(name=self.name, tokens=self.capacity,
+                                              refilled_at=now).on_conflict_do_nothing())
+            row = session.execute(sa.select(QuotaBucket.tokens, QuotaBucket.refilled_at)
+                                  .where(QuotaBucket.name == self.name)
+                                  .with_for_update()).one()
+            now = self.clock()
+            tokens = min(self.capacity,
+                         row.tokens + max(0.0, now - row.refilled_at) * self.rate) - step
+            session.execute(sa.update(QuotaBucket).where(QuotaBucket.name == self.name)
+                            .values(tokens=tokens, refilled_at=max(now, row.refilled_at)))
+        return -tokens
 
 
 def expire_dead_claims(session: Session, host: str, alive: Callable[[int], bool],
@@ -447,10 +496,8 @@ def write_cursor(session: Session, name: str, position: datetime, *, prefix: str
     """Move a planning cursor; cursors for other rule sets of the same table are dropped."""
     session.execute(sa.delete(Cursor).where(Cursor.name.startswith(prefix),
                                             Cursor.name != name))
-    updated = session.execute(sa.update(Cursor).where(Cursor.name == name)
-                              .values(position=position, updated_at=now_utc()))
-    if updated.rowcount == 0:
-        session.add(Cursor(name=name, position=position))
+    _put(session, Cursor, {"name": name},
+         {"position": position, "last_id": 0, "updated_at": now_utc()})
 
 
 def _changed(model, columns, since: datetime | None, after: tuple[datetime, int] | None,
@@ -498,17 +545,35 @@ def ledger_rows(session: Session, subject_type: str, ids: Sequence[int]) -> Sequ
         FollowUp.subject_type == subject_type, FollowUp.subject_id.in_(ids))).scalars().all()
 
 
-def _insert(session: Session):
-    """INSERT ... ON CONFLICT DO NOTHING for the ledger's unique key (planners may race)."""
+def _dialect_insert(session: Session, model):
+    """The dialect's INSERT, which knows ON CONFLICT (replicas may race to insert a row)."""
     name = session.get_bind().dialect.name
     if name == "postgresql":
         from sqlalchemy.dialects.postgresql import insert
     elif name == "sqlite":
         from sqlalchemy.dialects.sqlite import insert
     else:  # pragma: no cover - other databases: a plain insert, conflicts raise
+        return None
+    return insert(model)
+
+
+def _insert(session: Session):
+    """INSERT ... ON CONFLICT DO NOTHING for the ledger's unique key (planners may race)."""
+    insert = _dialect_insert(session, FollowUp)
+    if insert is None:  # pragma: no cover
         return sa.insert(FollowUp)
-    return insert(FollowUp).on_conflict_do_nothing(
-        index_elements=["rule", "subject_type", "subject_id"])
+    return insert.on_conflict_do_nothing(index_elements=["rule", "subject_type", "subject_id"])
+
+
+def _put(session: Session, model, key: dict, values: dict) -> None:
+    """Insert or update one row by its primary key, in one statement where the dialect can."""
+    insert = _dialect_insert(session, model)
+    if insert is None:  # pragma: no cover
+        if not session.execute(sa.update(model).filter_by(**key).values(**values)).rowcount:
+            session.execute(sa.insert(model).values(**key, **values))
+        return
+    session.execute(insert.values(**key, **values)
+                    .on_conflict_do_update(index_elements=list(key), set_=values))
 
 
 def insert_follow_ups(session: Session, rows: Sequence[dict]) -> None:

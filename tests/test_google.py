@@ -289,12 +289,12 @@ def test_crash_between_the_call_and_the_commit(google_home, server):
         real(items)
         raise Crash
 
-    engine._backend.deliver = deliver_then_die
+    engine.backend.deliver = deliver_then_die
     with pytest.raises(Crash):
         engine.deliver_due(engine.plan())
     assert len(server.drafts("me")) == 3
     assert {row.state for row in ledger(store)} == {"claimed"}
-    engine._backend.deliver = real
+    engine.backend.deliver = real
     clock.advance(minutes=10)  # the dead process's leases expire
     creates = server.stats.calls.get(("POST", "drafts.create"), 0)
     converge(engine, clock)

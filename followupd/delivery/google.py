@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from followupd.config import Settings
 from followupd.delivery import Delivered, DeliveryError, Draft, Item, Outcome, Reminder
@@ -45,6 +45,15 @@ GMAIL_COST = {"drafts.create": 10, "drafts.list": 5, "drafts.get": 5, "messages.
               "messages.get": 5}
 RECENT_DRAFTS = 100  # how far back a lost draft is looked for by its headers
 SYNC_BATCH = 50
+
+
+class Bucket(Protocol):
+    def take(self, cost: float) -> None: ...
+
+
+# (name, units per minute, burst) -> the bucket that paces one mailbox or calendar; replicas
+# on PostgreSQL share theirs through the database (store.SharedTokenBucket).
+BucketFactory = Callable[[str, float, float], Bucket]
 
 
 @dataclass
@@ -67,7 +76,7 @@ class GoogleBackend:
     name = "google"
 
     def __init__(self, settings: Settings, sleep: Callable[[float], None] = time.sleep,
-                 transport: Transport | None = None):
+                 transport: Transport | None = None, bucket: BucketFactory | None = None):
         google = settings.config.google
         self.settings = settings
         self.endpoint = google.api_endpoint
@@ -91,11 +100,14 @@ class GoogleBackend:
         self.messages_api = gmail.users().messages()
         self.events_api = calendar.events()
         quota = google.quota
-        self.gmail_bucket = TokenBucket(quota.gmail_units_per_minute,
-                                        burst=GMAIL_COST["drafts.create"] * self.batch_size,
-                                        sleep=sleep)
-        self.calendar_bucket = TokenBucket(quota.calendar_requests_per_minute,
-                                           burst=self.batch_size, sleep=sleep)
+        if bucket is None:
+            def bucket(name: str, per_minute: float, burst: float) -> TokenBucket:
+                return TokenBucket(per_minute, burst=burst, sleep=sleep)
+        mailbox = settings.config.practice.email  # one bucket per mailbox and per calendar
+        self.gmail_bucket = bucket(f"gmail:{mailbox}", quota.gmail_units_per_minute,
+                                   GMAIL_COST["drafts.create"] * self.batch_size)
+        self.calendar_bucket = bucket(f"calendar:{mailbox}:{self.calendar_id}",
+                                      quota.calendar_requests_per_minute, self.batch_size)
         self.counters = Counters()
         # Recent drafts by header, read once a round (see _recent_drafts), and the drafts
         # this round has tried to create: a lost answer among those needs a fresh read.
