@@ -11,7 +11,7 @@ import time
 
 from bench.common import RESULTS, Row, print_table, write_json
 
-MODULES = ["delivery", "tick", "import_csv", "latency", "idle"]  # the order
+MODULES = ["delivery", "tick", "import_csv", "latency", "idle"]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -25,7 +25,9 @@ def main(argv: list[str] | None = None) -> None:
     rows: list[Row] = []
     for name in args.only or MODULES:
         module = importlib.import_module(f"bench.{name}")
+        began = time.perf_counter()
         rows += module.run(args.quick)
+        print(f"bench.{name}: {time.perf_counter() - began:.1f} s", flush=True)
     document = write_json(rows, quick=args.quick)
     machine = document["machine"]
     mode = "quick" if args.quick else "full"

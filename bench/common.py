@@ -48,7 +48,18 @@ class Row:
 
 
 def peak_rss_mib() -> float:
-    """This process's peak resident memory; ru_maxrss is KiB on Linux and bytes on macOS."""
+    """This process's peak resident memory.
+
+    On Linux, VmHWM: ru_maxrss survives execve, so a child started by a parent holding 200
+    MiB would report the parent's 200 MiB; VmHWM belongs to the new program alone.
+    Elsewhere ru_maxrss, which is KiB on Linux and bytes on macOS.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / (1 << 20) if sys.platform == "darwin" else peak / 1024
 
