@@ -28,7 +28,7 @@ from followupd import logs
 from followupd.daemon import wake
 from followupd.delivery import Draft
 from followupd.delivery.outbox import reminder_calendar
-from followupd.engine import Engine
+from followupd.engine import Engine, auth_hint
 from followupd.intake import ImportRefused, import_csv
 from followupd.models import FollowUp, Referral
 from followupd.records import (
@@ -174,10 +174,13 @@ def check(home: Home = None) -> None:
         from followupd.delivery.google import check_credentials
         from followupd.delivery.googleapi import CredentialsProblem
 
-        try:
-            out.print(f"google: {check_credentials(settings)}", markup=False)
-        except CredentialsProblem as exc:
-            fail(EXIT_CONFIG, f"google: {exc}")
+        for therapist in settings.config.mailboxes():
+            whose = f" ({therapist})" if therapist else ""
+            try:
+                line = check_credentials(settings.for_therapist(therapist))
+            except CredentialsProblem as exc:
+                fail(EXIT_CONFIG, f"google{whose}: {auth_hint(str(exc), therapist)}")
+            out.print(f"google{whose}: {line}", markup=False)
     else:
         out.print(f"delivery: outbox {settings.outbox_dir}", markup=False)
     try:
@@ -640,8 +643,8 @@ def demo(
 @app.command()
 def health(home: Home = None) -> None:
     """Exit 0 if the daemon is ticking and can deliver, 1 if not (a container HEALTHCHECK)."""
-    from followupd.engine import CREDENTIALS, HEARTBEAT
-    from followupd.store import due_backlog, read_meta, recent_failures
+    from followupd.engine import CREDENTIALS, HEARTBEAT, credentials_key
+    from followupd.store import due_backlog, read_meta, read_meta_prefix, recent_failures
 
     settings = load_settings(home)
     now = datetime.now(UTC)
@@ -657,7 +660,7 @@ def health(home: Home = None) -> None:
                 fail(EXIT_FAILED, "unhealthy: no tick has completed yet (an empty database)")
         with store.session() as session:
             beat = read_meta(session, HEARTBEAT)
-            credentials = read_meta(session, CREDENTIALS)
+            credentials = read_meta_prefix(session, CREDENTIALS)
             backlog = due_backlog(session, now)
             failures = recent_failures(session, now - timedelta(hours=24))
         store.close()
@@ -680,9 +683,13 @@ def health(home: Home = None) -> None:
     out.print(f"due backlog: {backlog}", markup=False)
     out.print(f"failed in the last 24 hours: {failures}", markup=False)
     if settings.config.delivery.backend == "google":
-        out.print(f"google credentials: {credentials or 'not used yet'}", markup=False)
-        if credentials and credentials != "ok":
-            problems.append(credentials)
+        for key in [credentials_key(t) for t in settings.config.mailboxes()]:
+            whose = key.partition(":")[2]
+            state = credentials.get(key)
+            out.print(f"google credentials{f' ({whose})' if whose else ''}: "
+                      f"{state or 'not used yet'}", markup=False)
+            if state and state != "ok":
+                problems.append(f"{whose}: {state}" if whose else state)
     if problems:
         fail(EXIT_FAILED, *(f"unhealthy: {problem}" for problem in problems))
     out.print("healthy", markup=False)

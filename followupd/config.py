@@ -329,6 +329,10 @@ class Config(Strict):
                 return therapist
         raise KeyError(key)
 
+    def mailboxes(self) -> list[str | None]:
+        """Whose mailboxes deliveries go to (None: the practice's own, `practice:`)."""
+        return [t.key for t in self.therapists] or [None]
+
     def default_therapist(self) -> str | None:
         """Whose a row without a therapist is: the only one configured, else nobody's."""
         return self.therapists[0].key if len(self.therapists) == 1 else None

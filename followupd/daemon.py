@@ -4,15 +4,16 @@ APScheduler's BlockingScheduler runs the tick every `schedule.poll` and the draf
 `schedule.sync`, one at a time on one worker (the Google client is not thread-safe), with
 `coalesce` and a misfire grace that survives a laptop sleeping or a container being paused.
 A watcher job, once a second on its own thread, does what signals ask (signal handlers only
-set flags) and notices the wake file that data entry touches, so a new referral does not wait
-for the next poll.
+set flags) and notices the wake file that data entry touches, or on PostgreSQL a NOTIFY from
+the referral and visit tables, so a new referral does not wait for the next poll.
 
 - SIGTERM, SIGINT: the tick in hand finishes its batch, unstarted claims are handed back, and
   the process exits 0.
 - SIGHUP: the configuration is read again; if it is broken, the old one stays and the log
   says why.
 - One daemon per SQLite database: a second one exits at once (status 2). Several replicas
-  are for PostgreSQL.
+  are for PostgreSQL: each runs its own ticks (APScheduler's job stores cannot be shared
+  between processes) and the ledger's leases keep them from doing the same work twice.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from apscheduler.schedulers.blocking import BlockingScheduler
 from followupd.config import ConfigError, Settings
 from followupd.engine import Engine
 from followupd.logs import Log
+from followupd.store import ChangeListener
 
 log = Log()
 WAKE_FILE = ".followupd-wake"
@@ -83,6 +85,10 @@ class Daemon:
         self.reload_requested = threading.Event()
         self.wake_path = settings.home / WAKE_FILE
         self.wake_seen = self._wake_mtime()
+        self.notified = threading.Event()  # PostgreSQL said referrals or visits changed
+        self.listener = None
+        if self.engine.store.engine.dialect.name == "postgresql":
+            self.listener = ChangeListener(self.engine.store.url, self.notified.set)
         self.scheduler = BlockingScheduler(
             timezone="UTC",
             executors={"default": ThreadPoolExecutor(1), "watch": ThreadPoolExecutor(1)},
@@ -118,8 +124,9 @@ class Daemon:
             self.reload_requested.clear()
             self._reload()
         mtime = self._wake_mtime()
-        if mtime != self.wake_seen:
+        if mtime != self.wake_seen or self.notified.is_set():
             self.wake_seen = mtime
+            self.notified.clear()
             log.debug("woken by new data")
             self.scheduler.modify_job("tick", next_run_time=self.engine.clock())
 
@@ -174,10 +181,15 @@ class Daemon:
         self._schedule()
         self.scheduler.add_job(self.watch, "interval", seconds=WATCH_SECONDS, id="watch",
                                executor="watch", misfire_grace_time=None)
+        if self.listener is not None:
+            self.listener.start()
         schedule = self.settings.config.schedule
         log.info("started", pid=os.getpid(), poll=str(schedule.poll), sync=str(schedule.sync),
-                 delivery=self.settings.config.delivery.backend)
+                 delivery=self.settings.config.delivery.backend,
+                 listen=self.listener is not None)
         self.scheduler.start()  # returns once watch() shuts the scheduler down
+        if self.listener is not None:
+            self.listener.stop()
         if self.busy.acquire(timeout=STOP_TIMEOUT):  # the tick in hand has finished
             self.busy.release()
         self.engine.close()

@@ -74,6 +74,13 @@ HEARTBEAT = "heartbeat"  # meta key: the last completed tick
 CREDENTIALS = "google_credentials"  # meta key: "ok", or why Google refused them
 
 
+def auth_hint(problem: str, therapist: str | None) -> str:
+    """A credentials problem as one therapist must fix it: `followupd auth --therapist`."""
+    if therapist is None:
+        return problem
+    return problem.replace("`followupd auth", f"`followupd auth --therapist {therapist}")
+
+
 def credentials_key(therapist: str | None) -> str:
     """The meta key of one mailbox's credentials state."""
     return CREDENTIALS if therapist is None else f"{CREDENTIALS}:{therapist}"
@@ -205,10 +212,6 @@ class Engine:
 
     # --- therapists: whose mailbox, signature and calendar -----------------------------
 
-    def mailboxes(self) -> list[str | None]:
-        """The therapists deliveries go to (None: the practice's own, `practice:`)."""
-        return [t.key for t in self.settings.config.therapists] or [None]
-
     def view(self, therapist: str | None) -> Settings:
         """The settings as `therapist`'s; KeyError if the configuration does not list them."""
         if therapist not in self._views:
@@ -236,7 +239,7 @@ class Engine:
 
     def check_backends(self) -> None:
         """Build every mailbox's backend now: missing credentials stop start-up."""
-        for therapist in self.mailboxes():
+        for therapist in self.settings.config.mailboxes():
             self.backend_for(therapist)
 
     def _bucket(self):
@@ -279,7 +282,7 @@ class Engine:
         with self.store.session() as session:
             write_meta(session, HEARTBEAT, json.dumps(beat))
             if self.settings.config.delivery.backend == "google":
-                for therapist in self.mailboxes():
+                for therapist in self.settings.config.mailboxes():
                     key = credentials_key(therapist)
                     if therapist in report.stopped_for:
                         write_meta(session, key, report.stopped_for[therapist][:256])
@@ -413,7 +416,7 @@ class Engine:
         report = report or TickReport()
         seen: set[int] = set()
         begun: set[str | None] = set()  # mailboxes whose round has started
-        every = len(self.mailboxes())
+        every = len(self.settings.config.mailboxes())
         while len(report.stopped_for) < every and not self.stopping:
             with self.store.session() as session:
                 claimed = claim_due(session, self.clock(), self.owner, self.lease, CLAIM_BATCH)
@@ -526,14 +529,16 @@ class Engine:
         if outcome.permanent:
             self._fail(follow_up_id, fence, outcome.reason, report, fields, session)
             return
-        if outcome.systemic:
-            report.stopped = report.stopped_for[fields["therapist"]] = outcome.reason
+        reason = outcome.reason
+        if outcome.systemic:  # this mailbox's credentials: its other items wait too
+            reason = auth_hint(reason, fields["therapist"])
+            report.stopped = report.stopped_for[fields["therapist"]] = reason
         delay = timedelta(seconds=outcome.retry_after) if outcome.retry_after else min(
             MAX_BACKOFF, timedelta(seconds=random.uniform(0, 30 * 2 ** min(fields["attempt"], 10))))
-        self._record(follow_up_id, fence, state=State.waiting, reason=outcome.reason,
+        self._record(follow_up_id, fence, state=State.waiting, reason=reason,
                      next_attempt_at=self.clock() + delay, session=session)
-        report.waiting.append((follow_up_id, outcome.reason))
-        log.warning("waiting", reason=outcome.reason, retry_in=int(delay.total_seconds()),
+        report.waiting.append((follow_up_id, reason))
+        log.warning("waiting", reason=reason, retry_in=int(delay.total_seconds()),
                     **fields)
 
     def _fail(self, follow_up_id: int, fence: int, reason: str, report: TickReport,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import stat
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -171,6 +172,51 @@ class Store:
 
     def close(self) -> None:
         self.engine.dispose()
+
+
+class ChangeListener:
+    """Wakes a daemon when referrals or visits change, through PostgreSQL LISTEN/NOTIFY.
+
+    Migration 0003's trigger notifies channel `followupd` after every statement that writes
+    either table, whoever wrote it (the CLI, an import, the practice's own system). A thread
+    holds one connection of its own and reconnects after an outage; the poll still runs, so
+    a lost notification only delays a follow-up until the next one.
+    """
+
+    CHANNEL = "followupd"
+
+    def __init__(self, url: str, on_change: Callable[[], None]):
+        self.conninfo = sa.make_url(url).set(drivername="postgresql") \
+            .render_as_string(hide_password=False)
+        self.on_change = on_change
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="listen", daemon=True)
+        self.listening = threading.Event()  # for tests: LISTEN is in place
+
+    def start(self) -> ChangeListener:
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.stopped.set()
+
+    def _run(self) -> None:
+        import psycopg
+
+        delay = 1.0
+        while not self.stopped.is_set():
+            try:
+                with psycopg.connect(self.conninfo, autocommit=True, connect_timeout=10) as conn:
+                    conn.execute(f"LISTEN {self.CHANNEL}")
+                    self.listening.set()
+                    delay = 1.0
+                    while not self.stopped.is_set():
+                        for _ in conn.notifies(timeout=1.0, stop_after=1):
+                            self.on_change()
+            except psycopg.Error:
+                self.listening.clear()
+                self.stopped.wait(delay)
+                delay = min(delay * 2, 30.0)
 
 
 def _short(exc: Exception) -> str:
@@ -394,6 +440,12 @@ def installation_id(session: Session) -> str:
 
 def read_meta(session: Session, key: str) -> str | None:
     return session.execute(sa.select(Meta.value).where(Meta.key == key)).scalar()
+
+
+def read_meta_prefix(session: Session, prefix: str) -> dict[str, str]:
+    """Facts whose key starts with `prefix` (one mailbox's credentials state each)."""
+    return dict(session.execute(sa.select(Meta.key, Meta.value)
+                                .where(Meta.key.startswith(prefix))).all())
 
 
 def write_meta(session: Session, key: str, value: str) -> None:

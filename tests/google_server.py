@@ -488,6 +488,9 @@ class GoogleServer:
         self.stats = ServerStats()
         self.requests: list[RecordedRequest] = []
         self.valid_tokens: set[str] = {"test-token"}
+        # Access token -> the mailbox it signs in to (its "me" and "primary"); tokens not
+        # here all share the mailbox "me".
+        self.token_users: dict[str, str] = {}
         self.valid_refresh_tokens: set[str] = {"test-refresh-token", "r"}
         self.jwt_claims: list[dict] = []  # what service accounts asked for, newest last
         self.revoked_service_accounts = False
@@ -585,6 +588,14 @@ class GoogleServer:
         """
         info = self.credentials_info(token, refresh_token)
         return Credentials.from_authorized_user_info(info).with_token_uri(info["token_uri"])
+
+    def add_user(self, email: str, token: str | None = None) -> dict[str, str]:
+        """A mailbox and calendar of their own for `email`; returns its token file's info."""
+        token = token or f"token-{email}"
+        with self._lock:
+            self.valid_tokens.add(token)
+            self.token_users[token] = email
+        return self.credentials_info(token)
 
     def revoke(self) -> None:
         """Invalidate every access and refresh token (the user revoked the app's grant)."""
@@ -786,9 +797,10 @@ class GoogleServer:
             return _ApiError(404, f"Not Found: {method} {path}", "notFound").reply()
         if route.api != "oauth":
             try:
-                self._authorize(headers)
+                token = self._authorize(headers)
             except _ApiError as error:
                 return error.reply()
+            route = self._as_user(route, token)
         fault = self._take_fault(route.kind)
         name = fault.fault if fault else None
         options = fault.options if fault else {}
@@ -813,7 +825,15 @@ class GoogleServer:
             self._wait(float(options["seconds"]))
         return reply
 
-    def _authorize(self, headers: dict[str, str]) -> None:
+    def _as_user(self, route: _Route, token: str) -> _Route:
+        """``me`` and ``primary`` are the token's own mailbox and calendar, as at Google."""
+        with self._lock:
+            user = self.token_users.get(token)
+        if user is None or route.owner not in ("me", "primary"):
+            return route
+        return _Route(route.kind, route.api, user, route.handler, (user, *route.args[1:]))
+
+    def _authorize(self, headers: dict[str, str]) -> str:
         value = headers.get("authorization", "")
         if not value:
             raise _ApiError(401, "Request is missing required authentication credential.",
@@ -826,6 +846,7 @@ class GoogleServer:
             raise _ApiError(401, "Request had invalid authentication credentials.", "authError",
                             extra={"location": "Authorization", "locationType": "header"},
                             headers=(("WWW-Authenticate", _WWW_AUTHENTICATE),))
+        return token.strip()
 
     def _take_fault(self, kind: str) -> _FaultRule | None:
         with self._lock:
@@ -1002,6 +1023,10 @@ class GoogleServer:
             self._counter += 1
             token = f"test-token-{self._counter}"
             self.valid_tokens.add(token)
+            subject = self.jwt_claims[-1].get("sub") if form.get("grant_type") == JWT_BEARER \
+                else None
+            if subject:  # a service account acting for a mailbox: "me" is that mailbox
+                self.token_users[token] = subject
         return _Reply.json(200, {"access_token": token, "expires_in": 3599,
                                  "token_type": "Bearer",
                                  "scope": "https://www.googleapis.com/auth/gmail.compose"})

@@ -495,7 +495,8 @@ def test_a_service_account_acts_for_the_configured_mailbox(google_home, server, 
     engine, store = open_engine(google_home)
     add_referrals(store, 2)
     assert engine.tick().ok
-    assert len(server.drafts("me")) == 2
+    assert len(server.drafts("dana@reyes-therapy.example")) == 2  # the subject's mailbox
+    assert not server.drafts("me")
     claims = server.jwt_claims[-1]
     assert claims["sub"] == "dana@reyes-therapy.example"
     assert set(claims["scope"].split()) == {

@@ -1,0 +1,413 @@
+"""A group practice on PostgreSQL: several therapists (a mailbox and a calendar each) and
+several replicas of the daemon, exactly once.
+
+The replicas are real `followupd run` processes on the local PostgreSQL (a fresh schema per
+test) delivering through the real google-api-python-client to tests/google_server.py, which
+gives every therapist's token a mailbox of its own. Correctness comes from the ledger's
+leases (`FOR UPDATE SKIP LOCKED`, an expiry, a fence), not from the processes knowing about
+each other.
+"""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from datetime import date, timedelta
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+import trust
+from google_server import running_server
+
+from followupd import config as configuration
+from followupd.delivery import Delivered
+from followupd.delivery.outbox import OutboxBackend
+from followupd.engine import Engine
+from followupd.models import FollowUp, Referral
+from followupd.records import NO_THERAPISTS, Therapists, parse_referral
+from followupd.store import (
+    ChangeListener,
+    Directory,
+    SharedTokenBucket,
+    Store,
+    upsert_referrals,
+)
+from followupd.timing import utcnow
+
+THERAPISTS = {  # key -> (name, email, phone)
+    "lopez": ("Maria Lopez", "maria@group.example", "(612) 555-0101"),
+    "chen": ("Wei Chen", "wei@group.example", "(612) 555-0102"),
+    "okoro": ("Ada Okoro", "ada@group.example", "(612) 555-0103"),
+}
+RECEIVED = (date.today() - timedelta(days=10)).isoformat()
+
+
+@pytest.fixture
+def server():
+    with running_server() as running:
+        yield running
+
+
+def group_config(home: Path, server, *, lease: str = "5 minutes", poll: str = "1 second") -> None:
+    """The default configuration made a three-therapist practice delivering to `server`."""
+    path = home / "followupd.yaml"
+    text = path.read_text()
+    for old, new in (("poll: 5 minutes", f"poll: {poll}"),
+                     ("misfire_grace: 1 hour", f"misfire_grace: 1 hour\n  lease: {lease}"),
+                     ("timeout: 30", "timeout: 5"),
+                     ("gmail_units_per_minute: 6000", "gmail_units_per_minute: 10000000"),
+                     ("calendar_requests_per_minute: 600",
+                      "calendar_requests_per_minute: 1000000")):
+        assert old in text
+        text = text.replace(old, new)
+    text += "\ntherapists:\n" + "".join(
+        f"  - key: {key}\n    name: \"{name}\"\n    email: {mail}\n    phone: \"{phone}\"\n"
+        for key, (name, mail, phone) in THERAPISTS.items())
+    path.write_text(text)
+    (home / "tokens").mkdir()
+    for key, (_, mail, _) in THERAPISTS.items():
+        (home / "tokens" / f"{key}.json").write_text(json.dumps(server.add_user(mail)))
+
+
+def group_env(db_url: str, server, **extra: str) -> dict[str, str]:
+    return {"PATH": os.environ["PATH"], "FOLLOWUPD_DATABASE_URL": db_url,
+            "FOLLOWUPD_DELIVERY": "google", "FOLLOWUPD_GOOGLE_API_ENDPOINT": server.base_url,
+            **extra}
+
+
+def referral_rows(count: int) -> list[dict[str, str]]:
+    """`count` referrals, dealt round the therapists; every one has a release on file."""
+    keys = list(THERAPISTS)
+    return [{"ref": f"G-{i}", "received_on": RECEIVED, "physician": f"Dr. Plum {i % 11}",
+             "physician_email": f"plum{i % 11}@clinic.example", "specialty": "family medicine",
+             "practice": "Northside Clinic", "client_name": "Theodora Quist",
+             "presenting_problem": "Postpartum depression", "release_on_file": "yes",
+             "therapist": keys[i % len(keys)]} for i in range(count)]
+
+
+def solo_rows(count: int) -> list[dict[str, str]]:
+    """The same referrals for a practice of one (no `therapists:`, no therapist column)."""
+    return [{k: v for k, v in row.items() if k != "therapist"} for row in referral_rows(count)]
+
+
+def write_csv(path: Path, rows: list[dict[str, str]]) -> Path:
+    import csv
+
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def followupd(home: Path, *args: str, env: dict) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "followupd", "--home", str(home), *args],
+                          capture_output=True, text=True, env=env, timeout=300)
+
+
+def start_replica(home: Path, name: str, env: dict) -> subprocess.Popen:
+    log = open(home / f"{name}.log", "w")  # noqa: SIM115 - closed with the process
+    return subprocess.Popen([sys.executable, "-m", "followupd", "--home", str(home), "run"],
+                            stdout=log, stderr=log, env={**env, "FOLLOWUPD_REPLICA": name})
+
+
+def ledger(url: str) -> list[FollowUp]:
+    store = Store(url, migrate_schema=False)
+    try:
+        with store.session() as session:
+            return list(session.execute(sa.select(FollowUp)).scalars())
+    finally:
+        store.close()
+
+
+def referral_therapists(url: str) -> dict[int, str]:
+    store = Store(url, migrate_schema=False)
+    try:
+        with store.session() as session:
+            return dict(session.execute(sa.select(Referral.id, Referral.therapist)).all())
+    finally:
+        store.close()
+
+
+def wait_for(condition, timeout: float, step: float = 0.25):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(step)
+    return condition()
+
+
+def mailbox_drafts(server) -> dict[str, list[email.message.EmailMessage]]:
+    import base64
+
+    return {mail: [email.message_from_bytes(base64.urlsafe_b64decode(d["message"]["raw"]),
+                                            policy=email.policy.default)
+                   for d in server.drafts(mail)]
+            for _, mail, _ in THERAPISTS.values()}
+
+
+def assert_exactly_one_draft_each_in_the_right_mailbox(server, url: str) -> Counter:
+    """Every follow-up done, one draft for it, in its therapist's mailbox, signed by them."""
+    rows = ledger(url)
+    assert rows and {row.state for row in rows} == {"done"}, Counter(r.state for r in rows)
+    owners = referral_therapists(url)
+    by_tag: Counter = Counter()
+    for key, (name, mail, phone) in THERAPISTS.items():
+        for message in mailbox_drafts(server)[mail]:
+            follow_up = int(message["X-Followupd-Id"].rsplit(".", 1)[1])
+            by_tag[follow_up] += 1
+            row = next(r for r in rows if r.id == follow_up)
+            assert owners[row.subject_id] == key and row.therapist == key
+            assert message["From"].addresses[0].addr_spec == mail
+            assert message["From"].addresses[0].display_name.startswith(name)
+            assert phone in message.get_content()
+    assert sorted(by_tag) == sorted(row.id for row in rows), "a follow-up has no draft"
+    duplicates = {i: n for i, n in by_tag.items() if n > 1}
+    assert not duplicates, f"duplicate drafts: {duplicates}"
+    assert len(server.drafts("me")) == 0  # nothing in a mailbox nobody signed in to
+    return Counter(row.therapist for row in rows)
+
+
+# --- in one process ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def group_home(home, server, db_url, monkeypatch):
+    group_config(home, server)
+    for key, value in group_env(db_url, server).items():
+        monkeypatch.setenv(key, value)
+    return home
+
+
+def add_referrals(store: Store, rows: list[dict[str, str]]) -> None:
+    """As the import would: a `therapist` column needs the group's keys."""
+    therapists = Therapists(frozenset(THERAPISTS)) if "therapist" in rows[0] else NO_THERAPISTS
+    with store.session() as session:
+        upsert_referrals(session, [parse_referral(r, therapists) for r in rows], Directory())
+
+
+def test_each_therapist_gets_their_own_drafts_signed_by_them(group_home, server):
+    settings = configuration.load(group_home)
+    store = Store(settings.database_url)
+    add_referrals(store, referral_rows(9))
+    engine = Engine(settings, store)
+    report = engine.tick()
+    engine.close()
+    store.close()
+    assert report.ok and len(report.delivered) == 9
+    assert assert_exactly_one_draft_each_in_the_right_mailbox(
+        server, settings.database_url) == {key: 3 for key in THERAPISTS}
+
+
+def test_a_mailbox_without_credentials_waits_and_the_others_go_out(group_home, server, cli):
+    (group_home / "tokens" / "chen.json").unlink()
+    settings = configuration.load(group_home)
+    store = Store(settings.database_url)
+    add_referrals(store, referral_rows(6))
+    engine = Engine(settings, store)
+    report = engine.tick()
+    engine.close()
+    store.close()
+    drafts = mailbox_drafts(server)
+    assert [len(drafts[THERAPISTS[k][1]]) for k in THERAPISTS] == [2, 0, 2]
+    assert len(report.waiting) == 2
+    assert all("followupd auth --therapist chen" in reason for _, reason in report.waiting)
+    ran = cli("health")
+    assert ran.code == 1 and "chen:" in ran.stderr
+
+
+def test_import_takes_the_therapist_column_and_names_a_wrong_one(group_home, tmp_path, cli):
+    rows = referral_rows(3)
+    rows[1]["therapist"] = "nobody"
+    rows[2]["therapist"] = ""
+    ran = cli("import", "referrals", str(write_csv(tmp_path / "r.csv", rows)))
+    assert ran.code == 1
+    assert "line 3, column therapist: is not a therapist in followupd.yaml " \
+           "(one of: chen, lopez, okoro)" in ran.stderr
+    assert "line 4, column therapist: is empty" in ran.stderr
+    assert "added 1" in ran.stdout
+    ran = cli("referral", "add", "--ref", "G-9", "--physician", "Dr. Plum", "--client-name",
+              "Theodora Quist", "--therapist", "okoro")
+    assert ran.code == 0
+
+
+# --- replicas on PostgreSQL ----------------------------------------------------------------
+
+
+def test_replicas_share_one_mailbox_quota(postgres_url):
+    """Two replicas drawing on one mailbox's bucket: the second waits out the first's burst,
+    as one process would; with a bucket each, both would spend a full burst at once."""
+    stores = [Store(postgres_url), Store(postgres_url)]
+    now = [1000.0]
+    buckets = [SharedTokenBucket(s, "gmail:maria@group.example", per_minute=600, burst=100,
+                                 clock=lambda: now[0], sleep=lambda seconds: None)
+               for s in stores]
+    buckets[0].take(100)
+    assert buckets[0].waited == 0
+    buckets[1].take(100)  # the bucket is empty: 100 units at (600 - 100) / 60 a second
+    assert buckets[1].waited == pytest.approx(12.0)
+    now[0] += 12.0
+    buckets[0].take(100)  # the second take's debt is paid by now; the bucket is empty again
+    assert buckets[0].waited == pytest.approx(12.0)
+    for store in stores:
+        store.close()
+
+
+def test_a_stale_replica_cannot_record_over_newer_work(postgres_url, home, tmp_path):
+    """Replica A claims, stalls past its lease; B takes over and delivers; A's late result
+    is refused by the fence and B's stands."""
+    settings = configuration.load(home, environ={"FOLLOWUPD_DATABASE_URL": postgres_url})
+    store_a, store_b = Store(postgres_url), Store(postgres_url)
+    add_referrals(store_a, solo_rows(1))
+    clock = [utcnow()]
+    outbox_b = OutboxBackend(tmp_path / "outbox-b")
+    replica_b = Engine(settings, store_b, backend=outbox_b, clock=lambda: clock[0], owner="b:2")
+
+    class StallingOutbox(OutboxBackend):
+        def deliver(self, items):
+            clock[0] += timedelta(minutes=6)  # A stalls past its 5-minute lease ...
+            replica_b.tick()  # ... and B takes the follow-up over meanwhile
+            super().deliver(items)
+            return [Delivered("late:from-a")] * len(items)  # A's answer, if it were kept
+
+    replica_a = Engine(settings, store_a, backend=StallingOutbox(tmp_path / "outbox-a"),
+                       clock=lambda: clock[0], owner="a:1")
+    report_a = replica_a.tick()
+    [row] = [r for r in ledger(postgres_url)]
+    assert row.state == "done" and row.fence == 2  # B's claim was the second
+    assert row.external_id == f"outbox:drafts/{row.id}.eml"
+    assert (tmp_path / "outbox-b" / "drafts" / f"{row.id}.eml").exists()
+    assert report_a.delivered  # A delivered too (as a late replica would) ...
+    assert row.attempts == 2 and row.claimed_by is None  # ... but recorded nothing
+    store_a.close()
+    store_b.close()
+
+
+def test_three_replicas_planning_at_once_insert_each_follow_up_once(postgres_url, home):
+    settings = configuration.load(home, environ={"FOLLOWUPD_DATABASE_URL": postgres_url})
+    stores = [Store(postgres_url) for _ in range(3)]
+    add_referrals(stores[0], solo_rows(600))
+    engines = [Engine(settings, store, backend=OutboxBackend(home / "outbox"),
+                      owner=f"r{i}:1") for i, store in enumerate(stores)]
+    errors: list[BaseException] = []
+    start = threading.Barrier(3)
+
+    def plan(engine: Engine) -> None:
+        start.wait()
+        try:
+            engine.plan()
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=plan, args=(e,)) for e in engines]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors
+    rows = ledger(postgres_url)
+    assert len(rows) == 600
+    assert len({(r.rule, r.subject_id) for r in rows}) == 600
+    for store in stores:
+        store.close()
+
+
+def test_a_notify_wakes_a_listener_when_a_referral_is_written(postgres_url):
+    store = Store(postgres_url)
+    woken = threading.Event()
+    listener = ChangeListener(postgres_url, woken.set).start()
+    try:
+        assert listener.listening.wait(10)
+        add_referrals(store, referral_rows(1))  # any writer: here, not followupd's CLI
+        assert woken.wait(5)
+    finally:
+        listener.stop()
+        store.close()
+
+
+def run_replicas(home: Path, postgres_url: str, server, count: int, *,
+                 lease: str = "5 minutes", kill: str | None = None) -> dict:
+    """Three replicas, then the referrals: NOTIFY wakes them; optionally SIGKILL one once it
+    holds claims. Returns what the kill interrupted."""
+    group_config(home, server, lease=lease, poll="2 seconds")
+    env = group_env(postgres_url, server)
+    ran = followupd(home, "check", env=env)
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    names = ["r1", "r2", "r3"]
+    replicas = {name: start_replica(home, name, env) for name in names}
+    killed: dict = {}
+    try:
+        time.sleep(2)  # started and listening
+        csv_path = write_csv(home / "referrals.csv", referral_rows(count))
+        ran = followupd(home, "import", "referrals", str(csv_path), env=env)
+        assert ran.returncode == 0, ran.stderr
+        if kill:
+            def holding() -> list[FollowUp]:
+                return [r for r in ledger(postgres_url)
+                        if r.state == "claimed" and (r.claimed_by or "").startswith(f"{kill}:")]
+            held = wait_for(holding, 120, step=0.05)
+            replicas[kill].send_signal(signal.SIGKILL)
+            replicas[kill].wait(10)
+            killed = {"at": utcnow(), "held": {r.id: r.lease_until for r in held}}
+
+        def finished() -> bool:
+            return all(r.state == "done" for r in ledger(postgres_url)) and \
+                len(ledger(postgres_url)) == count
+        assert wait_for(finished, 300, step=1.0), \
+            Counter(r.state for r in ledger(postgres_url))
+        for name, proc in replicas.items():
+            if name != kill:
+                assert proc.poll() is None, (home / f"{name}.log").read_text()[-2000:]
+    finally:
+        for proc in replicas.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in replicas.values():
+            proc.wait(30)
+    return killed
+
+
+def delivered_by(home: Path) -> Counter:
+    """How many follow-ups each replica recorded as delivered (from its log)."""
+    counts: Counter = Counter()
+    for name in ("r1", "r2", "r3"):
+        for line in (home / f"{name}.log").read_text().splitlines():
+            if "event=delivered " in line:
+                counts[name] += 1
+    return counts
+
+
+def test_three_replicas_three_therapists_3000_referrals_exactly_once(home, postgres_url,
+                                                                     server):
+    started = time.monotonic()
+    run_replicas(home, postgres_url, server, 3000)
+    seconds = time.monotonic() - started
+    per_therapist = assert_exactly_one_draft_each_in_the_right_mailbox(server, postgres_url)
+    assert per_therapist == {key: 1000 for key in THERAPISTS}
+    shares = delivered_by(home)
+    assert sum(shares.values()) == 3000
+    assert len(shares) == 3, f"a replica did nothing: {shares}"  # all three took work
+    print(f"3 replicas, 3,000 drafts in {seconds:.0f} s; shares {dict(shares)}")
+
+
+def test_a_replica_killed_mid_run_loses_its_claims_to_the_others(home, postgres_url, server):
+    killed = run_replicas(home, postgres_url, server, 1500, lease="15 seconds", kill="r2")
+    assert killed["held"], "r2 was killed holding no claims"
+    assert_exactly_one_draft_each_in_the_right_mailbox(server, postgres_url)
+    rows = {row.id: row for row in ledger(postgres_url)}
+    for follow_up_id, lease_until in killed["held"].items():
+        row = rows[follow_up_id]
+        assert row.attempts >= 2  # claimed again after the kill ...
+        assert row.updated_at >= lease_until  # ... once r2's lease had expired
+    trust.record("kill", kills=1, duplicates=0, lost=0)
