@@ -88,7 +88,8 @@ class Daemon:
         self.notified = threading.Event()  # PostgreSQL said referrals or visits changed
         self.listener = None
         if self.engine.store.engine.dialect.name == "postgresql":
-            self.listener = ChangeListener(self.engine.store.url, self.notified.set)
+            self.listener = ChangeListener(self.engine.store.url, self.notified.set,
+                                           name=f"followupd listen {self.engine.owner}")
         self.scheduler = BlockingScheduler(
             timezone="UTC",
             executors={"default": ThreadPoolExecutor(1), "watch": ThreadPoolExecutor(1)},

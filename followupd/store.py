@@ -185,7 +185,8 @@ class ChangeListener:
 
     CHANNEL = "followupd"
 
-    def __init__(self, url: str, on_change: Callable[[], None]):
+    def __init__(self, url: str, on_change: Callable[[], None], name: str = "followupd"):
+        self.name = name[:63]  # its application_name in pg_stat_activity
         self.conninfo = sa.make_url(url).set(drivername="postgresql") \
             .render_as_string(hide_password=False)
         self.on_change = on_change
@@ -206,7 +207,8 @@ class ChangeListener:
         delay = 1.0
         while not self.stopped.is_set():
             try:
-                with psycopg.connect(self.conninfo, autocommit=True, connect_timeout=10) as conn:
+                with psycopg.connect(self.conninfo, autocommit=True, connect_timeout=10,
+                                     application_name=self.name) as conn:
                     conn.execute(f"LISTEN {self.CHANNEL}")
                     self.listening.set()
                     delay = 1.0

@@ -411,3 +411,35 @@ def test_a_replica_killed_mid_run_loses_its_claims_to_the_others(home, postgres_
         assert row.attempts >= 2  # claimed again after the kill ...
         assert row.updated_at >= lease_until  # ... once r2's lease had expired
     trust.record("kill", kills=1, duplicates=0, lost=0)
+
+
+def test_a_row_written_by_another_system_wakes_the_daemon_at_once(home, postgres_url):
+    """No wake file, no poll for an hour: the NOTIFY alone brings the draft in seconds."""
+    path = home / "followupd.yaml"
+    path.write_text(path.read_text().replace("poll: 5 minutes", "poll: 1 hour"))
+    env = {"PATH": os.environ["PATH"], "FOLLOWUPD_DATABASE_URL": postgres_url}
+    replica = start_replica(home, "r1", env)
+    try:
+        store = Store(postgres_url)
+        listening = wait_for(lambda: _listening(store, replica.pid), 30)
+        assert listening, (home / "r1.log").read_text()
+        time.sleep(1)  # past its first tick
+        added = time.monotonic()
+        add_referrals(store, solo_rows(1))  # straight into the table, as an EHR export would
+        drafts = home / "outbox" / "drafts"
+        assert wait_for(lambda: list(drafts.glob("*.eml")) if drafts.exists() else [], 10,
+                        step=0.05), (home / "r1.log").read_text()
+        assert time.monotonic() - added < 5
+        assert not (home / ".followupd-wake").exists()
+        store.close()
+    finally:
+        replica.send_signal(signal.SIGTERM)
+        assert replica.wait(30) == 0
+
+
+def _listening(store: Store, pid: int) -> bool:
+    """The replica with this pid holds its LISTEN connection."""
+    with store.session() as session:
+        return bool(session.execute(sa.text(
+            "SELECT count(*) FROM pg_stat_activity WHERE query = 'LISTEN followupd' "
+            "AND application_name LIKE :name"), {"name": f"followupd listen %:{pid}"}).scalar())
