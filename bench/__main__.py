@@ -11,7 +11,7 @@ import time
 
 from bench.common import RESULTS, Row, print_table, write_json
 
-MODULES = ["delivery", "tick", "import_csv", "latency", "idle"]
+MODULES = ["delivery", "tick", "import_csv", "latency", "idle", "scaleout"]
 
 
 def main(argv: list[str] | None = None) -> None:
