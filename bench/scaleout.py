@@ -96,9 +96,9 @@ def _home(server: Any, units_per_minute: int) -> Path:
                      ("gmail_units_per_minute: 6000",
                       f"gmail_units_per_minute: {units_per_minute}")):
         text = text.replace(old, new)
-    text += "\ntherapists:\n" + "".join(
+    text = text.replace("therapists: []\n", "therapists:\n" + "".join(
         f"  - key: {key}\n    name: \"Therapist {key.title()}\"\n"
-        f"    email: {key}@group.example\n" for key in THERAPISTS)
+        f"    email: {key}@group.example\n" for key in THERAPISTS))
     (home / "followupd.yaml").write_text(text)
     (home / "tokens").mkdir()
     for key in THERAPISTS:

@@ -451,8 +451,18 @@ def _parse_yaml(text: str, shown: str) -> tuple[dict[str, Any], dict[tuple, int]
         raise ConfigError(
             [f"{shown}: the top level must be a mapping of keys (practice:, rules:, ...)"])
     lines: dict[tuple, int] = {}
-    _index_lines(node, (), lines)
+    try:
+        _index_lines(node, (), lines)
+    except DuplicateKey as twice:
+        raise ConfigError([f"{shown}:{twice.again}: {format_path(twice.key)}: appears twice "
+                           f"(also on line {twice.first}; keep one)"]) from None
     return document, lines
+
+
+class DuplicateKey(Exception):
+    def __init__(self, key: tuple, first: int, again: int):
+        super().__init__(key)
+        self.key, self.first, self.again = key, first, again
 
 
 def _index_lines(node: yaml.Node | None, path: tuple, out: dict[tuple, int]) -> None:
@@ -460,6 +470,8 @@ def _index_lines(node: yaml.Node | None, path: tuple, out: dict[tuple, int]) -> 
     if isinstance(node, yaml.MappingNode):
         for key_node, value_node in node.value:
             key = (*path, key_node.value)
+            if key in out:  # YAML would silently keep the last one
+                raise DuplicateKey(key, out[key], key_node.start_mark.line + 1)
             out[key] = key_node.start_mark.line + 1
             _index_lines(value_node, key, out)
     elif isinstance(node, yaml.SequenceNode):

@@ -115,7 +115,7 @@ def parse_count(column: str, raw: Any) -> int:
     text = clean_text(column, raw)
     if text is None:
         return 0
-    if not text.isdigit() or len(text) > 6:
+    if not (text.isascii() and text.isdigit()) or len(text) > 6:  # "²" is a digit too
         raise RowError(column, "must be a whole number (0 or more)")
     return int(text)
 

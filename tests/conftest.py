@@ -39,7 +39,8 @@ def pytest_report_header(config):
 
 # Minutes-long tests start first, so the workers finish together rather than one of them
 # starting the kill harness when everything else is done.
-SLOW_FIRST = ("test_kill.py", "test_container.py", "backlog_drains")
+SLOW_FIRST = ("test_kill.py", "test_container.py", "backlog_drains", "3000_referrals",
+              "killed_mid_run")
 
 
 def pytest_collection_modifyitems(config, items):

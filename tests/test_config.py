@@ -102,6 +102,15 @@ def test_yaml_syntax_error_has_a_line(home):
     assert re.match(r".*followupd\.yaml:\d+: not valid YAML", problem)
 
 
+def test_a_key_given_twice_is_an_error_not_the_last_one_silently(home):
+    """YAML keeps the last of two equal keys; a second `lease:` added under `schedule:` must
+    not silently lose to (or override) the first."""
+    edit(home, "  lease: 5 minutes", "  lease: 5 minutes\n  lease: 15 seconds")
+    [problem] = problems(home)
+    assert re.match(r".*followupd\.yaml:(\d+): schedule\.lease: appears twice \(also on line "
+                    r"(\d+); keep one\)", problem), problem
+
+
 def test_missing_and_empty_files(tmp_path):
     assert "followupd init" in problems(tmp_path)[0]
     (tmp_path / "followupd.yaml").write_text("")
