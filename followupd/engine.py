@@ -70,6 +70,10 @@ SYNC_BATCH = 50  # delivered drafts checked per tick
 # idempotent, so reading a few rows twice costs little.
 CURSOR_OVERLAP = timedelta(seconds=60)
 MAX_BACKOFF = timedelta(hours=1)
+# Pending follow-ups of a disabled rule or a deleted subject are cancelled on the first tick
+# and then this often: the sweep reads every pending row, so not on every tick. (Delivery
+# checks again anyway: nothing of a removed subject or rule goes out in between.)
+ORPHAN_CHECK = timedelta(hours=1)
 HEARTBEAT = "heartbeat"  # meta key: the last completed tick
 CREDENTIALS = "google_credentials"  # meta key: "ok", or why Google refused them
 
@@ -209,6 +213,7 @@ class Engine:
         self._backends: dict[str | None, Backend] = {}
         self._views: dict[str | None, Settings] = {None: settings}
         self.stopping = False
+        self._orphans_checked: datetime | None = None
 
     # --- therapists: whose mailbox, signature and calendar -----------------------------
 
@@ -342,8 +347,11 @@ class Engine:
     def plan(self, report: TickReport | None = None) -> TickReport:
         """Bring the ledger up to date with every referral and visit changed since last time."""
         report = report or TickReport()
-        with self.store.session() as session:
-            report.cancelled += cancel_orphans(session, [rule.name for rule in self.enabled])
+        if self._orphans_checked is None or \
+                self.clock() - self._orphans_checked >= ORPHAN_CHECK:
+            with self.store.session() as session:
+                report.cancelled += cancel_orphans(session, [r.name for r in self.enabled])
+            self._orphans_checked = self.clock()
         for subject_type, read, to_subject in (
                 ("referral", changed_referrals, referral_subject),
                 ("visit", changed_visits, visit_subject)):

@@ -129,6 +129,8 @@ class FollowUp(SQLModel, table=True):
     __table_args__ = (
         sa.UniqueConstraint("rule", "subject_type", "subject_id", name="uq_follow_up_subject"),
         sa.Index("ix_follow_up_state_due", "state", "due_at"),
+        # planning reads a page of subjects' follow-ups; the unique key starts with rule
+        sa.Index("ix_follow_up_subject", "subject_type", "subject_id"),
     )
     id: int | None = Field(default=None, primary_key=True)
     rule: str = Field(max_length=64)

@@ -1,5 +1,5 @@
 """Group practices: a therapist on referrals, visits and delivered follow-ups; shared quota
-buckets; and, on PostgreSQL, a NOTIFY when referrals or visits change so replicas wake.
+buckets; an index for planning's look-ups by subject; and, on PostgreSQL, a NOTIFY when referrals or visits change so replicas wake.
 
 Revision ID: 0003
 Revises: 0002
@@ -27,6 +27,9 @@ def upgrade() -> None:
     for table in ("referral", "visit", "follow_up"):
         with op.batch_alter_table(table) as batch:
             batch.add_column(sa.Column("therapist", sa.String(length=64), nullable=True))
+    # Planning looks up the follow-ups of a page of subjects; without this index (the unique
+    # key starts with rule) every page scanned the whole ledger.
+    op.create_index("ix_follow_up_subject", "follow_up", ["subject_type", "subject_id"])
     op.create_table(
         "quota",
         sa.Column("name", sa.String(length=200), nullable=False),
@@ -47,6 +50,7 @@ def downgrade() -> None:
             op.execute(f"DROP TRIGGER IF EXISTS {table}_notify ON {table}")
         op.execute("DROP FUNCTION IF EXISTS followupd_notify()")
     op.drop_table("quota")
+    op.drop_index("ix_follow_up_subject", table_name="follow_up")
     for table in ("follow_up", "visit", "referral"):
         with op.batch_alter_table(table) as batch:
             batch.drop_column("therapist")
