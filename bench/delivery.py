@@ -68,7 +68,7 @@ class Sizes:
 
 
 FULL = Sizes(single=500, batched=500, events_single=100, events_batched=100, backlog=1000)
-QUICK = Sizes(single=10, batched=100, events_single=10, events_batched=100, backlog=200)
+QUICK = Sizes(single=10, batched=100, events_single=10, events_batched=100, backlog=120)
 
 
 # --- the fake server ------------------------------------------------------------------------

@@ -7,7 +7,7 @@ runs: `parse_referral`, `upsert_referrals` in one transaction, then `wake(home)`
 touches the wake file. The clock starts before the transaction and stops when the draft's
 `.eml` file appears (written atomically, so it is complete). Entries are spaced by random
 pauses so that they fall at random points of the daemon's one-second watch. p50 and p95
-over 20 referrals (5 with --quick). The interpreter start of the CLI itself is not in that
+over 20 referrals (3 with --quick). The interpreter start of the CLI itself is not in that
 figure; a separate row times `followupd referral add` as a command, from its start to the
 draft, against the moment the command had committed the referral (the wake file's mtime):
 nothing can draft a referral before it is in the database.
@@ -38,7 +38,7 @@ from typing import Any
 
 from bench.common import ROOT, Row
 
-ENTRIES_FULL, ENTRIES_QUICK = 20, 5
+ENTRIES_FULL, ENTRIES_QUICK = 20, 3
 CLI_FULL, CLI_QUICK = 3, 1  # `followupd referral add` as a command, start to draft
 FLOOR_TICKS = 7
 PAUSE = (0.1, 0.6)  # seconds between a draft appearing and the next entry, at random
