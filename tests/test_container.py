@@ -116,3 +116,20 @@ def test_the_image_steps_start_serve_pass_health_and_stop(installed):
         _, errors = daemon.communicate()
     assert code == 0, errors
     assert "event=started" in errors and "event=stopped" in errors
+
+
+def test_the_replicas_compose_file_runs_postgres_and_several_daemons_on_it():
+    """compose.replicas.yaml: the daemons wait for a healthy PostgreSQL, point at it with
+    the psycopg driver the image installs, and share one data volume (config and tokens)."""
+    import yaml
+
+    compose = yaml.safe_load((REPO / "compose.replicas.yaml").read_text())
+    postgres, daemon = compose["services"]["postgres"], compose["services"]["followupd"]
+    assert "pg_isready" in postgres["healthcheck"]["test"]
+    assert daemon["depends_on"]["postgres"]["condition"] == "service_healthy"
+    assert daemon["deploy"]["replicas"] >= 2
+    url = daemon["environment"]["FOLLOWUPD_DATABASE_URL"]
+    assert url.startswith("postgresql+psycopg://") and "@postgres/" in url
+    assert any("[postgres]" in arg for arg in dockerfile()["install"])
+    assert daemon["volumes"] == ["followupd-data:/data"]
+    assert daemon["stop_grace_period"] == "15s"  # longer than a tick's 9 s stop timeout
