@@ -748,11 +748,15 @@ def _print_ledger(settings: configuration.Settings, store: Store,
     table.add_column("state", no_wrap=True)
     table.add_column("when", no_wrap=True)
     table.add_column("tries", justify="right", no_wrap=True)
+    group = bool(settings.config.therapists)  # a group practice: whose mailbox it went to
+    if group:
+        table.add_column("therapist", no_wrap=True)
     table.add_column("where it is, or why not", overflow="fold")
     for row in rows:
         when = (row.remind_at or row.due_at).astimezone(zone)
         table.add_row(str(row.id), row.rule, row.kind, row.state,
                       when.strftime("%Y-%m-%d %H:%M"), str(row.attempts),
+                      *([row.therapist or ""] if group else []),
                       row.external_id or row.reason or "")
     out.print(table)
     counts = Counter(row.state for row in rows)

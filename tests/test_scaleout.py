@@ -197,7 +197,7 @@ def add_referrals(store: Store, rows: list[dict[str, str]]) -> None:
         upsert_referrals(session, [parse_referral(r, therapists) for r in rows], Directory())
 
 
-def test_each_therapist_gets_their_own_drafts_signed_by_them(group_home, server):
+def test_each_therapist_gets_their_own_drafts_signed_by_them(group_home, server, cli):
     settings = configuration.load(group_home)
     store = Store(settings.database_url)
     add_referrals(store, referral_rows(9))
@@ -208,6 +208,8 @@ def test_each_therapist_gets_their_own_drafts_signed_by_them(group_home, server)
     assert report.ok and len(report.delivered) == 9
     assert assert_exactly_one_draft_each_in_the_right_mailbox(
         server, settings.database_url) == {key: 3 for key in THERAPISTS}
+    listed = [json.loads(line) for line in cli("status", "--json").stdout.splitlines()]
+    assert Counter(row["therapist"] for row in listed) == {key: 3 for key in THERAPISTS}
 
 
 def test_a_mailbox_without_credentials_waits_and_the_others_go_out(group_home, server, cli):
@@ -457,3 +459,25 @@ def _listening(store: Store, pid: int) -> bool:
         return bool(session.execute(sa.text(
             "SELECT count(*) FROM pg_stat_activity WHERE query = 'LISTEN followupd' "
             "AND application_name LIKE :name"), {"name": f"followupd listen %:{pid}"}).scalar())
+
+
+def test_a_visit_reminder_goes_on_the_visiting_therapists_calendar(group_home, server, cli):
+    """Two therapists visit the same office on the same day: two visits, each revisit
+    reminder on its own therapist's calendar."""
+    on = (date.today() - timedelta(days=40)).isoformat()
+    for key in ("chen", "lopez"):
+        ran = cli("visit", "add", "--practice", "Lakeside Internal Medicine", "--physician",
+                  "Dr. Ann Lee", "--specialty", "internal medicine", "--on", on,
+                  "--therapist", key)
+        assert ran.code == 0 and "added" in ran.stdout, ran.stderr
+    settings = configuration.load(group_home)
+    store = Store(settings.database_url)
+    engine = Engine(settings, store)
+    report = engine.tick()
+    engine.close()
+    store.close()
+    assert report.ok and len(report.delivered) == 2
+    for key in ("chen", "lopez"):
+        [event] = server.events(THERAPISTS[key][1])
+        assert "Lakeside" in event["summary"] or "Lakeside" in event.get("description", "")
+    assert not server.events(THERAPISTS["okoro"][1]) and not server.events("primary")
