@@ -481,3 +481,29 @@ def test_a_visit_reminder_goes_on_the_visiting_therapists_calendar(group_home, s
         [event] = server.events(THERAPISTS[key][1])
         assert "Lakeside" in event["summary"] or "Lakeside" in event.get("description", "")
     assert not server.events(THERAPISTS["okoro"][1]) and not server.events("primary")
+
+
+def test_one_service_account_acts_for_each_therapist(group_home, server, monkeypatch):
+    """Workspace: one key with domain-wide delegation, a subject per therapist (their email
+    unless set): each therapist's drafts land in their own mailbox."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                            serialization.NoEncryption()).decode()
+    (group_home / "sa.json").write_text(json.dumps({
+        "type": "service_account", "project_id": "group", "private_key_id": "k1",
+        "private_key": pem, "client_email": "followupd@group.iam.gserviceaccount.com",
+        "client_id": "1", "token_uri": f"{server.base_url}/token"}))
+    monkeypatch.setenv("FOLLOWUPD_GOOGLE_SERVICE_ACCOUNT_FILE", "sa.json")
+    settings = configuration.load(group_home)
+    store = Store(settings.database_url)
+    add_referrals(store, referral_rows(6))
+    engine = Engine(settings, store)
+    assert engine.tick().ok
+    engine.close()
+    store.close()
+    assert {claims["sub"] for claims in server.jwt_claims} == \
+        {mail for _, mail, _ in THERAPISTS.values()}
+    assert_exactly_one_draft_each_in_the_right_mailbox(server, settings.database_url)
