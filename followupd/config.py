@@ -93,8 +93,10 @@ def _time_of_day(value: Any) -> time:
 
 def _zone(value: Any) -> str:
     try:
-        ZoneInfo(str(value))
-    except (ZoneInfoNotFoundError, ValueError):
+        if not isinstance(value, str):
+            raise ValueError(value)
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: a name too long for a file
         raise PydanticCustomError(
             "timezone",
             '"{value}" is not an IANA time zone (try "America/New_York" or "Europe/Berlin")',
@@ -243,7 +245,7 @@ class Therapist(Strict):
     Anything left out is the practice's (`practice:`); credentials are per mailbox.
     """
 
-    key: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")
+    key: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,39}$")  # fits meta and claim columns
     name: str = Field(min_length=1)
     email: EmailStr
     credentials: str | None = None
@@ -318,6 +320,16 @@ class Config(Strict):
                         {"what": what, "name": name},
                     )
                 seen.add(name)
+        return self
+
+    @model_validator(mode="after")
+    def _lease_outlasts_a_call(self) -> Config:
+        lease = self.schedule.lease.as_timedelta().total_seconds()
+        if lease < 2 * self.google.timeout:
+            raise PydanticCustomError(
+                "lease", "schedule.lease ({lease} s) must be at least twice google.timeout "
+                "({timeout} s): a claim must outlast the calls made under it",
+                {"lease": f"{lease:.0f}", "timeout": f"{self.google.timeout:.0f}"})
         return self
 
     def therapist(self, key: str | None) -> Therapist | None:

@@ -101,6 +101,7 @@ class TickReport:
     failed: list[tuple[int, str]] = field(default_factory=list)
     stopped: str | None = None  # why delivery stopped early (e.g. credentials revoked)
     stopped_for: dict[str | None, str] = field(default_factory=dict)  # by therapist
+    reachable: set[str | None] = field(default_factory=set)  # mailboxes Google answered for
     synced: list[tuple[int, str]] = field(default_factory=list)  # drafts found sent/deleted
 
     @property
@@ -194,7 +195,9 @@ class Engine:
         self.clock = clock
         # Claims name their holder "replica:pid"; a replica may name itself (containers on
         # several hosts, or tests), else it is the host.
-        self.host = settings.environ.get("FOLLOWUPD_REPLICA") or socket.gethostname()
+        replica = settings.environ.get("FOLLOWUPD_REPLICA")
+        host = socket.gethostname()
+        self.host = f"{replica}@{host}" if replica else host  # never two hosts' one name
         self.owner = owner or f"{self.host}:{os.getpid()}"
         self.templates = Templates(settings.templates_dir)
         problems = self.templates.problems(settings.config.rules)
@@ -291,7 +294,7 @@ class Engine:
                     key = credentials_key(therapist)
                     if therapist in report.stopped_for:
                         write_meta(session, key, report.stopped_for[therapist][:256])
-                    elif report.delivered or report.synced:
+                    elif therapist in report.reachable:
                         write_meta(session, key, "ok")
 
     # --- sync -------------------------------------------------------------------------
@@ -308,20 +311,28 @@ class Engine:
         by_mailbox: dict[str | None, list[FollowUp]] = {}
         for row in rows:
             by_mailbox.setdefault(row.therapist, []).append(row)
+        later = now + self.settings.config.schedule.sync.as_timedelta()
         for therapist, mine in by_mailbox.items():
-            if therapist not in report.stopped_for:
-                self._sync_mailbox(therapist, mine, installation, now, report)
+            if therapist in report.stopped_for or \
+                    not self._sync_mailbox(therapist, mine, installation, now, report):
+                self._sync_later(mine, later)  # else they would block the other mailboxes
         return report
 
+    def _sync_later(self, rows: list[FollowUp], later: datetime) -> None:
+        with self.store.session() as session:
+            for row in rows:
+                record_sync(session, row.id, next_attempt_at=later)
+
     def _sync_mailbox(self, therapist: str | None, rows: list[FollowUp], installation: str,
-                      now: datetime, report: TickReport) -> None:
+                      now: datetime, report: TickReport) -> bool:
+        """Check one mailbox's drafts; False if it cannot be checked now."""
         try:
             view, backend = self.view(therapist), self.backend_for(therapist)
         except (KeyError, ConfigError):  # a therapist since removed, or without credentials
-            return
+            return False
         draft_states = getattr(backend, "draft_states", None)
         if draft_states is None:
-            return
+            return False
         domain = view.config.practice.message_domain
         by_draft = {row.external_id.removeprefix("gmail:"): row for row in rows}
         states = draft_states([(draft_id, message_id(installation, row.id, domain))
@@ -341,6 +352,8 @@ class Engine:
                             next_attempt_at=None)
                 report.synced.append((row.id, found.state))
                 log.info("synced", follow_up=row.id, state=found.state)
+        report.reachable.add(therapist)
+        return True
 
     # --- plan -------------------------------------------------------------------------
 
@@ -508,6 +521,9 @@ class Engine:
                     "`therapists:`, or change the referral's or visit's therapist)")
         else:
             stop = report.stopped_for.get(therapist)
+        if therapist is None and len(self.settings.config.therapists) > 1:
+            stop = ("no therapist: several are configured (import it again with a "
+                    "`therapist` column to say whose it is)")
         if stop:
             self._record(follow_up_id, fence, state=State.waiting, reason=stop,
                          next_attempt_at=self.clock() + MAX_BACKOFF, attempts=not_an_attempt)
@@ -531,6 +547,7 @@ class Engine:
                          external_id=outcome.external_id, reason=None, next_attempt_at=None,
                          therapist=fields["therapist"])
             report.delivered.append((follow_up_id, fields["kind"], outcome.external_id))
+            report.reachable.add(fields["therapist"])
             log.info("delivered" if outcome.state == State.done else outcome.state,
                      external_id=outcome.external_id, **fields)
             return

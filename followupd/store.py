@@ -415,10 +415,25 @@ def upsert_referrals(session: Session, records: Iterable[ReferralRecord],
     return [_outcome(o, p) for o, p in zip(outcomes, physician_changes, strict=True)]
 
 
+def _adopt_legacy_visits(session: Session, legacy: dict[str, str]) -> None:
+    """A visit logged before the practice listed therapists has no therapist in its key;
+    the same visit entered again with one is that visit, not a second (and no second
+    revisit reminder): give the old row the new key."""
+    if not legacy:
+        return
+    known = set(session.execute(sa.select(Visit.key).where(
+        Visit.key.in_(list(legacy)))).scalars())
+    for key, old in legacy.items():
+        if key not in known:
+            session.execute(sa.update(Visit).where(Visit.key == old, Visit.therapist.is_(None))
+                            .values(key=key))
+
+
 def upsert_visits(session: Session, records: Iterable[VisitRecord],
                   directory: Directory) -> list[str]:
-    """Insert or update visits by (date, practice, physician)."""
+    """Insert or update visits by (date, practice, physician[, therapist])."""
     items, physician_changes = [], []
+    legacy: dict[str, str] = {}  # key with the therapist -> the key the visit had without
     for record in records:
         practice_id = directory.practice_id(session, record.practice)
         physician_id, physician_changed = None, False
@@ -429,6 +444,9 @@ def upsert_visits(session: Session, records: Iterable[VisitRecord],
                         record.fields.get("therapist"))
         items.append((key, record.visit_values(practice_id, physician_id)))
         physician_changes.append(physician_changed)
+        if record.fields.get("therapist"):
+            legacy[key] = visit_key(record.visited_on, record.practice, record.physician_name)
+    _adopt_legacy_visits(session, legacy)
     outcomes = _upsert(session, Visit.__table__, "key", items, VISIT_DEFAULTS)
     return [_outcome(o, p) for o, p in zip(outcomes, physician_changes, strict=True)]
 

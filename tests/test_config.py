@@ -152,3 +152,9 @@ def test_check_passes_on_a_good_home(home):
     assert ran.returncode == 0, ran.stderr
     assert "is valid" in ran.stdout
     assert not (home / "followupd.sqlite3").exists()  # check changes nothing
+
+
+def test_a_lease_shorter_than_two_call_timeouts_is_refused(home):
+    edit(home, "  lease: 5 minutes", "  lease: 30 seconds")
+    [problem] = problems(home)
+    assert "schedule.lease (30 s) must be at least twice google.timeout (30 s)" in problem

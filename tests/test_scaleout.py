@@ -227,6 +227,14 @@ def test_a_mailbox_without_credentials_waits_and_the_others_go_out(group_home, s
     assert all("followupd auth --therapist chen" in reason for _, reason in report.waiting)
     ran = cli("health")
     assert ran.code == 1 and "chen:" in ran.stderr
+    store = Store(settings.database_url)
+    add_referrals(store, referral_rows(9)[6:])  # the others deliver again; chen still cannot
+    engine = Engine(settings, store)
+    engine.tick()
+    engine.close()
+    store.close()
+    ran = cli("health")
+    assert ran.code == 1 and "chen:" in ran.stderr, ran.stdout
 
 
 def test_import_takes_the_therapist_column_and_names_a_wrong_one(group_home, tmp_path, cli):
@@ -365,7 +373,7 @@ def run_replicas(home: Path, postgres_url: str, server, count: int, *,
                 """The victim's claims, once Google has made some of them: its batch is
                 half done, and the rest of it will be made after the kill."""
                 held = [r for r in ledger(postgres_url) if r.state == "claimed"
-                        and (r.claimed_by or "").startswith(f"{kill}:")]
+                        and (r.claimed_by or "").startswith(f"{kill}@")]
                 return held if made() & {r.id for r in held} else []
             held = wait_for(mid_batch, 120, step=0.02)
             replicas[kill].send_signal(signal.SIGKILL)
@@ -507,3 +515,62 @@ def test_one_service_account_acts_for_each_therapist(group_home, server, monkeyp
     assert {claims["sub"] for claims in server.jwt_claims} == \
         {mail for _, mail, _ in THERAPISTS.values()}
     assert_exactly_one_draft_each_in_the_right_mailbox(server, settings.database_url)
+
+
+def test_a_visit_logged_before_therapists_is_the_same_visit_with_one(home, db_url, cli):
+    """Adding `therapists:` later, then entering an old visit again with its therapist,
+    updates that visit: no second visit, no second revisit reminder."""
+    on = (date.today() - timedelta(days=40)).isoformat()
+    visit = ("visit", "add", "--practice", "Lakeside", "--physician", "Dr. Ann Lee", "--on", on)
+    assert "added" in cli(*visit).stdout
+    assert cli("run", "--once").code == 0
+    path = home / "followupd.yaml"
+    path.write_text(path.read_text().replace("therapists: []\n", (
+        "therapists:\n  - key: lopez\n    name: Maria Lopez\n    email: maria@group.example\n"
+        "  - key: chen\n    name: Wei Chen\n    email: wei@group.example\n")))
+    ran = cli(*visit, "--therapist", "lopez")
+    assert ran.code == 0 and "added" not in ran.stdout, ran.stdout
+    assert cli("run", "--once").code == 0
+    assert len(list((home / "outbox" / "reminders").glob("*.ics"))) == 1
+    assert "added" in cli(*visit, "--therapist", "chen").stdout  # chen's own visit that day
+
+
+def test_a_row_without_a_therapist_waits_with_the_fix_in_a_group(home, db_url, cli, tmp_path):
+    rows = solo_rows(1)
+    assert cli("import", "referrals", str(write_csv(tmp_path / "old.csv", rows))).code == 0
+    path = home / "followupd.yaml"
+    path.write_text(path.read_text().replace("therapists: []\n", "therapists:\n" + "".join(
+        f"  - key: {key}\n    name: {name}\n    email: {mail}\n"
+        for key, (name, mail, _) in THERAPISTS.items())))
+    assert cli("run", "--once").code == 0
+    [row] = [json.loads(line) for line in cli("status", "--json").stdout.splitlines()]
+    assert row["state"] == "waiting" and "no therapist" in row["reason"]
+    assert "`therapist` column" in row["reason"]
+    assert not (home / "outbox" / "drafts").exists() or \
+        not list((home / "outbox" / "drafts").glob("*.eml"))
+
+
+def test_drafts_of_a_mailbox_that_cannot_be_checked_do_not_block_the_others(group_home,
+                                                                            server):
+    """60 of chen's drafts (more than one sync batch) and then chen's token is gone: the
+    sync checks lopez's draft all the same."""
+    settings = configuration.load(group_home)
+    store = Store(settings.database_url)
+    rows = referral_rows(61)
+    for i, row in enumerate(rows):
+        row["therapist"] = "lopez" if i == 60 else "chen"
+    add_referrals(store, rows)
+    engine = Engine(settings, store)
+    assert len(engine.tick().delivered) == 61
+    engine.close()
+    (group_home / "tokens" / "chen.json").unlink()
+    [lopez] = server.drafts(THERAPISTS["lopez"][1])
+    server.send_draft(THERAPISTS["lopez"][1], lopez["id"])
+    engine = Engine(settings, store, clock=lambda: utcnow() + timedelta(hours=1))
+    for _ in range(2):
+        engine.sync()
+    engine.close()
+    states = Counter((row.therapist, row.state) for row in ledger(settings.database_url))
+    store.close()
+    assert states[("lopez", "done")] == 0, states  # sent (or gone): noticed
+    assert states[("chen", "done")] == 60
