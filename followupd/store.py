@@ -35,6 +35,7 @@ from followupd.models import (
     Visit,
     now_utc,
 )
+from followupd.pacing import TokenBucket
 from followupd.records import (
     PhysicianRecord,
     ReferralRecord,
@@ -475,34 +476,17 @@ def write_meta(session: Session, key: str, value: str) -> None:
     _put(session, Meta, {"key": key}, {"value": value})
 
 
-class SharedTokenBucket:
+class SharedTokenBucket(TokenBucket):
     """A token bucket every replica draws on, kept in the database: one mailbox's quota
-    holds however many processes deliver for it.
-
-    The same pacing as googleapi.TokenBucket (never more than `per_minute` in any minute),
-    but a take reserves its units at once, going into debt if need be, and then waits the
-    debt out; the next taker, in any replica, waits behind it.
+    holds however many processes deliver for it. A take's reservation is made under the
+    row's lock, so the next taker, in any replica, waits behind it.
     """
 
     def __init__(self, store: Store, name: str, per_minute: float, burst: float,
                  clock: Callable[[], float] = time.time,
                  sleep: Callable[[float], None] = time.sleep):
-        burst = min(burst, per_minute / 2)
+        super().__init__(per_minute, burst, clock, sleep)
         self.store, self.name = store, name
-        self.rate = (per_minute - burst) / 60.0
-        self.capacity = burst
-        self.clock, self.sleep = clock, sleep
-        self.waited = 0.0
-
-    def take(self, cost: float) -> None:
-        while cost > 0:
-            step = min(cost, self.capacity)
-            debt = self._reserve(step)
-            if debt > 0:
-                pause = debt / self.rate
-                self.waited += pause
-                self.sleep(pause)
-            cost -= step
 
     def _reserve(self, step: float) -> float:
         """Spend `step` units now; returns how far the bucket went below empty."""

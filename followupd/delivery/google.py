@@ -25,14 +25,13 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any
 
 from followupd.config import Settings
 from followupd.delivery import Delivered, DeliveryError, Draft, Item, Outcome, Reminder
 from followupd.delivery.googleapi import (
     CallError,
     CredentialsProblem,
-    TokenBucket,
     Transport,
     backoff,
     batch_uri,
@@ -40,6 +39,7 @@ from followupd.delivery.googleapi import (
     load_credentials,
     run_calls,
 )
+from followupd.pacing import TokenBucket
 
 GMAIL_COST = {"drafts.create": 10, "drafts.list": 5, "drafts.get": 5, "messages.list": 5,
               "messages.get": 5}
@@ -47,13 +47,9 @@ RECENT_DRAFTS = 100  # how far back a lost draft is looked for by its headers
 SYNC_BATCH = 50
 
 
-class Bucket(Protocol):
-    def take(self, cost: float) -> None: ...
-
-
 # (name, units per minute, burst) -> the bucket that paces one mailbox or calendar; replicas
 # on PostgreSQL share theirs through the database (store.SharedTokenBucket).
-BucketFactory = Callable[[str, float, float], Bucket]
+BucketFactory = Callable[[str, float, float], TokenBucket]
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""Talking to Google safely: credentials, a transport that never re-sends, errors, pacing.
+"""Talking to Google safely: credentials, a transport that never re-sends, errors, retry delays.
 
 googleapiclient's default transport, httplib2, re-sends a request whose connection was closed
 before an answer came, even with `RETRIES = 1`: for a POST that the server already carried
@@ -13,8 +13,7 @@ import json
 import os
 import random
 import tempfile
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -270,46 +269,7 @@ def run_calls(uri: str, transport: Transport, calls: Sequence[tuple[str, HttpReq
     return results
 
 
-# --- pacing ----------------------------------------------------------------------------------
-
-
-class TokenBucket:
-    """Spend at most `per_minute` units in any sixty seconds, whatever the burst.
-
-    The bucket holds `burst` units and refills at (per_minute - burst) a minute, so a full
-    bucket plus a minute of refill never exceeds the budget: zero 429s from our own pace.
-    """
-
-    def __init__(self, per_minute: float, burst: float,
-                 clock: Callable[[], float] = time.monotonic,
-                 sleep: Callable[[float], None] = time.sleep):
-        burst = min(burst, per_minute / 2)
-        self.rate = (per_minute - burst) / 60.0
-        self.capacity = burst
-        self.tokens = burst
-        self.clock = clock
-        self.sleep = sleep
-        self.updated = clock()
-        self.waited = 0.0
-
-    def take(self, cost: float) -> None:
-        """Wait until `cost` units are available, then spend them (costs above the bucket
-        are spent in bucket-sized steps)."""
-        while cost > 0:
-            step = min(cost, self.capacity)
-            self._refill()
-            if self.tokens < step:
-                pause = (step - self.tokens) / self.rate
-                self.waited += pause
-                self.sleep(pause)
-                self._refill()
-            self.tokens -= step
-            cost -= step
-
-    def _refill(self) -> None:
-        now = self.clock()
-        self.tokens = min(self.capacity, self.tokens + (now - self.updated) * self.rate)
-        self.updated = now
+# --- retrying --------------------------------------------------------------------------------
 
 
 def backoff(attempt: int, retry_after: float | None, base: float = 0.5,
