@@ -193,8 +193,8 @@ class Engine:
         self.settings = settings
         self.store = store
         self.clock = clock
-        # Claims name their holder "replica:pid"; a replica may name itself (containers on
-        # several hosts, or tests), else it is the host.
+        # Claims name their holder "name@host:pid" (FOLLOWUPD_REPLICA names a replica) or
+        # "host:pid"; the host keeps two hosts' replicas of one name apart.
         replica = settings.environ.get("FOLLOWUPD_REPLICA")
         host = socket.gethostname()
         self.host = f"{replica}@{host}" if replica else host  # never two hosts' one name
@@ -230,6 +230,18 @@ class Engine:
         subject = bundle.referral or bundle.visit
         own = subject.therapist if subject is not None else None
         return own or self.settings.config.default_therapist()
+
+    def unassigned(self, therapist: str | None) -> str | None:
+        """Why a follow-up of `therapist` cannot go out under this configuration, or None."""
+        if therapist is None and len(self.settings.config.therapists) > 1:
+            return ("no therapist: several are configured (import it again with a "
+                    "`therapist` column to say whose it is)")
+        try:
+            self.view(therapist)
+        except KeyError:
+            return (f"therapist {therapist!r} is not in followupd.yaml (add them under "
+                    "`therapists:`, or change the referral's or visit's therapist)")
+        return None
 
     def backend_for(self, therapist: str | None) -> Backend:
         """One backend per mailbox (the outbox is one folder for all); built on first use."""
@@ -514,23 +526,14 @@ class Engine:
             report.held.append((follow_up_id, wanted.hold))
             log.info("held", reason=wanted.hold, **fields)
             return None
-        try:
-            view = self.view(therapist)
-        except KeyError:
-            stop = (f"therapist {therapist!r} is not in followupd.yaml (add them under "
-                    "`therapists:`, or change the referral's or visit's therapist)")
-        else:
-            stop = report.stopped_for.get(therapist)
-        if therapist is None and len(self.settings.config.therapists) > 1:
-            stop = ("no therapist: several are configured (import it again with a "
-                    "`therapist` column to say whose it is)")
+        stop = self.unassigned(therapist) or report.stopped_for.get(therapist)
         if stop:
             self._record(follow_up_id, fence, state=State.waiting, reason=stop,
                          next_attempt_at=self.clock() + MAX_BACKOFF, attempts=not_an_attempt)
             report.waiting.append((follow_up_id, stop))
             return None
         try:
-            item = self.render(bundle, rule, installation, view)
+            item = self.render(bundle, rule, installation, self.view(therapist))
         except RenderError as exc:
             self._fail(follow_up_id, fence, str(exc), report, fields)
             return None
@@ -596,9 +599,8 @@ class Engine:
         return wanted[0], None
 
     def render(self, bundle: Bundle, rule: Rule, installation: str,
-               view: Settings | None = None) -> Draft | Reminder:
+               view: Settings) -> Draft | Reminder:
         """Render as the therapist's own note or reminder (`view`: their settings)."""
-        view = view or self.view(self.therapist_of(bundle))
         follow_up = bundle.follow_up
         release = bool(bundle.referral is not None and bundle.referral.release_on_file)
         context = context_for(view, rule, bundle, release=release)
@@ -628,8 +630,8 @@ class Engine:
             return None, gone
         if wanted.hold:
             return None, wanted.hold
-        try:
-            view = self.view(self.therapist_of(bundle))
-        except KeyError:
-            return None, f"therapist {self.therapist_of(bundle)!r} is not in followupd.yaml"
-        return self.render(bundle, rule, installation, view), None
+        therapist = self.therapist_of(bundle)
+        problem = self.unassigned(therapist)
+        if problem:
+            return None, problem
+        return self.render(bundle, rule, installation, self.view(therapist)), None
