@@ -6,8 +6,10 @@ against the real PostgreSQL in a schema of their own that is dropped afterwards.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -148,3 +150,32 @@ def cli(home, db_url):
         return Ran(result.exit_code, result.stdout, result.stderr)
 
     return run
+
+
+# --- helpers tests import ----------------------------------------------------------------------
+
+
+def wait_for(condition, timeout: float, step: float = 0.05):
+    """Poll `condition` until it returns something true or `timeout` seconds pass."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(step)
+    return condition()
+
+
+def write_service_account_key(path: Path, token_uri: str, project: str = "practice") -> None:
+    """A Workspace service account's JSON key (a fresh RSA key) whose tokens come from
+    `token_uri`: the test server, which records the JWT's claims."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                            serialization.NoEncryption()).decode()
+    path.write_text(json.dumps({
+        "type": "service_account", "project_id": project, "private_key_id": "k1",
+        "private_key": pem, "client_email": f"followupd@{project}.iam.gserviceaccount.com",
+        "client_id": "1", "token_uri": token_uri}))

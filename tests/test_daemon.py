@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
+from conftest import wait_for
 from followupd.demo import SAMPLE_CLIENTS, load_samples, prepare_home
 from followupd.models import FollowUp
 from followupd.store import Store, write_meta
@@ -33,16 +34,6 @@ def start_daemon(home: Path, env: dict, log_path: Path | None = None) -> subproc
     log = open(log_path or home / "daemon.log", "w")  # noqa: SIM115 - closed with the process
     return subprocess.Popen([sys.executable, "-m", "followupd", "--home", str(home), "run"],
                             stdout=log, stderr=log, env=env)
-
-
-def wait_for(condition, timeout: float, step: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(step)
-    return condition()
 
 
 def set_poll(home: Path, poll: str = "1 second") -> None:

@@ -28,9 +28,9 @@ from test_daemon import (
     set_poll,
     start_daemon,
     stop,
-    wait_for,
 )
 
+from conftest import wait_for
 from followupd import config as configuration
 from followupd.engine import Engine
 from followupd.models import FollowUp

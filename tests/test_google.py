@@ -20,6 +20,7 @@ import sqlalchemy as sa
 import trust
 from google_server import running_server
 
+from conftest import write_service_account_key
 from followupd import config as configuration
 from followupd.delivery.google import GoogleBackend
 from followupd.demo import SAMPLE_CLIENTS, load_samples
@@ -479,16 +480,7 @@ def test_the_token_file_is_rewritten_private_when_refreshed(google_home, server)
 
 def test_a_service_account_acts_for_the_configured_mailbox(google_home, server, monkeypatch):
     """Workspace domain-wide delegation: a signed JWT naming the subject, smallest scopes."""
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import rsa
-
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                            serialization.NoEncryption()).decode()
-    (google_home / "sa.json").write_text(json.dumps({
-        "type": "service_account", "project_id": "practice", "private_key_id": "k1",
-        "private_key": pem, "client_email": "followupd@practice.iam.gserviceaccount.com",
-        "client_id": "1", "token_uri": f"{server.base_url}/token"}))
+    write_service_account_key(google_home / "sa.json", f"{server.base_url}/token")
     (google_home / "google-token.json").unlink()
     monkeypatch.setenv("FOLLOWUPD_GOOGLE_SERVICE_ACCOUNT_FILE", "sa.json")
     monkeypatch.setenv("FOLLOWUPD_GOOGLE_SUBJECT", "dana@reyes-therapy.example")

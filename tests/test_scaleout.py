@@ -28,10 +28,11 @@ import sqlalchemy as sa
 import trust
 from google_server import running_server
 
+from conftest import wait_for, write_service_account_key
 from followupd import config as configuration
 from followupd.delivery import Delivered
 from followupd.delivery.outbox import OutboxBackend
-from followupd.engine import Engine
+from followupd.engine import Engine, TickReport
 from followupd.models import FollowUp, Referral
 from followupd.records import NO_THERAPISTS, Therapists, parse_referral
 from followupd.store import (
@@ -138,16 +139,6 @@ def referral_therapists(url: str) -> dict[int, str]:
         store.close()
 
 
-def wait_for(condition, timeout: float, step: float = 0.25):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(step)
-    return condition()
-
-
 def mailbox_drafts(server) -> dict[str, list[email.message.EmailMessage]]:
     import base64
 
@@ -197,42 +188,42 @@ def add_referrals(store: Store, rows: list[dict[str, str]]) -> None:
         upsert_referrals(session, [parse_referral(r, therapists) for r in rows], Directory())
 
 
-def test_each_therapist_gets_their_own_drafts_signed_by_them(group_home, server, cli):
-    settings = configuration.load(group_home)
+def tick_with(home: Path, rows: list[dict[str, str]] = ()) -> tuple[TickReport, str]:
+    """Add `rows`, then run one tick in this process, as `followupd run --once` would;
+    returns its report and the database URL."""
+    settings = configuration.load(home)
     store = Store(settings.database_url)
-    add_referrals(store, referral_rows(9))
-    engine = Engine(settings, store)
-    report = engine.tick()
-    engine.close()
-    store.close()
+    try:
+        if rows:
+            add_referrals(store, rows)
+        engine = Engine(settings, store)
+        try:
+            return engine.tick(), settings.database_url
+        finally:
+            engine.close()
+    finally:
+        store.close()
+
+
+def test_each_therapist_gets_their_own_drafts_signed_by_them(group_home, server, cli):
+    report, url = tick_with(group_home, referral_rows(9))
     assert report.ok and len(report.delivered) == 9
     assert assert_exactly_one_draft_each_in_the_right_mailbox(
-        server, settings.database_url) == {key: 3 for key in THERAPISTS}
+        server, url) == {key: 3 for key in THERAPISTS}
     listed = [json.loads(line) for line in cli("status", "--json").stdout.splitlines()]
     assert Counter(row["therapist"] for row in listed) == {key: 3 for key in THERAPISTS}
 
 
 def test_a_mailbox_without_credentials_waits_and_the_others_go_out(group_home, server, cli):
     (group_home / "tokens" / "chen.json").unlink()
-    settings = configuration.load(group_home)
-    store = Store(settings.database_url)
-    add_referrals(store, referral_rows(6))
-    engine = Engine(settings, store)
-    report = engine.tick()
-    engine.close()
-    store.close()
+    report, _ = tick_with(group_home, referral_rows(6))
     drafts = mailbox_drafts(server)
     assert [len(drafts[THERAPISTS[k][1]]) for k in THERAPISTS] == [2, 0, 2]
     assert len(report.waiting) == 2
     assert all("followupd auth --therapist chen" in reason for _, reason in report.waiting)
     ran = cli("health")
     assert ran.code == 1 and "chen:" in ran.stderr
-    store = Store(settings.database_url)
-    add_referrals(store, referral_rows(9)[6:])  # the others deliver again; chen still cannot
-    engine = Engine(settings, store)
-    engine.tick()
-    engine.close()
-    store.close()
+    tick_with(group_home, referral_rows(9)[6:])  # the others deliver again; chen cannot
     ran = cli("health")
     assert ran.code == 1 and "chen:" in ran.stderr, ran.stdout
 
@@ -478,12 +469,7 @@ def test_a_visit_reminder_goes_on_the_visiting_therapists_calendar(group_home, s
                   "Dr. Ann Lee", "--specialty", "internal medicine", "--on", on,
                   "--therapist", key)
         assert ran.code == 0 and "added" in ran.stdout, ran.stderr
-    settings = configuration.load(group_home)
-    store = Store(settings.database_url)
-    engine = Engine(settings, store)
-    report = engine.tick()
-    engine.close()
-    store.close()
+    report, _ = tick_with(group_home)
     assert report.ok and len(report.delivered) == 2
     for key in ("chen", "lopez"):
         [event] = server.events(THERAPISTS[key][1])
@@ -494,27 +480,13 @@ def test_a_visit_reminder_goes_on_the_visiting_therapists_calendar(group_home, s
 def test_one_service_account_acts_for_each_therapist(group_home, server, monkeypatch):
     """Workspace: one key with domain-wide delegation, a subject per therapist (their email
     unless set): each therapist's drafts land in their own mailbox."""
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import rsa
-
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                            serialization.NoEncryption()).decode()
-    (group_home / "sa.json").write_text(json.dumps({
-        "type": "service_account", "project_id": "group", "private_key_id": "k1",
-        "private_key": pem, "client_email": "followupd@group.iam.gserviceaccount.com",
-        "client_id": "1", "token_uri": f"{server.base_url}/token"}))
+    write_service_account_key(group_home / "sa.json", f"{server.base_url}/token", "group")
     monkeypatch.setenv("FOLLOWUPD_GOOGLE_SERVICE_ACCOUNT_FILE", "sa.json")
-    settings = configuration.load(group_home)
-    store = Store(settings.database_url)
-    add_referrals(store, referral_rows(6))
-    engine = Engine(settings, store)
-    assert engine.tick().ok
-    engine.close()
-    store.close()
+    report, url = tick_with(group_home, referral_rows(6))
+    assert report.ok
     assert {claims["sub"] for claims in server.jwt_claims} == \
         {mail for _, mail, _ in THERAPISTS.values()}
-    assert_exactly_one_draft_each_in_the_right_mailbox(server, settings.database_url)
+    assert_exactly_one_draft_each_in_the_right_mailbox(server, url)
 
 
 def test_a_visit_logged_before_therapists_is_the_same_visit_with_one(home, db_url, cli):
