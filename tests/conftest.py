@@ -22,6 +22,11 @@ from typer.testing import CliRunner
 from followupd.cli import app
 from followupd.resources import default_config_dir
 
+# What the suite writes (homes, configuration, templates, CSV files) is private, as followupd
+# requires of its own files: refused when others may read or change them. Tests of that refusal
+# set their own umask.
+os.umask(0o077)
+
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE = REPO / "config" / "sample"
 POSTGRES_URL = os.environ.get("FOLLOWUPD_TEST_POSTGRES_URL")

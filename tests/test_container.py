@@ -63,10 +63,14 @@ def installed():
     root = Path(tempfile.mkdtemp(prefix="followupd-container-"))
     root.chmod(0o755)  # the unprivileged user must reach the venv
     venv = root / "venv"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    args = [str(venv / "bin" / "pip"), *spec["install"][1:]]
-    args = [arg.replace("/src", str(REPO)) for arg in args]
-    subprocess.run(args, check=True, capture_output=True, timeout=600)
+    umask = os.umask(0o022)  # an installed package is readable by every user, as in an image
+    try:
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        args = [str(venv / "bin" / "pip"), *spec["install"][1:]]
+        args = [arg.replace("/src", str(REPO)) for arg in args]
+        subprocess.run(args, check=True, capture_output=True, timeout=600)
+    finally:
+        os.umask(umask)
     yield spec, venv, root
     shutil.rmtree(root, ignore_errors=True)
 

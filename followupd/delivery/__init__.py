@@ -2,7 +2,10 @@
 
 A backend takes a rendered `Draft` or `Reminder` and returns the external id of what now
 exists. It must be safe to call again for the same follow-up after a crash: it finds what
-already exists instead of making a second one.
+already exists instead of making a second one. The same goes for taking a draft back
+(`withdraw`, when a release of information is revoked) and for asking what became of a
+draft (`draft_states`, the sync): both find the draft by its fixed identity, not only by
+the id it was given, because the therapist may have edited it since.
 """
 
 from __future__ import annotations
@@ -23,9 +26,10 @@ class Draft:
     message: EmailMessage
     attempt: int = 1
     tag: str = ""  # X-Followupd-Id: found by reading headers if Google rewrote the Message-ID
+    raw: bytes = b""  # the message's bytes, made (and checked) when it was rendered
 
     def as_bytes(self) -> bytes:
-        return self.message.as_bytes()
+        return self.raw or self.message.as_bytes()
 
 
 @dataclass(frozen=True)
@@ -40,6 +44,19 @@ class Reminder:
     timezone: str
     alarm_minutes: int = ALARM_MINUTES
     attempt: int = 1
+
+
+@dataclass(frozen=True)
+class DraftRef:
+    """How a delivered draft is found again: by the id it was given, and, since a therapist's
+    edit may save it anew, by its Message-ID, its X-Followupd-Id header and its thread."""
+
+    follow_up_id: int
+    draft_id: str | None  # the id recorded at delivery (None: never recorded)
+    message_id: str
+    tag: str  # X-Followupd-Id
+    thread_id: str | None = None
+    attempt: int = 1  # above 1: an earlier withdrawal's answer may have been lost
 
 
 class DeliveryError(Exception):
@@ -61,6 +78,36 @@ class Delivered:
 
     external_id: str
     state: str = "done"
+    thread_id: str | None = None  # a Gmail draft's thread
+
+
+@dataclass(frozen=True)
+class DraftState:
+    """What became of a delivered draft.
+
+    state: "present" (still a draft; `draft_id` is set when it was saved anew under another
+    id), "sent" (a sent message carries its Message-ID or sits in its thread), "deleted"
+    (gone, and not sent), or "gone" (no longer a draft; sent or deleted cannot be told
+    without the read scope).
+    """
+
+    state: str
+    sent_at: datetime | None = None
+    draft_id: str | None = None
+    thread_id: str | None = None
+
+
+@dataclass(frozen=True)
+class Withdrawn:
+    """The outcome of taking a draft back.
+
+    state: "withdrawn" (deleted now, or it was never made / no longer exists and was not
+    sent), "sent" (the therapist had sent it: disclosed before the revoke), or "gone" (no
+    longer a draft; whether it was sent cannot be told without the read scope).
+    """
+
+    state: str
+    sent_at: datetime | None = None
 
 
 Item = Draft | Reminder
@@ -80,6 +127,13 @@ class Backend(Protocol):
         One outcome per item, in order. An item whose `attempt` is above 1 may already exist
         (an earlier try's answer was lost): find it rather than make a second one.
         """
+
+    def draft_states(self, refs: Sequence[DraftRef]) -> dict[int, DraftState | None]:
+        """What became of these drafts, by follow-up id (None: could not tell this time)."""
+
+    def withdraw(self, refs: Sequence[DraftRef]) -> list[Withdrawn | DeliveryError]:
+        """Take these drafts back (a release was revoked): delete each one still a draft,
+        exactly once, found the way a lost create is found. One outcome per ref, in order."""
 
     def close(self) -> None:
         """Release connections and files."""
