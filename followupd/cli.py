@@ -2,14 +2,14 @@
 
 Exit statuses: 0 all went well; 1 some item (a CSV row, a follow-up) was rejected or failed
 and the rest were done; 2 the configuration, the command line or the database needs fixing
-before anything can run.
+before anything can run (a database that is locked or cannot be reached included: one line
+says what to do, and no traceback or value is ever printed).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
 import sys
 from collections import Counter
 from collections.abc import Callable
@@ -19,6 +19,7 @@ from typing import Annotated, NoReturn
 
 import sqlalchemy as sa
 import typer
+import typer.core
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
 from rich.table import Table
@@ -30,7 +31,8 @@ from followupd.delivery import Draft
 from followupd.delivery.outbox import reminder_calendar
 from followupd.engine import Engine, auth_hint
 from followupd.intake import ImportRefused, import_csv
-from followupd.models import FollowUp, Referral
+from followupd.models import FollowUp, Recipient, Referral
+from followupd.permissions import make_private_dir, write_private
 from followupd.records import (
     PhysicianRecord,
     RowError,
@@ -50,6 +52,10 @@ from followupd.store import (
     Store,
     StoreError,
     change_stamp,
+    confirm_address,
+    disclosed_notes,
+    mask_url,
+    record_release,
     schema_state,
     upsert_referrals,
     upsert_visits,
@@ -57,7 +63,42 @@ from followupd.store import (
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
 
+
+def database_problem(exc: BaseException) -> str:
+    """One line on a database error, with what to do: never its statement or values."""
+    text = str(getattr(exc, "orig", None) or "").strip().splitlines()
+    first = text[0].casefold() if text else ""
+    if "locked" in first or "busy" in first:
+        return ("the database is busy: another process held it too long (a long import, a "
+                "backup?); nothing was changed by this command, try it again")
+    if "unable to open" in first or "readonly" in first or "read-only" in first:
+        return ("the database file cannot be opened for writing; check that the folder "
+                "exists and is yours (ls -l), or set FOLLOWUPD_DATABASE_URL")
+    if "connect" in first or "connection" in first or "server" in first:
+        return ("the database server cannot be reached; check that it is running and that "
+                "FOLLOWUPD_DATABASE_URL names it")
+    if isinstance(exc, sa.exc.IntegrityError):
+        return "the database refused the change (a conflicting row); nothing was changed"
+    kind = type(getattr(exc, "orig", None) or exc).__name__
+    return f"the database failed ({kind}); nothing was changed by this command"
+
+
+class _Commands(typer.core.TyperGroup):
+    """Turns a database error in any command into one line and exit status 2."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except sa.exc.SQLAlchemyError as exc:
+            err.print(f"database: {database_problem(exc)}", markup=False)
+            raise typer.Exit(EXIT_CONFIG) from None
+        except StoreError as exc:
+            err.print(f"database: {exc}", markup=False)
+            raise typer.Exit(EXIT_CONFIG) from None
+
+
 app = typer.Typer(
+    cls=_Commands,
     name="followupd",
     help="Follow-up notes to referring physicians and outreach reminders, "
          "as Gmail drafts and Calendar events.",
@@ -138,18 +179,18 @@ def init(
 ) -> None:
     """Write a working configuration, the default templates and .env.example to edit."""
     target = directory or _home(home) or Path(".")
-    target.mkdir(parents=True, exist_ok=True, mode=0o700)
+    make_private_dir(target)
     plan = [(default_config_dir() / "followupd.yaml", target / "followupd.yaml"),
             (default_config_dir() / "env.example", target / ".env.example")]
     templates = default_templates_dir()
     plan += [(path, target / "templates" / path.name) for path in sorted(templates.glob("*.j2"))]
     written, kept = [], []
+    make_private_dir(target / "templates")  # templates are code: no one else may change them
     for source, dest in plan:
         if dest.exists() and not force:
             kept.append(dest)
             continue
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(source, dest)
+        write_private(dest, source.read_bytes())
         written.append(dest)
     for path in written:
         out.print(f"wrote {path}", markup=False)
@@ -185,8 +226,10 @@ def check(home: Home = None) -> None:
         out.print(f"delivery: outbox {settings.outbox_dir}", markup=False)
     try:
         url = sa.make_url(settings.database_url)
-    except sa.exc.ArgumentError:
-        fail(EXIT_CONFIG, f"database: {settings.database_url!r} is not a SQLAlchemy URL")
+    except (sa.exc.ArgumentError, ValueError):
+        fail(EXIT_CONFIG, f"database: {mask_url(settings.database_url)!r} is not a SQLAlchemy "
+                          "URL (e.g. sqlite:///followupd.sqlite3 or "
+                          "postgresql+psycopg://user@host/db)")
     if url.get_backend_name() == "sqlite" and url.database and not Path(url.database).exists():
         out.print(f"database: {url.database} does not exist yet; it is created on first use",
                   markup=False)
@@ -201,14 +244,7 @@ def check(home: Home = None) -> None:
     state = "up to date" if current == head else \
         f"at schema {current}; upgraded to {head} on first use" if current else \
         "empty; its tables are created on first use"
-    out.print(f"database: {_safe_url(settings.database_url)} ({state})", markup=False)
-
-
-def _safe_url(url: str) -> str:
-    try:
-        return sa.make_url(url).render_as_string(hide_password=True)
-    except sa.exc.ArgumentError:
-        return "(invalid url)"
+    out.print(f"database: {mask_url(settings.database_url)} ({state})", markup=False)
 
 
 # --- data entry ------------------------------------------------------------------------------
@@ -233,7 +269,9 @@ def _entry(settings: configuration.Settings, parse, upsert, row: dict) -> str:
     store = open_store(settings)
     try:
         with store.session() as session:
-            outcome = upsert(session, [record], Directory())[0]
+            entered_by = {"by": "cli", "today": today(settings)} \
+                if upsert is upsert_referrals else {}
+            outcome = upsert(session, [record], Directory(trusted=True), **entered_by)[0]
     finally:
         store.close()
     wake(settings.home)
@@ -260,11 +298,34 @@ def physician_add(
     store = open_store(settings)
     try:
         with store.session() as session:
-            physician_id, changed = Directory().physician(session, record)
+            physician_id, changed = Directory(trusted=True).physician(session, record)
     finally:
         store.close()
     wake(settings.home)
     out.print(f"physician {physician_id}: {'saved' if changed else 'unchanged'}")
+
+
+@physician_app.command("confirm")
+def physician_confirm(
+    physician_id: Annotated[int, typer.Argument(
+        metavar="ID", help="The physician's id, as the import summary or `status` names it.")],
+    home: Home = None,
+) -> None:
+    """Confirm a physician's email address that an import changed or that looks like another
+    physician's: notes held for it may then go out."""
+    settings = load_settings(home)
+    store = open_store(settings)
+    try:
+        with store.session() as session:
+            confirmed = confirm_address(session, physician_id)
+    finally:
+        store.close()
+    if confirmed is None:
+        fail(EXIT_FAILED, f"no physician {physician_id}")
+    wake(settings.home)
+    name, email = confirmed
+    out.print(f"physician {physician_id} ({name}): {email or 'no address'} confirmed; notes "
+              "held for it are planned on the next tick", markup=False)
 
 
 OPTION_NAMES = {"ref": "--ref", "received_on": "--received-on", "physician": "--physician",
@@ -337,6 +398,14 @@ def _change_referral(settings: configuration.Settings, ref: str,
     wake(settings.home)
 
 
+def _date_option(option: str, value: str | None, settings: configuration.Settings) -> date:
+    """A date option (default: today in the practice's zone); a bad one is exit 2."""
+    try:
+        return parse_date(option, value or today(settings).isoformat(), required=True)
+    except RowError as exc:
+        fail(EXIT_CONFIG, f"{option}: {exc.message}")
+
+
 @referral_app.command("close")
 def referral_close(
     ref: Annotated[str, typer.Argument(help="The referral's id, e.g. R-12.")],
@@ -347,7 +416,7 @@ def referral_close(
 ) -> None:
     """Record the close of treatment (its closing note is planned on the next tick)."""
     settings = load_settings(home)
-    closed_on = parse_date("closed_on", on or today(settings).isoformat(), required=True)
+    closed_on = _date_option("--on", on, settings)
 
     def close(referral: Referral) -> None:
         if closed_on < referral.received_on:
@@ -363,21 +432,61 @@ def referral_close(
 @referral_app.command("release")
 def referral_release(
     ref: Annotated[str, typer.Argument(help="The referral's id, e.g. R-12.")],
-    on: Annotated[str | None, typer.Option(help="Date signed, YYYY-MM-DD [default: today].")]
-    = None,
+    on: Annotated[str | None, typer.Option(
+        help="Date signed (or revoked), YYYY-MM-DD [default: today].")] = None,
     revoke: Annotated[bool, typer.Option(help="The client revoked the release.")] = False,
+    prescriber: Annotated[bool, typer.Option(
+        "--prescriber", help="The release names the client's prescriber, not the referring "
+                             "physician.")] = False,
     home: Home = None,
 ) -> None:
-    """Record (or revoke) the client's release of information for the referring physician."""
+    """Record (or revoke) the client's release of information for one recipient.
+
+    A release names its recipient: the referring physician's (the default) does not cover
+    the prescriber (--prescriber). Revoking takes back every unsent note with patient details
+    for that recipient at once (the outbox file or the Gmail draft is deleted; if Google cannot
+    be reached now, the daemon does it) and lists any that were already sent.
+    """
     settings = load_settings(home)
-    signed = parse_date("release_on", on or today(settings).isoformat(), required=True)
+    when = _date_option("--on", on, settings)
+    recipient = Recipient.prescriber if prescriber else Recipient.physician
+    store = open_store(settings)
+    try:
+        with store.session() as session:
+            found = record_release(session, ref.strip(), recipient, grant=not revoke, on=when,
+                                   by="cli")
+        if found is None:
+            fail(EXIT_FAILED, f"no referral {ref} (add it, or import your referral log)")
+        if found is False:
+            fail(EXIT_FAILED, f"referral {ref} names no prescriber (import it with a "
+                              "prescriber column)")
+        wake(settings.home)
+        whom = f"for the {recipient.value}"
+        out.print(f"referral {ref}: release {whom} {'revoked' if revoke else 'on file'} "
+                  f"({when.isoformat()})", markup=False)
+        if revoke:
+            _withdraw_now(settings, store, ref.strip())
+    finally:
+        store.close()
 
-    def record(referral: Referral) -> None:
-        referral.release_on_file = not revoke
-        referral.release_on = None if revoke else signed
 
-    _change_referral(settings, ref, record)
-    out.print(f"referral {ref}: release {'revoked' if revoke else 'on file'}", markup=False)
+def _withdraw_now(settings: configuration.Settings, store: Store, ref: str) -> None:
+    """Take back, now, what a revoke withdraws; say what was already disclosed."""
+    logs.setup("ERROR", settings.config.logging.format)
+    engine = open_engine(settings, store)
+    try:
+        report = engine.withdraw_now()
+    finally:
+        engine.close()
+    for follow_up_id, state in report.withdrawn:
+        out.print(f"  follow-up {follow_up_id}: {state}", markup=False)
+    for follow_up_id, reason in report.waiting:
+        out.print(f"  follow-up {follow_up_id}: not yet: {reason} (the daemon tries again)",
+                  markup=False)
+    with store.session() as session:
+        disclosed = disclosed_notes(session, ref)
+    for row in disclosed:
+        out.print(f"  follow-up {row.id} ({row.rule}): {row.reason}", markup=False)
 
 
 @visit_app.command("add")

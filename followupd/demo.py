@@ -2,7 +2,8 @@
 
 The sample referrals and visits are dated relative to today so that notes are due now: some
 with a release of information (their notes are drafted), one without (its note is held), one
-whose physician has no email yet (held too), one closed, one with a separate prescriber.
+whose physician has no email yet (held too), one closed, one with a separate prescriber and a
+release naming that prescriber too (a release covers only the recipient it names).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import shutil
 from datetime import date, timedelta
 from pathlib import Path
 
+from followupd.permissions import make_private_dir, write_private
 from followupd.records import parse_referral, parse_visit
 from followupd.resources import default_config_dir
 from followupd.store import Directory, Store, upsert_referrals, upsert_visits
@@ -49,7 +51,8 @@ def _referrals(today: date) -> list[dict[str, str]]:
                             "in place; no further treatment needed now."},
         {"ref": "R-1004", "received_on": day(30), **brandt, "release_on_file": "yes",
          "release_on": day(10), "treatment_focus": "Grief-focused therapy",
-         "prescriber": "Dr. Lena Marsh", "prescriber_email": "lmarsh@uptown-psych.example"},
+         "prescriber": "Dr. Lena Marsh", "prescriber_email": "lmarsh@uptown-psych.example",
+         "prescriber_release_on_file": "yes", "prescriber_release_on": day(9)},
         {"ref": "R-1005", "received_on": day(5), "physician": "Dr. Omar Haddad",
          "specialty": "internal medicine", "practice": "Riverside Clinic",
          "release_on_file": "yes", "treatment_focus": "CBT-E"},
@@ -73,19 +76,22 @@ def _visits(today: date) -> list[dict[str, str]]:
 
 
 def prepare_home(home: Path) -> None:
-    """A fresh demo home: refuses a folder that holds anything but an earlier demo."""
+    """A fresh demo home: refuses a folder that holds anything but an earlier demo. Its
+    files are private whatever the umask (the configuration is code; drafts hold made-up
+    patient details, as real ones would)."""
     if home.exists() and any(home.iterdir()):
         if not (home / MARKER).exists():
             raise DemoRefused(f"{home} exists and is not a followupd demo; name an empty or "
                               "new folder")
         shutil.rmtree(home)
-    home.mkdir(parents=True, mode=0o700)
-    (home / MARKER).write_text("made by `followupd demo`; safe to delete\n")
-    shutil.copyfile(default_config_dir() / "followupd.yaml", home / "followupd.yaml")
+    make_private_dir(home)
+    write_private(home / MARKER, "made by `followupd demo`; safe to delete\n")
+    write_private(home / "followupd.yaml", (default_config_dir() / "followupd.yaml").read_bytes())
 
 
 def load_samples(store: Store, today: date) -> None:
     directory = Directory()
     with store.session() as session:
-        upsert_referrals(session, [parse_referral(r) for r in _referrals(today)], directory)
+        upsert_referrals(session, [parse_referral(r) for r in _referrals(today)], directory,
+                         by="demo", today=today)
         upsert_visits(session, [parse_visit(v) for v in _visits(today)], directory)

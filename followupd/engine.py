@@ -21,7 +21,15 @@ from typing import TYPE_CHECKING
 
 from followupd import planning
 from followupd.config import ConfigError, Rule, Settings
-from followupd.delivery import Backend, Delivered, DeliveryError, Draft, Reminder
+from followupd.delivery import (
+    Backend,
+    Delivered,
+    DeliveryError,
+    Draft,
+    DraftRef,
+    Reminder,
+    Withdrawn,
+)
 from followupd.logs import Log
 from followupd.models import FollowUp, State
 from followupd.planning import Calendar, Desired, Existing, Subject
@@ -41,8 +49,10 @@ from followupd.store import (
     changed_referrals,
     changed_visits,
     claim_due,
+    claim_withdrawals,
     drafts_to_sync,
     expire_dead_claims,
+    follow_ups_by_id,
     insert_follow_ups,
     installation_id,
     ledger_rows,
@@ -50,6 +60,7 @@ from followupd.store import (
     read_cursor,
     record_result,
     record_sync,
+    referrals_by_id,
     release_claim,
     update_follow_ups,
     write_cursor,
@@ -103,6 +114,7 @@ class TickReport:
     stopped_for: dict[str | None, str] = field(default_factory=dict)  # by therapist
     reachable: set[str | None] = field(default_factory=set)  # mailboxes Google answered for
     synced: list[tuple[int, str]] = field(default_factory=list)  # drafts found sent/deleted
+    withdrawn: list[tuple[int, str]] = field(default_factory=list)  # taken back, or disclosed
 
     @property
     def ok(self) -> bool:
@@ -134,6 +146,19 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def settle_time(settings: Settings) -> timedelta:
+    """How long a call with no answer may still be running at Google: a claim whose holder
+    died is not looked at again before this (nothing is in flight for the outbox)."""
+    if settings.config.delivery.backend != "google":
+        return timedelta(0)
+    return timedelta(seconds=max(60.0, 2 * settings.config.google.timeout))
+
+
+def draft_tag(installation: str, follow_up_id: int) -> str:
+    """A draft's X-Followupd-Id (as `render.build_draft` writes it)."""
+    return f"{installation[:16]}.{follow_up_id}"
+
+
 def rules_fingerprint(settings: Settings) -> str:
     """Changes whenever anything that decides what is planned changes: then re-plan all."""
     config = settings.config
@@ -145,23 +170,40 @@ def rules_fingerprint(settings: Settings) -> str:
     return hashlib.sha256(material.encode()).hexdigest()[:16]
 
 
+def _address(row, role: str, label: str) -> str | None:
+    """None if notes to this recipient may be addressed, else why not (a hold reason)."""
+    email, check = getattr(row, f"{role}_email"), getattr(row, f"{role}_email_check", None)
+    if not email:
+        return f"no email address for the {role} of {label}"
+    if check:
+        who = getattr(row, f"{role}_id", None)
+        return (f"the {role}'s email address for {label} waits for confirmation ({check}): "
+                f"check it, then run `followupd physician confirm {who}`")
+    return None
+
+
 def referral_subject(row) -> Subject:
     """Planning's view of a referral: dates and flags, no patient values."""
+    label = f"referral {row.ref}"
     events = {"referral.received": row.received_on}
     if row.closed_on:
         events["referral.closed"] = row.closed_on
-    if row.release_on_file and row.release_on:
-        events["release.recorded"] = row.release_on
-    recipients = {"physician": bool(row.physician_email)}
+    releases = {"physician": bool(row.release_on_file),
+                "prescriber": bool(row.prescriber_id and row.prescriber_release_on_file)}
+    dates = {role: on for role, on, given in (
+        ("physician", row.release_on, releases["physician"]),
+        ("prescriber", row.prescriber_release_on, releases["prescriber"])) if given and on}
+    recipients = {"physician": _address(row, "physician", label)}
     if row.prescriber_id:
-        recipients["prescriber"] = bool(row.prescriber_email)
-    return Subject("referral", row.id, f"referral {row.ref}", row.specialty,
-                   bool(row.release_on_file), recipients, events, closed=bool(row.closed_on))
+        recipients["prescriber"] = _address(row, "prescriber", label)
+    return Subject("referral", row.id, label, row.specialty, releases, recipients, events,
+                   dates, closed=bool(row.closed_on))
 
 
 def visit_subject(row) -> Subject:
-    recipients = {"physician": bool(row.physician_email)} if row.physician_id else {}
-    return Subject("visit", row.id, f"visit {row.id}", row.specialty, True, recipients,
+    label = f"visit {row.id}"
+    recipients = {"physician": _address(row, "physician", label)} if row.physician_id else {}
+    return Subject("visit", row.id, label, row.specialty, None, recipients,
                    {"visit.logged": row.visited_on})
 
 
@@ -172,17 +214,34 @@ def bundle_subject(bundle: Bundle) -> Subject | None:
         return referral_subject(SimpleNamespace(
             id=referral.id, ref=referral.ref, received_on=referral.received_on,
             closed_on=referral.closed_on, release_on_file=referral.release_on_file,
-            release_on=referral.release_on, specialty=doctor.specialty if doctor else None,
+            release_on=referral.release_on,
+            prescriber_release_on_file=referral.prescriber_release_on_file,
+            prescriber_release_on=referral.prescriber_release_on,
+            specialty=doctor.specialty if doctor else None,
+            physician_id=referral.physician_id,
             physician_email=doctor.email if doctor else None,
+            physician_email_check=doctor.email_check if doctor else None,
             prescriber_id=referral.prescriber_id,
-            prescriber_email=prescriber.email if prescriber else None))
+            prescriber_email=prescriber.email if prescriber else None,
+            prescriber_email_check=prescriber.email_check if prescriber else None))
     if bundle.visit is not None:
         visit, doctor = bundle.visit, bundle.physician
         return visit_subject(SimpleNamespace(
             id=visit.id, visited_on=visit.visited_on, physician_id=visit.physician_id,
             specialty=visit.specialty or (doctor.specialty if doctor else None),
-            physician_email=doctor.email if doctor else None))
+            physician_email=doctor.email if doctor else None,
+            physician_email_check=doctor.email_check if doctor else None))
     return None
+
+
+def released_to(bundle: Bundle, rule: Rule) -> bool:
+    """Is a release naming this note's recipient in force (so it may show patient details)?"""
+    referral = bundle.referral
+    if referral is None or rule.make != "draft":
+        return False
+    if rule.to == "prescriber":
+        return bool(referral.prescriber_id and referral.prescriber_release_on_file)
+    return bool(referral.release_on_file)
 
 
 class Engine:
@@ -205,13 +264,17 @@ class Engine:
             raise ConfigError(problems)
         self.rules = {rule.name: rule for rule in settings.config.rules}
         self.enabled = [rule for rule in settings.config.rules if rule.enabled]
-        self.needs_release = frozenset(
+        # Rules whose notes show patient details: gated by a release, taken back on a revoke.
+        self.patient_rules = frozenset(
             rule.name for rule in self.enabled
-            if rule.when.release == "required" or self.templates.uses_patient_fields(rule.template))
+            if rule.make == "draft" and self.templates.uses_patient_fields(rule.template))
+        self.needs_release = self.patient_rules | frozenset(
+            rule.name for rule in self.enabled if rule.when.release == "required")
         config = settings.config
         self.calendar = Calendar(config.practice.zone, frozenset(config.holidays))
         self.fingerprint = rules_fingerprint(settings)
         self.lease = config.schedule.lease.as_timedelta()
+        self.settle = settle_time(settings)
         self._injected = backend
         self._backends: dict[str | None, Backend] = {}
         self._views: dict[str | None, Settings] = {None: settings}
@@ -280,15 +343,22 @@ class Engine:
     def tick(self) -> TickReport:
         report = TickReport()
         with self.store.session() as session:
-            expired = expire_dead_claims(session, self.host, _pid_alive, self.clock())
+            expired = expire_dead_claims(session, self.host, _pid_alive, self.clock(),
+                                         self.settle)
         if expired:
             log.warning("recovered claims of a process that died", follow_ups=expired)
         self.plan(report)
+        self.withdraw_due(report)
         self.deliver_due(report)
         if not self.stopping:
             self.sync(report)
         self.heartbeat(report)
         return report
+
+    def withdraw_now(self) -> TickReport:
+        """Plan, then take back what revoked releases withdraw (the command line, at once)."""
+        report = self.plan()
+        return self.withdraw_due(report)
 
     def stop(self) -> None:
         """Ask a running tick to finish the batch in hand and return (SIGTERM)."""
@@ -339,22 +409,21 @@ class Engine:
                       now: datetime, report: TickReport) -> bool:
         """Check one mailbox's drafts; False if it cannot be checked now."""
         try:
-            view, backend = self.view(therapist), self.backend_for(therapist)
+            backend = self.backend_for(therapist)
+            refs = [self.draft_ref(row, installation) for row in rows]
         except (KeyError, ConfigError):  # a therapist since removed, or without credentials
             return False
-        draft_states = getattr(backend, "draft_states", None)
-        if draft_states is None:
-            return False
-        domain = view.config.practice.message_domain
-        by_draft = {row.external_id.removeprefix("gmail:"): row for row in rows}
-        states = draft_states([(draft_id, message_id(installation, row.id, domain))
-                               for draft_id, row in by_draft.items()])
+        states = backend.draft_states(refs)
         later = now + self.settings.config.schedule.sync.as_timedelta()
         with self.store.session() as session:
-            for draft_id, found in states.items():
-                row = by_draft[draft_id]
+            for row in rows:
+                found = states.get(row.id)
                 if found is None or found.state == "present":
-                    record_sync(session, row.id, next_attempt_at=later)
+                    moved = {"external_id": f"gmail:{found.draft_id}"} \
+                        if found and found.draft_id else {}
+                    if found and found.thread_id:
+                        moved["thread_id"] = found.thread_id
+                    record_sync(session, row.id, next_attempt_at=later, **moved)
                     continue
                 reason = {"sent": f"sent {found.sent_at:%Y-%m-%d %H:%M} UTC"
                           if found.sent_at else "sent",
@@ -366,6 +435,105 @@ class Engine:
                 log.info("synced", follow_up=row.id, state=found.state)
         report.reachable.add(therapist)
         return True
+
+    def draft_ref(self, row: FollowUp, installation: str) -> DraftRef:
+        """How a backend finds this follow-up's draft again (KeyError: unknown therapist)."""
+        domain = self.view(row.therapist).config.practice.message_domain
+        external = row.external_id or ""
+        return DraftRef(
+            follow_up_id=row.id,
+            draft_id=external.removeprefix("gmail:") if external.startswith("gmail:") else None,
+            message_id=message_id(installation, row.id, domain),
+            tag=draft_tag(installation, row.id), thread_id=row.thread_id,
+            attempt=row.attempts)
+
+    # --- withdraw ---------------------------------------------------------------------
+
+    def withdraw_due(self, report: TickReport | None = None) -> TickReport:
+        """Take back notes whose release was revoked: claimed, then deleted where they are."""
+        report = report or TickReport()
+        seen: set[int] = set()
+        while not self.stopping:
+            with self.store.session() as session:
+                claimed = claim_withdrawals(session, self.clock(), self.owner, self.lease,
+                                            CLAIM_BATCH)
+                claimed = [(i, f) for i, f in claimed if i not in seen]
+                if not claimed:
+                    break
+                fences = dict(claimed)
+                rows = follow_ups_by_id(session, list(fences))
+                installation = installation_id(session)
+            seen.update(fences)
+            self._withdraw_batch(rows, fences, installation, report)
+        return report
+
+    def _withdraw_batch(self, rows: list[FollowUp], fences: dict[int, int], installation: str,
+                        report: TickReport) -> None:
+        by_backend: dict[tuple[str, str | None], list[FollowUp]] = {}
+        for row in rows:
+            where = "outbox" if (row.external_id or "").startswith("outbox:") or (
+                row.external_id is None and self.settings.config.delivery.backend == "outbox") \
+                else "google"
+            by_backend.setdefault((where, row.therapist), []).append(row)
+        results = []
+        for (where, therapist), mine in by_backend.items():
+            results += zip(mine, self._withdraw_from(where, therapist, mine, installation),
+                           strict=True)
+        with self.store.session() as session:
+            for row, outcome in results:
+                self._record_withdrawal(session, row, fences[row.id], outcome, report)
+
+    def _withdraw_from(self, where: str, therapist: str | None, rows: list[FollowUp],
+                       installation: str) -> list:
+        try:
+            backend = self._outbox() if where == "outbox" else self.backend_for(therapist)
+            refs = [self.draft_ref(row, installation) for row in rows]
+            return backend.withdraw(refs)
+        except (KeyError, ConfigError) as exc:
+            problem = exc.problems[0] if isinstance(exc, ConfigError) else \
+                f"therapist {therapist!r} is not in followupd.yaml"
+            return [DeliveryError(problem, systemic=True)] * len(rows)
+        except Exception as exc:  # a bug must not lose the withdrawal
+            log.error("backend error", error=type(exc).__name__)
+            return [DeliveryError(f"internal error ({type(exc).__name__})")] * len(rows)
+
+    def _outbox(self) -> Backend:
+        """The outbox a note was written to, whichever backend is configured now."""
+        if self._injected is not None and self._injected.name == "outbox":
+            return self._injected
+        from followupd.delivery.outbox import OutboxBackend
+
+        return OutboxBackend(self.settings.outbox_dir)
+
+    def _record_withdrawal(self, session: Session, row: FollowUp, fence: int, outcome,
+                           report: TickReport) -> None:
+        fields = {"follow_up": row.id, "rule": row.rule, "therapist": row.therapist}
+        if isinstance(outcome, Withdrawn):
+            where = "the outbox" if (row.external_id or "").startswith("outbox:") else \
+                "Gmail drafts"
+            state, reason = {
+                "withdrawn": (State.withdrawn, f"withdrawn from {where}: the release of "
+                                               "information was revoked"),
+                "sent": (State.sent, "disclosed: sent before the release of information was "
+                                     "revoked" + (f" (sent {outcome.sent_at:%Y-%m-%d %H:%M} UTC)"
+                                                  if outcome.sent_at else "")),
+                "gone": (State.gone, "may have been disclosed: it left Drafts (sent or "
+                                     "deleted) before the release of information was revoked"),
+            }[outcome.state]
+            self._record(row.id, fence, session=session, state=state, reason=reason,
+                         next_attempt_at=None)
+            report.withdrawn.append((row.id, state))
+            log.info("withdrawn" if state == State.withdrawn else "disclosed", state=state,
+                     **fields)
+            return
+        delay = timedelta(seconds=outcome.retry_after) if outcome.retry_after else min(
+            MAX_BACKOFF, timedelta(seconds=random.uniform(0, 30 * 2 ** min(row.attempts, 10))))
+        reason = f"to withdraw: {outcome.reason}"
+        self._record(row.id, fence, session=session, state=State.withdraw, reason=reason,
+                     next_attempt_at=self.clock() + delay)
+        report.waiting.append((row.id, reason))
+        log.warning("withdrawal waiting", reason=outcome.reason,
+                    retry_in=int(delay.total_seconds()), **fields)
 
     # --- plan -------------------------------------------------------------------------
 
@@ -418,7 +586,8 @@ class Engine:
                    report: TickReport) -> None:
         wanted: list[Desired] = []
         for subject in subjects:
-            wanted += planning.desired(subject, self.enabled, self.calendar, self.needs_release)
+            wanted += planning.desired(subject, self.enabled, self.calendar, self.needs_release,
+                                       self.patient_rules)
         existing = [Existing(r.id, r.rule, r.subject_type, r.subject_id, r.state, r.due_at,
                              r.remind_at, r.reason, r.external_id)
                     for r in ledger_rows(session, subject_type, [s.id for s in subjects])]
@@ -488,6 +657,20 @@ class Engine:
         with self.store.session() as session:  # the batch's results in one commit
             for (follow_up_id, fence, fields, _), outcome in results:
                 self._record_outcome(follow_up_id, fence, fields, outcome, report, session)
+        self._recheck_releases([bundles[i] for (i, _, _, _), outcome in results
+                                if isinstance(outcome, Delivered)], report)
+
+    def _recheck_releases(self, delivered: list[Bundle], report: TickReport) -> None:
+        """Plan again, now, the referrals whose notes with patient details just went out: a
+        release revoked while the batch was at Google takes them back at once (planning read
+        those referrals while their rows were claimed, and left them alone)."""
+        ids = sorted({b.referral.id for b in delivered if b.referral is not None
+                      and b.follow_up.rule in self.patient_rules})
+        if not ids:
+            return
+        with self.store.session() as session:
+            rows = referrals_by_id(session, ids)
+            self._reconcile(session, "referral", [referral_subject(r) for r in rows], report)
 
     def _deliver_to(self, therapist: str | None, items: list[Draft | Reminder],
                     begun: set[str | None]) -> list:
@@ -546,9 +729,10 @@ class Engine:
     def _record_outcome(self, follow_up_id: int, fence: int, fields: dict, outcome,
                         report: TickReport, session: Session) -> None:
         if isinstance(outcome, Delivered):
+            thread = {"thread_id": outcome.thread_id} if outcome.thread_id else {}
             self._record(follow_up_id, fence, state=outcome.state, session=session,
                          external_id=outcome.external_id, reason=None, next_attempt_at=None,
-                         therapist=fields["therapist"])
+                         therapist=fields["therapist"], **thread)
             report.delivered.append((follow_up_id, fields["kind"], outcome.external_id))
             report.reachable.add(fields["therapist"])
             log.info("delivered" if outcome.state == State.done else outcome.state,
@@ -593,7 +777,8 @@ class Engine:
         subject = bundle_subject(bundle)
         if subject is None:
             return None, f"the {follow_up.subject_type} was removed"
-        wanted = planning.desired(subject, [rule], self.calendar, self.needs_release)
+        wanted = planning.desired(subject, [rule], self.calendar, self.needs_release,
+                                  self.patient_rules)
         if not wanted:
             return None, f"no longer applies to {subject.label}"
         return wanted[0], None
@@ -602,8 +787,7 @@ class Engine:
                view: Settings) -> Draft | Reminder:
         """Render as the therapist's own note or reminder (`view`: their settings)."""
         follow_up = bundle.follow_up
-        release = bool(bundle.referral is not None and bundle.referral.release_on_file)
-        context = context_for(view, rule, bundle, release=release)
+        context = context_for(view, rule, bundle, release=released_to(bundle, rule))
         if rule.make == "draft":
             return build_draft(self.templates, rule, context, follow_up_id=follow_up.id,
                                settings=view, installation=installation,

@@ -15,6 +15,7 @@ import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import date
 from typing import IO, Literal
 
 import sqlalchemy as sa
@@ -35,7 +36,8 @@ from followupd.store import Counts, Directory, Store, upsert_referrals, upsert_v
 Kind = Literal["referrals", "visits"]
 BATCH_ROWS = 1000
 _CHUNK = 1 << 20
-csv.field_size_limit(1 << 20)
+FIELD_LIMIT = 1 << 20  # characters; a longer field is refused, and the file read no further
+csv.field_size_limit(FIELD_LIMIT)
 
 _SPEC = {
     "referrals": (REFERRAL_COLUMNS, REFERRAL_REQUIRED, parse_referral, upsert_referrals),
@@ -52,6 +54,8 @@ class ImportReport:
     counts: Counts = field(default_factory=Counts)
     problems: list[str] = field(default_factory=list)
     ignored_columns: list[str] = field(default_factory=list)
+    notices: list[str] = field(default_factory=list)  # what was done differently, and why
+    flagged: dict[int, str] = field(default_factory=dict)  # physician id -> address to confirm
 
     @property
     def ok(self) -> bool:
@@ -113,15 +117,21 @@ def read_header(reader: Iterator[list[str]], kind: Kind, shown: str) -> tuple[li
     except csv.Error as exc:
         raise ImportRefused(f"{shown}: line 1: not a CSV header ({exc})") from None
     header = [normalize_header(name) for name in raw]
-    duplicates = sorted({name for name in header if name and header.count(name) > 1})
+    ours = [name for name in header if name in known]
+    if not ours:  # the first line is data: never repeat it (it may be a client's row)
+        raise ImportRefused(
+            f"{shown}: line 1 is not a header row (it names none of followupd's columns); "
+            f"add a first line naming the columns, e.g. {','.join(required)}")
+    duplicates = sorted({name for name in ours if header.count(name) > 1})
     if duplicates:
         raise ImportRefused(f"{shown}: column {', '.join(duplicates)} appears twice in the header")
     missing = [name for name in required if name not in header]
     if missing:
         plural = "columns" if len(missing) > 1 else "column"
+        others = len([name for name in header if name and name not in known])
         raise ImportRefused(
             f"{shown}: required {plural} {', '.join(missing)} missing from the header "
-            f"(the header has: {', '.join(h for h in header if h) or 'nothing'})")
+            f"(it has {', '.join(ours)}" + (f" and {others} other columns)" if others else ")"))
     ignored = [name for name in header if name and name not in known]
     return header, ignored
 
@@ -137,6 +147,13 @@ def _rows(reader, header: list[str], report: ImportReport, shown: str):
             return
         except csv.Error as exc:
             report.counts.rejected += 1
+            if "field larger than field limit" in str(exc):
+                # The reader cannot find where that field ends: what follows is unreadable.
+                report.problems.append(
+                    f"line {line}: a field is longer than {FIELD_LIMIT:,} characters; the "
+                    f"file cannot be read reliably past it, so nothing from line {line} on "
+                    "was imported")
+                return
             report.problems.append(f"line {line}: not valid CSV ({exc})")
             continue
         if not values or all(not v.strip() for v in values):
@@ -152,10 +169,12 @@ def _rows(reader, header: list[str], report: ImportReport, shown: str):
 def import_csv(store: Store, path: str, kind: Kind,
                progress: Callable[[int, int | None], None] | None = None,
                batch_rows: int = BATCH_ROWS,
-               therapists: Therapists = NO_THERAPISTS) -> ImportReport:
+               therapists: Therapists = NO_THERAPISTS,
+               today: date | None = None) -> ImportReport:
     """Import a referrals or visits CSV; a bad row is rejected, the rest go in.
 
-    `therapists` are the keys a group practice's rows may name in a `therapist` column.
+    `therapists` are the keys a group practice's rows may name in a `therapist` column;
+    `today` (the practice's) dates the releases the file grants or revokes.
     """
     binary, shown = _open_source(path)
     with binary:
@@ -174,34 +193,46 @@ def import_csv(store: Store, path: str, kind: Kind,
                 report.counts.rejected += 1
                 report.problems.append(f"line {line}, column {exc.column}: {exc.message}")
             if len(batch) >= batch_rows:
-                _write(store, batch, upsert, directory, report)
+                _write(store, batch, upsert, directory, report, today)
                 batch = []
                 if progress:
                     progress(binary.tell(), total)
         if batch:
-            _write(store, batch, upsert, directory, report)
+            _write(store, batch, upsert, directory, report, today)
         if progress:
             progress(total, total)
     return report
 
 
-def _write(store: Store, batch, upsert, directory: Directory, report: ImportReport) -> None:
+def _write(store: Store, batch, upsert, directory: Directory, report: ImportReport,
+           today: date | None) -> None:
     """One transaction per batch; if the database refuses it, find the row row by row."""
     try:
         with store.session() as session:
-            outcomes = upsert(session, [record for _, record in batch], directory)
+            outcomes = _upsert(session, upsert, batch, directory, report, today)
     except sa.exc.DBAPIError:
         directory.forget()  # cached ids may belong to the rolled-back transaction
         outcomes = []
-        for line, record in batch:
+        for one in batch:
             try:
                 with store.session() as session:
-                    outcomes += upsert(session, [record], directory)
+                    outcomes += _upsert(session, upsert, [one], directory, report, today)
             except sa.exc.DBAPIError as exc:
                 directory.forget()
                 report.counts.rejected += 1
                 reason = type(getattr(exc, "orig", exc)).__name__
-                report.problems.append(f"line {line}: the database refused this row ({reason})")
+                report.problems.append(f"line {one[0]}: the database refused this row ({reason})")
     for outcome in outcomes:
         report.counts.add(outcome)
+    report.flagged.update(directory.flagged)
 
+
+def _upsert(session, upsert, batch, directory: Directory, report: ImportReport,
+            today: date | None) -> list[str]:
+    if upsert is not upsert_referrals:
+        return upsert(session, [record for _, record in batch], directory)
+    notices: list[tuple[int, str]] = []
+    outcomes = upsert(session, [record for _, record in batch], directory, by="import",
+                      today=today, notices=notices)
+    report.notices += [f"line {batch[index][0]}: {text}" for index, text in notices]
+    return outcomes

@@ -59,12 +59,20 @@ class Physician(SQLModel, table=True):
     email: str | None = Field(default=None, max_length=254)
     fax: str | None = Field(default=None, max_length=40)
     practice_id: int | None = Field(default=None, foreign_key="practice.id", index=True)
+    # None: the address is one a person entered or confirmed. Otherwise why notes to it wait
+    # for `followupd physician confirm` (it changed in an import, or looks like another's).
+    email_check: str | None = Field(default=None, max_length=300)
     created_at: datetime = _stamp()
     updated_at: datetime = _stamp()
 
 
 class Referral(SQLModel, table=True):
-    """One referral; the only table with patient details."""
+    """One referral; the only table with patient details.
+
+    `release_on_file` and `prescriber_release_on_file` say whether a release of information
+    naming that recipient is in force now; they are kept from the `release` history, which
+    is the record (who granted or revoked it, when, through what).
+    """
 
     __tablename__ = "referral"
     id: int | None = Field(default=None, primary_key=True)
@@ -78,11 +86,41 @@ class Referral(SQLModel, table=True):
     release_on_file: bool = False
     release_on: date | None = None
     prescriber_id: int | None = Field(default=None, foreign_key="physician.id")
+    prescriber_release_on_file: bool = False
+    prescriber_release_on: date | None = None
     closed_on: date | None = None
     closing_summary: str | None = None
     therapist: str | None = Field(default=None, max_length=64)  # a key from `therapists:`
     created_at: datetime = _stamp()
     updated_at: datetime = _stamp(index=True)
+
+
+class Recipient(StrEnum):
+    """Whom a note is addressed to, and so whom a release of information must name."""
+
+    physician = "physician"  # the referring physician
+    prescriber = "prescriber"  # the client's prescriber
+
+
+class Release(SQLModel, table=True):
+    """One grant of a release of information for one recipient of one referral's notes.
+
+    A release names its recipient (`physician_id` at the time it was granted); revoking it
+    fills in `revoked_on`. Rows are never deleted: they are the history an import consults
+    before granting again.
+    """
+
+    __tablename__ = "release"
+    id: int | None = Field(default=None, primary_key=True)
+    referral_id: int = Field(foreign_key="referral.id", index=True, ondelete="CASCADE")
+    recipient: str = Field(max_length=16)  # Recipient
+    physician_id: int | None = Field(default=None, foreign_key="physician.id")
+    granted_on: date
+    granted_by: str = Field(max_length=32)  # cli | import | demo | migration
+    revoked_on: date | None = None
+    revoked_by: str | None = Field(default=None, max_length=32)
+    created_at: datetime = _stamp()
+    updated_at: datetime = _stamp()
 
 
 class Visit(SQLModel, table=True):
@@ -118,6 +156,9 @@ class State(StrEnum):
     sent = "sent"  # the therapist sent the draft
     deleted = "deleted"  # the therapist deleted the draft or event
     gone = "gone"  # the draft left Drafts: sent or deleted (google.read_scope tells which)
+    withdraw = "withdraw"  # a release was revoked: this unsent note must be taken back
+    withdrawing = "withdrawing"  # a tick is taking it back (claimed, like `claimed`)
+    withdrawn = "withdrawn"  # taken back (deleted), or it never existed; reason says which
     cancelled = "cancelled"  # no longer applies (rule disabled, release revoked, ...)
     failed = "failed"  # a permanent error; reason says which
 
@@ -148,6 +189,7 @@ class FollowUp(SQLModel, table=True):
     lease_until: datetime | None = Field(default=None, sa_type=UTCDateTime)
     fence: int = 0
     therapist: str | None = Field(default=None, max_length=64)  # whose mailbox holds it
+    thread_id: str | None = Field(default=None, max_length=256)  # a Gmail draft's thread
     created_at: datetime = _stamp()
     updated_at: datetime = _stamp()
 

@@ -27,6 +27,13 @@ EVENT_SUBJECT = {
 PENDING = (State.planned, State.held)
 NO_RELEASE = "no release of information on file for {label}"
 REVOKED = "release of information revoked for {label}"
+# A note with patient details that may already be in the therapist's Drafts: taken back when
+# the release for its recipient is revoked.
+UNSENT = (State.done, State.waiting)
+# A note that already left Drafts: reported as disclosed before the revoke.
+LEFT = {State.sent: "disclosed: sent before the release of information was revoked",
+        State.gone: "may have been disclosed: it left Drafts (sent or deleted) before the "
+                    "release of information was revoked"}
 
 
 @dataclass(frozen=True)
@@ -37,12 +44,18 @@ class Subject:
     id: int
     label: str  # "referral R-12", "visit 7": safe to show anywhere
     specialty: str | None = None
-    release: bool = True
-    # Who a draft can be addressed to ("physician", "prescriber"), and whether we have
-    # their email address.
-    recipients: Mapping[str, bool] = field(default_factory=dict)
+    # Recipient ("physician", "prescriber") -> a release naming them is in force. A visit
+    # carries no patient details: it needs none.
+    releases: Mapping[str, bool] | None = None
+    # Who a draft can be addressed to, and None if their address is usable, else why not
+    # (no address; an address waiting for confirmation). A role not listed has no one.
+    recipients: Mapping[str, str | None] = field(default_factory=dict)
     events: Mapping[str, date] = field(default_factory=dict)
+    release_dates: Mapping[str, date] = field(default_factory=dict)  # by recipient
     closed: bool = False
+
+    def released_to(self, recipient: str) -> bool:
+        return True if self.releases is None else bool(self.releases.get(recipient))
 
 
 @dataclass(frozen=True)
@@ -60,6 +73,8 @@ class Desired:
     due_at: datetime
     remind_at: datetime | None
     hold: str | None  # why it may not go out yet, or None
+    patient: bool = False  # its template shows patient details (a release gates it)
+    recipient: str = "physician"  # whom a release must name
 
     @property
     def key(self) -> tuple[str, str, int]:
@@ -109,19 +124,24 @@ def matches(rule: Rule, subject: Subject) -> bool:
 
 
 def desired(subject: Subject, rules: Iterable[Rule], calendar: Calendar,
-            needs_release: frozenset[str] = frozenset()) -> list[Desired]:
+            needs_release: frozenset[str] = frozenset(),
+            patient_rules: frozenset[str] | None = None) -> list[Desired]:
     """The follow-ups this subject should have under the enabled rules.
 
     A reminder is due as soon as its event happened (it goes on the calendar right away) and
     is dated at the offset; a draft is due at the offset. A rule in `needs_release` (its
     template shows patient details, or it says `release: required`) is held until a
-    release is on file.
+    release naming its recipient is on file. `patient_rules` are those whose template shows
+    patient details (default: `needs_release`).
     """
+    patient_rules = needs_release if patient_rules is None else patient_rules
     out = []
     for rule in rules:
         if not rule.enabled or EVENT_SUBJECT[rule.event] != subject.type:
             continue
-        day = subject.events.get(rule.event)
+        recipient = rule.to if rule.make == "draft" else "physician"
+        day = subject.release_dates.get(recipient) if rule.event == "release.recorded" \
+            else subject.events.get(rule.event)
         if day is None or not matches(rule, subject):
             continue
         if rule.make == "draft" and rule.to not in subject.recipients:
@@ -130,15 +150,19 @@ def desired(subject: Subject, rules: Iterable[Rule], calendar: Calendar,
         moment = due_at(start, rule.after, calendar.zone, rule.at, calendar.holidays)
         hold = None
         if (rule.name in needs_release or rule.when.release == "required") \
-                and not subject.release:
-            hold = NO_RELEASE.format(label=subject.label)
-        elif rule.make == "draft" and not subject.recipients[rule.to]:
-            hold = f"no email address for the {rule.to} of {subject.label}"
+                and not subject.released_to(recipient):
+            whom = subject.label if recipient == "physician" or subject.type != "referral" \
+                else f"the {recipient} of {subject.label}"
+            hold = NO_RELEASE.format(label=whom)
+        elif rule.make == "draft":
+            hold = subject.recipients[rule.to]
+        patient = rule.make == "draft" and rule.name in patient_rules
         if rule.make == "reminder":
             out.append(Desired(rule.name, subject.type, subject.id, "reminder", start, moment,
-                               hold))
+                               hold, False, recipient))
         else:
-            out.append(Desired(rule.name, subject.type, subject.id, "draft", moment, None, hold))
+            out.append(Desired(rule.name, subject.type, subject.id, "draft", moment, None, hold,
+                               patient, recipient))
     return out
 
 
@@ -175,14 +199,20 @@ def reconcile(wanted: Sequence[Desired], existing: Sequence[Existing],
 
 
 def _follow(row: Existing, want: Desired) -> dict:
-    """How a not-yet-delivered row changes to match what is wanted now."""
+    """How a row changes to match what is wanted now.
+
+    Rows not yet delivered follow the data. Once a note with patient details may be in the
+    therapist's Drafts, a revoked release takes it back (`withdraw`); one already sent is
+    marked as disclosed before the revoke.
+    """
     update: dict = {}
     if row.state in PENDING and row.external_id is None:
         if row.due_at != want.due_at:
             update["due_at"] = want.due_at
         if row.remind_at != want.remind_at:
             update["remind_at"] = want.remind_at
-    if row.state == State.planned and want.hold and want.hold.startswith("no release"):
+    revoked = bool(want.hold and want.hold.startswith("no release"))
+    if row.state == State.planned and revoked:
         update.update(state=State.cancelled, reason=REVOKED.format(
             label=want.hold.removeprefix("no release of information on file for ")))
     elif row.state in PENDING:
@@ -192,4 +222,28 @@ def _follow(row: Existing, want: Desired) -> dict:
     elif row.state == State.cancelled and row.external_id is None and want.hold is None:
         update.update(state=State.planned, reason=None, due_at=want.due_at,
                       remind_at=want.remind_at)
+    elif revoked and want.patient:
+        update.update(_take_back(row, want))
+    elif row.state == State.withdraw and want.hold is None:  # released again in time
+        update.update(state=State.done if row.external_id else State.planned, reason=None,
+                      attempts=1)  # delivery looks before it creates
+    elif row.state == State.withdrawn and want.hold is None:  # released again: made anew
+        update.update(state=State.planned, reason=None, due_at=want.due_at,
+                      remind_at=want.remind_at, external_id=None, thread_id=None, attempts=1,
+                      next_attempt_at=None)
     return update
+
+
+def _take_back(row: Existing, want: Desired) -> dict:
+    """A revoked release reaches a note that has gone out or may have."""
+    label = want.hold.removeprefix("no release of information on file for ")
+    if row.state in UNSENT:
+        values = {"state": State.withdraw, "attempts": 0,
+                  "reason": f"to withdraw: {REVOKED.format(label=label)}"}
+        if row.state == State.done:  # a waiting row keeps its settle time before the look
+            values["next_attempt_at"] = None
+        return values
+    if row.state in LEFT and not (row.reason or "").startswith(LEFT[row.state][:12]):
+        stamp = f" ({row.reason})" if row.reason else ""
+        return {"reason": f"{LEFT[row.state]}{stamp}"}
+    return {}

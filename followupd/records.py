@@ -21,8 +21,11 @@ REFERRAL_COLUMNS = (
     "practice", "client_name", "client_dob", "presenting_problem", "treatment_focus",
     "release_on_file", "closed_on", "closing_summary",
     # Optional, beyond the columns every practice has: the date the release was signed, and
-    # the client's prescriber when that is not the referring physician.
-    "release_on", "prescriber", "prescriber_email",
+    # the client's prescriber when that is not the referring physician, with the client's
+    # release for the prescriber (a release names its recipient: the referring physician's
+    # does not cover the prescriber).
+    "release_on", "prescriber", "prescriber_email", "prescriber_release_on_file",
+    "prescriber_release_on",
     # A group practice: whose referral it is (a key from `therapists:` in followupd.yaml).
     "therapist",
 )
@@ -247,6 +250,18 @@ def _therapist(row: Mapping[str, Any], therapists: Therapists, fields: dict[str,
         fields["therapist"] = therapists.parse(row.get("therapist"))
 
 
+def _release(row: Mapping[str, Any], present: set[str], fields: dict[str, Any], flag: str,
+             signed_column: str) -> None:
+    """A release's columns: on file (yes/no) and, optionally, the date it was signed."""
+    if flag in present:
+        fields[flag] = parse_yes_no(flag, row[flag])
+    signed = parse_date(signed_column, row.get(signed_column))
+    if signed:  # empty: the date the release was first recorded here stands
+        if not fields.get(flag, True):
+            raise RowError(signed_column, f"is set but {flag} is no")
+        fields.update({signed_column: signed, flag: True})
+
+
 def parse_referral(row: Mapping[str, Any],
                    therapists: Therapists = NO_THERAPISTS) -> ReferralRecord:
     """Validate one referral; only the columns present in `row` are set."""
@@ -264,13 +279,9 @@ def parse_referral(row: Mapping[str, Any],
     for column in ("presenting_problem", "treatment_focus", "closing_summary"):
         if column in present:
             fields[column] = clean_text(column, row[column])
-    if "release_on_file" in present:
-        fields["release_on_file"] = parse_yes_no("release_on_file", row["release_on_file"])
-    signed = parse_date("release_on", row.get("release_on"))
-    if signed:  # empty: the date the release was first recorded here stands
-        if not fields.get("release_on_file", True):
-            raise RowError("release_on", "is set but release_on_file is no")
-        fields.update(release_on=signed, release_on_file=True)
+    for flag, signed_column in (("release_on_file", "release_on"),
+                                ("prescriber_release_on_file", "prescriber_release_on")):
+        _release(row, present, fields, flag, signed_column)
     if "closed_on" in present:
         fields["closed_on"] = parse_date("closed_on", row["closed_on"])
         if fields["closed_on"] and fields["closed_on"] < fields["received_on"]:

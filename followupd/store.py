@@ -7,14 +7,17 @@ is Alembic's, shipped inside the package and applied when the store opens.
 
 from __future__ import annotations
 
+import fcntl
 import os
+import re
 import stat
 import threading
 import time
+import unicodedata
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from functools import cache
 from importlib.resources import files
 from pathlib import Path
@@ -22,6 +25,7 @@ from pathlib import Path
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from followupd import releases
 from followupd.models import (
     Cursor,
     FollowUp,
@@ -29,6 +33,7 @@ from followupd.models import (
     Physician,
     Practice,
     QuotaBucket,
+    Recipient,
     Referral,
     State,
     UTCDateTime,
@@ -47,7 +52,7 @@ from followupd.records import (
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 _MIGRATION_LOCK = 0x466F6C6C  # PostgreSQL advisory lock id: one migrator at a time
-SCHEMA_HEAD = "0003"  # the newest migration; tests/test_store.py checks it against Alembic
+SCHEMA_HEAD = "0004"  # the newest migration; tests/test_store.py checks it against Alembic
 
 
 class StoreError(Exception):
@@ -80,29 +85,45 @@ def _private_file(path: Path) -> None:
 
 def _on_sqlite_connect(dbapi_connection, _record) -> None:
     cursor = dbapi_connection.cursor()
-    cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+    cursor.execute(f"PRAGMA busy_timeout = {int(SQLITE_BUSY_TIMEOUT_MS)}")
     cursor.execute("PRAGMA journal_mode = WAL")
     cursor.execute("PRAGMA synchronous = NORMAL")
     cursor.execute("PRAGMA foreign_keys = ON")
     cursor.close()
 
 
+def mask_url(url: str) -> str:
+    """A database URL fit to print: its password replaced, even when the URL is malformed."""
+    try:
+        return sa.make_url(url).render_as_string(hide_password=True)
+    except (sa.exc.ArgumentError, ValueError):
+        return _PASSWORD.sub(r"\1***@", url)
+
+
+_PASSWORD = re.compile(r"(://[^:/@\s]*:)[^@\s]*@")
+
+
 def create_engine(url: str) -> sa.Engine:
-    """An engine for `url`; SQLite files are created private and tuned for a daemon."""
+    """An engine for `url`; SQLite files are created private and tuned for a daemon.
+
+    Statement parameters are hidden from every error SQLAlchemy raises: they are referral
+    values, and an error's text reaches tracebacks and logs.
+    """
     try:
         parsed = sa.make_url(url)
-    except sa.exc.ArgumentError:
+    except (sa.exc.ArgumentError, ValueError):
         raise StoreError(
-            f"database url {url!r} is not a SQLAlchemy URL "
+            f"database url {mask_url(url)!r} is not a SQLAlchemy URL "
             "(e.g. sqlite:///followupd.sqlite3 or postgresql+psycopg://host/db)") from None
     path = _sqlite_path(parsed)
     if path is not None:
         _private_file(path)
-        engine = sa.create_engine(parsed, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
+        engine = sa.create_engine(parsed, hide_parameters=True,
+                                  connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
         sa.event.listen(engine, "connect", _on_sqlite_connect)
         return engine
     try:
-        return sa.create_engine(parsed, pool_pre_ping=True)
+        return sa.create_engine(parsed, pool_pre_ping=True, hide_parameters=True)
     except ModuleNotFoundError as exc:
         raise StoreError(f"no driver for {parsed.drivername} ({exc.name} is not installed; "
                          "for PostgreSQL: pip install 'followupd[postgres]')") from None
@@ -137,8 +158,12 @@ def schema_state(connection: sa.Connection) -> tuple[str | None, str]:
 
 
 def migrate(engine: sa.Engine) -> None:
-    """Bring the schema to this version's head; refuse a database from a newer version."""
-    with engine.begin() as connection:
+    """Bring the schema to this version's head; refuse a database from a newer version.
+
+    One migrator at a time: on PostgreSQL an advisory lock, on SQLite a lock file beside the
+    database (six first commands at once on a new home must not all create the tables).
+    """
+    with _sqlite_migration_lock(engine), engine.begin() as connection:
         if connection.dialect.name == "postgresql":
             connection.execute(sa.text("SELECT pg_advisory_xact_lock(:id)"),
                                {"id": _MIGRATION_LOCK})
@@ -154,6 +179,21 @@ def migrate(engine: sa.Engine) -> None:
         command.upgrade(cfg, "head")
 
 
+@contextmanager
+def _sqlite_migration_lock(engine: sa.Engine) -> Iterator[None]:
+    """Hold `<database>.migrate.lock` while checking and migrating a SQLite file."""
+    path = _sqlite_path(engine.url)
+    if path is None:
+        yield
+        return
+    fd = os.open(f"{path}.migrate.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
 class Store:
     """An open, migrated database."""
 
@@ -166,6 +206,9 @@ class Store:
         except sa.exc.OperationalError as exc:
             self.engine.dispose()
             raise StoreError(f"cannot open the database ({_short(exc)})") from None
+        except sa.exc.SQLAlchemyError as exc:
+            self.engine.dispose()
+            raise StoreError(f"cannot open the database ({type(exc).__name__})") from None
 
     @contextmanager
     def session(self) -> Iterator[Session]:
@@ -253,6 +296,7 @@ class _KnownPhysician:
     specialty: str | None
     email: str | None
     fax: str | None
+    name: str = ""
 
 
 class Directory:
@@ -260,14 +304,22 @@ class Directory:
 
     Holds plain values, not ORM objects, so it stays valid from one transaction to the next;
     call `forget()` after a rollback.
+
+    `trusted`: a person typed this (the command line). An import is not trusted with
+    addresses: an address that replaces a physician's known one, or a new one that looks like
+    another physician's (`c1inic` for `clinic`), would send other patients' notes elsewhere,
+    so notes to it wait for `followupd physician confirm`. `flagged` lists those physicians.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, trusted: bool = False) -> None:
+        self.trusted = trusted
+        self.flagged: dict[int, str] = {}  # physician id -> why its address waits
         self.forget()
 
     def forget(self) -> None:
         self.practices: dict[str, int] = {}
         self.physicians: dict[str, _KnownPhysician] = {}
+        self._lookalikes: dict[str, tuple[int, str]] | None = None
 
     def practice_id(self, session: Session, name: str | None) -> int | None:
         if not name:
@@ -290,32 +342,126 @@ class Directory:
         known = self.physicians.get(key)
         if known is None:
             row = session.execute(
-                sa.select(Physician.id, Physician.specialty, Physician.email, Physician.fax)
+                sa.select(Physician.id, Physician.specialty, Physician.email, Physician.fax,
+                          Physician.name)
                 .where(Physician.key == key)).first()
             if row is None:
-                physician = Physician(
-                    key=key, name=record.name, specialty=record.specialty, email=record.email,
-                    fax=record.fax, practice_id=self.practice_id(session, record.practice))
-                session.add(physician)
-                session.flush()
-                self.physicians[key] = _KnownPhysician(
-                    physician.id, record.specialty, record.email, record.fax)
-                return physician.id, True
+                return self._add_physician(session, key, record), True
             known = self.physicians[key] = _KnownPhysician(*row)
         changes = {name: value for name in ("specialty", "email", "fax")
                    if (value := getattr(record, name)) is not None
                    and getattr(known, name) != value}
         if changes:
             stamp = change_stamp(session, Referral)
+            if "email" in changes:
+                changes["email_check"] = self._address_check(session, known.id, known.email,
+                                                             changes["email"])
             session.execute(sa.update(Physician).where(Physician.id == known.id)
                             .values(**changes, updated_at=stamp))
             if "email" in changes:  # held notes waiting for an address are planned again
                 session.execute(sa.update(Referral).where(sa.or_(
                     Referral.physician_id == known.id, Referral.prescriber_id == known.id))
                     .values(updated_at=stamp))
-            for name, value in changes.items():
-                setattr(known, name, value)
+            for name in ("specialty", "email", "fax"):
+                if name in changes:
+                    setattr(known, name, changes[name])
         return known.id, bool(changes)
+
+    def _add_physician(self, session: Session, key: str, record: PhysicianRecord) -> int:
+        check = self._address_check(session, None, None, record.email)
+        physician = Physician(
+            key=key, name=record.name, specialty=record.specialty, email=record.email,
+            fax=record.fax, practice_id=self.practice_id(session, record.practice),
+            email_check=check)
+        session.add(physician)
+        session.flush()
+        if check:
+            self.flagged[physician.id] = check
+        self.physicians[key] = _KnownPhysician(
+            physician.id, record.specialty, record.email, record.fax, record.name)
+        return physician.id
+
+    def _address_check(self, session: Session, physician_id: int | None, old: str | None,
+                       new: str | None) -> str | None:
+        """Why notes to `new` must wait for a confirmation, or None."""
+        if self.trusted or not new:
+            return None
+        index = self._lookalike_index(session)
+        check = None
+        if old and old != new:
+            check = f"changed in an import from {old}"
+        else:
+            near = index.get(address_skeleton(new))
+            if near is not None and near[0] != physician_id and near[1] != new:
+                check = f"new in an import and looks like {near[1]} (physician {near[0]})"
+        if physician_id is not None and check:
+            self.flagged[physician_id] = check
+        return check
+
+    def _lookalike_index(self, session: Session) -> dict[str, tuple[int, str]]:
+        """{skeleton of an address: (physician id, address)} of every known address."""
+        if self._lookalikes is None:
+            self._lookalikes = {}
+            for physician_id, email in session.execute(
+                    sa.select(Physician.id, Physician.email).where(Physician.email.is_not(None))):
+                self._lookalikes.setdefault(address_skeleton(email), (physician_id, email))
+        return self._lookalikes
+
+
+_CONFUSABLE = str.maketrans({"0": "o", "1": "l", "i": "l", "|": "l", "!": "l", "5": "s",
+                             "$": "s", "3": "e", ".": None, "-": None, "_": None})
+
+
+def address_skeleton(address: str) -> str:
+    """An address with look-alike characters folded together: two different addresses with
+    one skeleton ("dr.lee@c1inic.example", "drlee@clinic.example") are easy to mistake."""
+    folded = unicodedata.normalize("NFKC", address).casefold()
+    for pair, single in (("rn", "m"), ("vv", "w"), ("cl", "d")):
+        folded = folded.replace(pair, single)
+    return folded.translate(_CONFUSABLE)
+
+
+def confirm_address(session: Session, physician_id: int) -> tuple[str, str | None] | None:
+    """A person confirms a physician's address: notes held for it may go out. Returns the
+    physician's (name, address), or None if there is no such physician."""
+    found = session.execute(sa.select(Physician.name, Physician.email)
+                            .where(Physician.id == physician_id)).first()
+    if found is None:
+        return None
+    stamp = change_stamp(session, Referral)
+    session.execute(sa.update(Physician).where(Physician.id == physician_id)
+                    .values(email_check=None, updated_at=stamp))
+    session.execute(sa.update(Referral).where(sa.or_(  # their held notes are planned again
+        Referral.physician_id == physician_id, Referral.prescriber_id == physician_id))
+        .values(updated_at=stamp))
+    return found.name, found.email
+
+
+def record_release(session: Session, ref: str, recipient: Recipient, *, grant: bool, on: date,
+                   by: str) -> bool | None:
+    """A person grants or revokes a referral's release for one recipient; the next plan
+    sees the change. None: no such referral; False: it names no such recipient."""
+    row = session.execute(sa.select(Referral.id, Referral.prescriber_id)
+                          .where(Referral.ref == ref)).first()
+    if row is None:
+        return None
+    if recipient == Recipient.prescriber and row.prescriber_id is None:
+        return False
+    stamp = change_stamp(session, Referral)
+    releases.record(session, row.id, recipient, grant=grant, on=on, by=by, stamp=stamp)
+    session.execute(sa.update(Referral).where(Referral.id == row.id).values(updated_at=stamp))
+    return True
+
+
+def disclosed_notes(session: Session, ref: str) -> Sequence[FollowUp]:
+    """A referral's notes that left Drafts before its release was revoked."""
+    return session.execute(sa.select(FollowUp).join(
+        Referral, sa.and_(FollowUp.subject_type == "referral",
+                          FollowUp.subject_id == Referral.id))
+        .where(Referral.ref == ref, FollowUp.state.in_((State.sent, State.gone)),
+               sa.or_(FollowUp.reason.startswith("disclosed"),
+                      FollowUp.reason.startswith("may have been disclosed")))
+        .order_by(FollowUp.id)).scalars().all()
 
 
 def change_stamp(session: Session, table: sa.Table | type) -> datetime:
@@ -333,24 +479,16 @@ def change_stamp(session: Session, table: sa.Table | type) -> datetime:
 
 
 REFERRAL_DEFAULTS = {"client_dob": None, "presenting_problem": None, "treatment_focus": None,
-                     "release_on_file": False, "release_on": None, "prescriber_id": None,
+                     "release_on_file": False, "release_on": None,
+                     "prescriber_release_on_file": False, "prescriber_release_on": None,
+                     "prescriber_id": None,
                      "closed_on": None, "closing_summary": None}
 VISIT_DEFAULTS = {"physician_id": None, "specialty": None, "business_manager": None,
                   "cards_left": 0, "handouts_left": 0, "notes": None}
 
 
-def _release_date(values: dict, old: dict | None, stamp: datetime) -> dict:
-    """A release keeps the date it was recorded; revoking it clears the date."""
-    on_file = values.get("release_on_file", old["release_on_file"] if old else False)
-    if not on_file:
-        values["release_on"] = None
-    elif "release_on" not in values and (old is None or not old["release_on_file"]):
-        values["release_on"] = stamp.date()
-    return values
-
-
 def _upsert(session: Session, table: sa.Table, key_column: str,
-            items: Sequence[tuple[str, dict]], defaults: dict, adjust=None) -> list[bool | None]:
+            items: Sequence[tuple[str, dict]], defaults: dict) -> list[bool | None]:
     """Insert or update rows by a natural key with one statement per kind of change.
 
     Returns, for each item: None if added, else whether it changed. Core statements rather
@@ -364,7 +502,7 @@ def _upsert(session: Session, table: sa.Table, key_column: str,
     updates: dict[int, dict] = {}
     outcomes: list[bool | None] = []
     for item_key, given in items:
-        values = adjust(dict(given), existing.get(item_key), stamp) if adjust else dict(given)
+        values = dict(given)
         if item_key in inserts:  # the same key twice in one batch: the later row wins
             merged = {**inserts[item_key], **values}
             outcomes.append(merged != inserts[item_key])
@@ -399,9 +537,15 @@ def _outcome(changed: bool | None, related_changed: bool) -> str:
 
 
 def upsert_referrals(session: Session, records: Iterable[ReferralRecord],
-                     directory: Directory) -> list[str]:
-    """Insert or update referrals by `ref`; returns added/updated/unchanged for each."""
-    items, physician_changes = [], []
+                     directory: Directory, *, by: str = "import", today: date | None = None,
+                     notices: list[tuple[int, str]] | None = None) -> list[str]:
+    """Insert or update referrals by `ref`; returns added/updated/unchanged for each.
+
+    Release columns go into the release history (see `releases`); what an import could not
+    do with them (a revoke it may not undo) is appended to `notices` as (index, text).
+    """
+    records = list(records)
+    items, physician_changes, claims = [], [], []
     for record in records:
         physician_id, physician_changed = directory.physician(session, record.physician)
         values = record.referral_values(physician_id)
@@ -409,11 +553,33 @@ def upsert_referrals(session: Session, records: Iterable[ReferralRecord],
             values["prescriber_id"] = directory.physician(session, record.prescriber)[0] \
                 if record.prescriber else None
         values.pop("ref")
+        claims.append(releases.claims_of(values))
         items.append((record.ref, values))
         physician_changes.append(physician_changed)
-    outcomes = _upsert(session, Referral.__table__, "ref", items, REFERRAL_DEFAULTS,
-                       _release_date)
-    return [_outcome(o, p) for o, p in zip(outcomes, physician_changes, strict=True)]
+    outcomes = _upsert(session, Referral.__table__, "ref", items, REFERRAL_DEFAULTS)
+    changed = _apply_releases(session, [r.ref for r in records], claims, by=by,
+                              today=today or date.today(), notices=notices)
+    return [_outcome(o, p or ref in changed) for o, p, ref in zip(
+        outcomes, physician_changes, (r.ref for r in records), strict=True)]
+
+
+def _apply_releases(session: Session, refs: list[str], claims: list[dict], *, by: str,
+                    today: date, notices: list[tuple[int, str]] | None) -> set[str]:
+    """Bring the batch's release columns into the release history, then set each
+    referral's in-force flags from it; returns the refs whose flags changed."""
+    rows = {row.ref: row for row in session.execute(
+        sa.select(Referral.ref, *releases.REFERRAL_ROW).where(Referral.ref.in_(set(refs))))}
+    history = releases.History.read(session, [row.id for row in rows.values()])
+    for index, (ref, claimed) in enumerate(zip(refs, claims, strict=True)):
+        for recipient, claim in claimed.items():
+            notice = releases.decide(history, rows[ref], recipient, claim, by=by, today=today)
+            if notice and notices is not None:
+                notices.append((index, notice))
+    history.write(session)
+    changed = releases.refresh(session, history, {row.id: row for row in rows.values()},
+                               change_stamp(session, Referral))
+    by_id = {row.id: ref for ref, row in rows.items()}
+    return {by_id[referral_id] for referral_id in changed}
 
 
 def _adopt_legacy_visits(session: Session, legacy: dict[str, str]) -> None:
@@ -508,14 +674,17 @@ class SharedTokenBucket(TokenBucket):
 
 
 def expire_dead_claims(session: Session, host: str, alive: Callable[[int], bool],
-                       now: datetime) -> int:
+                       now: datetime, settle: timedelta = timedelta(0)) -> int:
     """End the leases of processes on this host that no longer exist (killed, crashed).
 
-    Their follow-ups are due again at once instead of after the lease; the attempt was
-    counted at the claim, so the next try looks before it creates.
+    Their follow-ups are due again `settle` from now instead of after the whole lease: a
+    call the dead process made may still be finishing at Google, and a look for its draft
+    before then could miss it. The attempt was counted at the claim, so the next try looks
+    before it creates.
     """
+    held = FollowUp.state.in_((State.claimed, State.withdrawing))
     owners = session.execute(sa.select(FollowUp.claimed_by).where(
-        FollowUp.state == State.claimed, FollowUp.lease_until > now).distinct()).scalars()
+        held, FollowUp.lease_until > now + settle).distinct()).scalars()
     dead = []
     for owner in owners:
         name, _, pid = (owner or "").rpartition(":")
@@ -524,8 +693,8 @@ def expire_dead_claims(session: Session, host: str, alive: Callable[[int], bool]
     if not dead:
         return 0
     return session.execute(sa.update(FollowUp).where(
-        FollowUp.state == State.claimed, FollowUp.claimed_by.in_(dead))
-        .values(lease_until=now)).rowcount
+        held, FollowUp.claimed_by.in_(dead), FollowUp.lease_until > now + settle)
+        .values(lease_until=now + settle)).rowcount
 
 
 def release_claim(session: Session, follow_up_id: int, fence: int, state: str) -> None:
@@ -534,10 +703,12 @@ def release_claim(session: Session, follow_up_id: int, fence: int, state: str) -
 
 
 def due_backlog(session: Session, now: datetime) -> int:
-    """Follow-ups due now and not yet delivered."""
+    """Follow-ups due now and not yet delivered (or, revoked, not yet taken back)."""
     return session.execute(sa.select(sa.func.count()).select_from(FollowUp).where(sa.or_(
         sa.and_(FollowUp.state == State.planned, FollowUp.due_at <= now),
         sa.and_(FollowUp.state == State.waiting, FollowUp.next_attempt_at <= now),
+        sa.and_(FollowUp.state == State.withdraw, sa.or_(
+            FollowUp.next_attempt_at.is_(None), FollowUp.next_attempt_at <= now)),
     ))).scalar_one()
 
 
@@ -591,9 +762,12 @@ def _changed_referrals_query(has_since: bool, has_after: bool):
     prescriber = sa.orm.aliased(Physician)
     query = _changed(Referral, (
         Referral.id, Referral.ref, Referral.updated_at, Referral.received_on, Referral.closed_on,
-        Referral.release_on_file, Referral.release_on, doctor.specialty,
-        doctor.email.label("physician_email"), Referral.prescriber_id,
+        Referral.release_on_file, Referral.release_on, Referral.prescriber_release_on_file,
+        Referral.prescriber_release_on, doctor.specialty, Referral.physician_id,
+        doctor.email.label("physician_email"),
+        doctor.email_check.label("physician_email_check"), Referral.prescriber_id,
         prescriber.email.label("prescriber_email"),
+        prescriber.email_check.label("prescriber_email_check"),
     ), has_since, has_after)
     return query.join(doctor, doctor.id == Referral.physician_id).outerjoin(
         prescriber, prescriber.id == Referral.prescriber_id)
@@ -609,12 +783,19 @@ def changed_referrals(session: Session, since: datetime | None,
     return session.execute(query, _page_params(since, after, limit)).all()
 
 
+def referrals_by_id(session: Session, ids: Sequence[int]) -> Sequence[sa.Row]:
+    """The same rows as `changed_referrals`, for chosen referrals (planned again at once)."""
+    query = _changed_referrals_query(False, False).where(Referral.id.in_(ids))
+    return session.execute(query, {"limit": len(ids)}).all()
+
+
 @cache
 def _changed_visits_query(has_since: bool, has_after: bool):
     query = _changed(Visit, (
         Visit.id, Visit.updated_at, Visit.visited_on,
         sa.func.coalesce(Visit.specialty, Physician.specialty).label("specialty"),
         Visit.physician_id, Physician.email.label("physician_email"),
+        Physician.email_check.label("physician_email_check"),
     ), has_since, has_after)
     return query.outerjoin(Physician, Physician.id == Visit.physician_id)
 
@@ -623,6 +804,11 @@ def changed_visits(session: Session, since: datetime | None,
                    after: tuple[datetime, int] | None, limit: int) -> Sequence[sa.Row]:
     query = _changed_visits_query(since is not None, after is not None)
     return session.execute(query, _page_params(since, after, limit)).all()
+
+
+def follow_ups_by_id(session: Session, ids: Sequence[int]) -> Sequence[FollowUp]:
+    return session.execute(sa.select(FollowUp).where(FollowUp.id.in_(ids))
+                           .order_by(FollowUp.id)).scalars().all()
 
 
 def ledger_rows(session: Session, subject_type: str, ids: Sequence[int]) -> Sequence[FollowUp]:
@@ -676,7 +862,7 @@ def update_follow_ups(session: Session, updates: Sequence[tuple[int, dict]]) -> 
     for follow_up_id, values in updates:
         session.execute(sa.update(FollowUp).where(
             FollowUp.id == follow_up_id,
-            FollowUp.state.in_((State.planned, State.held, State.cancelled)),
+            FollowUp.state.not_in((State.claimed, State.withdrawing)),
         ).values(**values, updated_at=stamp))
 
 
@@ -732,10 +918,42 @@ def claim_due(session: Session, now: datetime, owner: str, lease: timedelta,
     return sorted((row.id, row.fence) for row in claimed)
 
 
+@cache
+def _withdraw_statement(dialect: str):
+    now = sa.bindparam("now", type_=UTCDateTime)
+    due = sa.or_(
+        sa.and_(FollowUp.state == State.withdraw, sa.or_(
+            FollowUp.next_attempt_at.is_(None), FollowUp.next_attempt_at <= now)),
+        sa.and_(FollowUp.state == State.withdrawing, FollowUp.lease_until < now),
+    )
+    pick = sa.select(FollowUp.id).where(due).order_by(FollowUp.id) \
+        .limit(sa.bindparam("limit", type_=sa.Integer))
+    if dialect == "postgresql":
+        pick = pick.with_for_update(skip_locked=True)
+    return (sa.update(FollowUp).where(FollowUp.id.in_(pick.scalar_subquery()))
+            .values(state=State.withdrawing, claimed_by=sa.bindparam("owner"),
+                    lease_until=sa.bindparam("lease_until", type_=UTCDateTime),
+                    fence=FollowUp.fence + 1, attempts=FollowUp.attempts + 1, updated_at=now)
+            .returning(FollowUp.id, FollowUp.fence)
+            .execution_options(synchronize_session=False))
+
+
+def claim_withdrawals(session: Session, now: datetime, owner: str, lease: timedelta,
+                      limit: int) -> list[tuple[int, int]]:
+    """Claim notes to take back (a release was revoked), as `claim_due` claims deliveries:
+    a lease, a fence, and the attempt counted before any call."""
+    statement = _withdraw_statement(session.get_bind().dialect.name)
+    claimed = session.execute(statement, {"now": now, "owner": owner,
+                                          "lease_until": now + lease, "limit": limit}).all()
+    return sorted((row.id, row.fence) for row in claimed)
+
+
 def record_result(session: Session, follow_up_id: int, fence: int, **values) -> bool:
-    """Store a delivery's outcome if the claim is still ours (the fence matches)."""
+    """Store a delivery's (or a withdrawal's) outcome if the claim is still ours (the fence
+    matches)."""
     done = session.execute(sa.update(FollowUp).where(
-        FollowUp.id == follow_up_id, FollowUp.fence == fence, FollowUp.state == State.claimed,
+        FollowUp.id == follow_up_id, FollowUp.fence == fence,
+        FollowUp.state.in_((State.claimed, State.withdrawing)),
     ).values(**values, claimed_by=None, lease_until=None, updated_at=now_utc())
         .execution_options(synchronize_session=False))
     return done.rowcount == 1
@@ -792,8 +1010,3 @@ def record_sync(session: Session, follow_up_id: int, **values) -> None:
     session.execute(sa.update(FollowUp).where(
         FollowUp.id == follow_up_id, FollowUp.state == State.done)
         .values(**values, updated_at=now_utc()))
-
-
-def state_counts(session: Session) -> dict[str, int]:
-    return dict(session.execute(
-        sa.select(FollowUp.state, sa.func.count()).group_by(FollowUp.state)).all())

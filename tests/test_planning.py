@@ -23,9 +23,10 @@ PCP_ONLY = Rule(name="pcp", event="referral.received", after="3 days", make="dra
 GATED = frozenset({"ack", "close", "pcp"})
 
 
-def referral(**kw) -> Subject:
+def referral(release: bool = True, **kw) -> Subject:
     base = {"type": "referral", "id": 7, "label": "referral R-7", "specialty": "Internist",
-            "release": True, "recipients": {"physician": True},
+            "releases": {"physician": release, "prescriber": release},
+            "recipients": {"physician": None},
             "events": {"referral.received": date(2026, 11, 25)}}
     base.update(kw)
     return Subject(**base)
@@ -43,8 +44,9 @@ def test_no_release_holds_with_a_reason_naming_the_referral():
 
 
 def test_no_email_holds():
-    [ack] = desired(referral(recipients={"physician": False}), [ACK], CAL, GATED)
-    assert ack.hold == "no email address for the physician of referral R-7"
+    reason = "no email address for the physician of referral R-7"
+    [ack] = desired(referral(recipients={"physician": reason}), [ACK], CAL, GATED)
+    assert ack.hold == reason
 
 
 def test_reminder_is_due_at_once_and_dated_a_month_on():
@@ -71,7 +73,7 @@ def test_disabled_rule_and_missing_event_plan_nothing():
 def test_prescriber_rule_needs_a_prescriber():
     rule = ACK.model_copy(update={"name": "rx", "to": "prescriber"})
     assert desired(referral(), [rule], CAL) == []
-    [rx] = desired(referral(recipients={"physician": True, "prescriber": True}), [rule], CAL)
+    [rx] = desired(referral(recipients={"physician": None, "prescriber": None}), [rule], CAL)
     assert rx.rule == "rx"
 
 
@@ -127,3 +129,74 @@ def test_a_corrected_date_moves_a_pending_note():
     changes = reconcile(later, existing_from(before), [("referral", 7)])
     assert changes.updates == [(1, {"due_at": later[0].due_at})]
     assert later[0].due_at > datetime(2026, 11, 30, tzinfo=UTC)
+
+
+# --- releases name their recipient; a revoke takes back what went out -----------------------
+
+RX = Rule(name="rx", event="release.recorded", after="2 business days", at="08:00",
+          make="draft", to="prescriber", template="prescriber.txt.j2",
+          when={"release": "required"})
+BOTH = {"physician": None, "prescriber": None}
+
+
+def test_the_referring_physicians_release_does_not_cover_the_prescriber():
+    """The defect: the prescriber's introduction (patient details) went out on the referring
+    physician's release alone."""
+    only_physician = referral(releases={"physician": True, "prescriber": False},
+                              recipients=BOTH,
+                              release_dates={"physician": date(2026, 11, 20)})
+    assert desired(only_physician, [RX], CAL, frozenset({"rx"})) == []  # no event: no release
+    both = referral(releases={"physician": True, "prescriber": True}, recipients=BOTH,
+                    release_dates={"physician": date(2026, 11, 20),
+                                   "prescriber": date(2026, 11, 23)})
+    [rx] = desired(both, [RX], CAL, frozenset({"rx"}))
+    assert rx.hold is None and rx.recipient == "prescriber"
+    # two business days after the prescriber's own release (the physician's: the 24th)
+    assert rx.due_at.astimezone(NY) == datetime(2026, 11, 25, 8, 0, tzinfo=NY)
+    revoked = referral(releases={"physician": True, "prescriber": False}, recipients=BOTH,
+                       release_dates={"physician": date(2026, 11, 20),
+                                      "prescriber": date(2026, 11, 23)})
+    [held] = desired(revoked, [RX], CAL, frozenset({"rx"}))
+    assert held.hold == "no release of information on file for the prescriber of referral R-7"
+
+
+def test_an_address_waiting_for_confirmation_holds_the_note():
+    reason = "the physician's email address for referral R-7 waits for confirmation"
+    [ack] = desired(referral(recipients={"physician": reason}), [ACK], CAL, GATED)
+    assert ack.hold == reason
+
+
+def test_a_revoke_withdraws_an_unsent_note_and_marks_a_sent_one_disclosed():
+    released = desired(referral(), [ACK], CAL, GATED)
+    revoked = desired(referral(release=False), [ACK], CAL, GATED)
+    assert revoked[0].patient  # its template shows patient details
+    for state in (State.done, State.waiting):
+        row = existing_from(released, state=state, external_id="gmail:d1", reason=None)
+        [(_, update)] = reconcile(revoked, row, [("referral", 7)]).updates
+        assert update["state"] == State.withdraw and update["attempts"] == 0
+        assert update["reason"] == "to withdraw: release of information revoked for referral R-7"
+    sent = existing_from(released, state=State.sent, external_id="gmail:d1",
+                         reason="sent 2026-11-27 09:00 UTC")
+    [(_, update)] = reconcile(revoked, sent, [("referral", 7)]).updates
+    assert update == {"reason": "disclosed: sent before the release of information was revoked "
+                                "(sent 2026-11-27 09:00 UTC)"}
+    marked = existing_from(released, state=State.sent, reason=update["reason"])
+    assert not reconcile(revoked, marked, [("referral", 7)])  # said once
+
+
+def test_a_note_without_patient_details_is_not_withdrawn():
+    revoked = desired(referral(release=False), [ACK], CAL, GATED, patient_rules=frozenset())
+    done = existing_from(revoked, state=State.done, external_id="gmail:d1", reason=None)
+    assert not reconcile(revoked, done, [("referral", 7)])
+
+
+def test_a_release_granted_again_makes_a_withdrawn_note_anew_looking_first():
+    released = desired(referral(), [ACK], CAL, GATED)
+    withdrawn = existing_from(released, state=State.withdrawn, external_id="gmail:d1",
+                              reason="withdrawn")
+    [(_, update)] = reconcile(released, withdrawn, [("referral", 7)]).updates
+    assert update["state"] == State.planned and update["external_id"] is None
+    assert update["attempts"] == 1  # the next claim makes it 2: look before creating
+    pending = existing_from(released, state=State.withdraw, external_id="gmail:d1")
+    [(_, update)] = reconcile(released, pending, [("referral", 7)]).updates
+    assert update["state"] == State.done  # not yet taken back: it stays where it is

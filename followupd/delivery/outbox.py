@@ -17,7 +17,17 @@ from pathlib import Path
 
 from icalendar import Alarm, Calendar, Event, Timezone
 
-from followupd.delivery import Delivered, DeliveryError, Draft, Item, Outcome, Reminder
+from followupd.delivery import (
+    Delivered,
+    DeliveryError,
+    Draft,
+    DraftRef,
+    DraftState,
+    Item,
+    Outcome,
+    Reminder,
+    Withdrawn,
+)
 
 
 def write_atomically(path: Path, data: bytes) -> bool:
@@ -36,11 +46,7 @@ def write_atomically(path: Path, data: bytes) -> bool:
             os.link(temporary, path)  # fails if another writer got there first: no overwrite
         except FileExistsError:
             return False
-        directory = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(directory)
-        finally:
-            os.close(directory)
+        _sync_folder(path.parent)
         return True
     finally:
         os.unlink(temporary)
@@ -109,9 +115,15 @@ class OutboxBackend:
     def reminder_path(self, follow_up_id: int) -> Path:
         return self.folder / "reminders" / f"{follow_up_id}.ics"
 
-    def _write(self, path: Path, data: bytes) -> Outcome:
+    def _write(self, path: Path, data: bytes, identity: bytes) -> Outcome:
+        """Write the file, or find it there already: ours only if it carries our identity
+        (another installation's outbox may use the same numbers)."""
         try:
-            write_atomically(path, data)
+            if not write_atomically(path, data) and not _carries(path, identity):
+                return DeliveryError(
+                    f"{path.relative_to(self.folder)} in the outbox is another note (another "
+                    "followupd installation's?); move it away or give this one its own "
+                    "delivery.outbox folder", permanent=True)
         except OSError as exc:
             return DeliveryError(f"cannot write to the outbox ({exc.strerror})")
         return Delivered(f"outbox:{path.relative_to(self.folder)}")
@@ -120,11 +132,67 @@ class OutboxBackend:
         """Nothing is cached between rounds: each write checks the files themselves."""
 
     def deliver(self, items: Sequence[Item]) -> list[Outcome]:
-        return [self._write(self.draft_path(item.follow_up_id), item.as_bytes())
-                if isinstance(item, Draft) else
-                self._write(self.reminder_path(item.follow_up_id),
-                            reminder_calendar(item).to_ical())
-                for item in items]
+        return [self._deliver_one(item) for item in items]
+
+    def _deliver_one(self, item: Item) -> Outcome:
+        """One file; whatever goes wrong with it stays with it."""
+        try:
+            if isinstance(item, Draft):
+                return self._write(self.draft_path(item.follow_up_id), item.as_bytes(),
+                                   _header_line("X-Followupd-Id", item.tag))
+            return self._write(self.reminder_path(item.follow_up_id),
+                               reminder_calendar(item).to_ical(), _ical_uid(item.uid))
+        except Exception as exc:  # one bad item must not take the batch with it
+            return DeliveryError(f"cannot write this note ({type(exc).__name__})",
+                                 permanent=True)
+
+    def draft_states(self, refs: Sequence[DraftRef]) -> dict[int, DraftState | None]:
+        """An outbox cannot tell whether a file was sent: nothing to report."""
+        return dict.fromkeys((ref.follow_up_id for ref in refs), None)
+
+    def withdraw(self, refs: Sequence[DraftRef]) -> list[Withdrawn | DeliveryError]:
+        """Delete each draft file that is ours; one that is not there was never made or is
+        already gone."""
+        return [self._withdraw_one(ref) for ref in refs]
+
+    def _withdraw_one(self, ref: DraftRef) -> Withdrawn | DeliveryError:
+        path = self.draft_path(ref.follow_up_id)
+        try:
+            if _carries(path, _header_line("X-Followupd-Id", ref.tag)):
+                path.unlink()
+                _sync_folder(path.parent)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            return DeliveryError(f"cannot delete from the outbox ({exc.strerror})")
+        return Withdrawn("withdrawn")
 
     def close(self) -> None:
         pass
+
+
+def _header_line(name: str, value: str) -> bytes:
+    return f"\n{name}: {value}\r".encode()
+
+
+def _ical_uid(uid: str) -> bytes:
+    return f"\nUID:{uid}\r".encode()
+
+
+def _carries(path: Path, identity: bytes) -> bool:
+    """Does the file at `path` carry this identity line (its header block is enough)?"""
+    try:
+        with path.open("rb") as handle:
+            head = b"\n" + handle.read(64 * 1024)
+    except FileNotFoundError:
+        return False
+    unfolded = head.replace(b"\r\n ", b"").replace(b"\r\n\t", b"")  # long lines fold
+    return identity in unfolded
+
+
+def _sync_folder(folder: Path) -> None:
+    directory = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
