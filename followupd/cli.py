@@ -23,6 +23,7 @@ import typer.core
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
 from rich.table import Table
+from rich.text import Text
 
 from followupd import config as configuration
 from followupd import logs
@@ -531,7 +532,7 @@ def _import(kind: str, file: str, home: Path | None) -> None:
             bar.update(task, completed=done, total=total)
     try:
         report = import_csv(store, file, kind, progress=progress,  # type: ignore[arg-type]
-                            therapists=therapists(settings))
+                            therapists=therapists(settings), today=today(settings))
     except ImportRefused as exc:
         fail(EXIT_FAILED, f"refused: {exc}")
     finally:
@@ -547,6 +548,13 @@ def _import(kind: str, file: str, home: Path | None) -> None:
         err.print(f"rejected: {problem}", markup=False)
     if len(report.problems) > 50:
         err.print(f"... and {len(report.problems) - 50} more rejected rows", markup=False)
+    for notice in report.notices[:50]:
+        out.print(f"note: {notice}", markup=False)
+    if len(report.notices) > 50:
+        out.print(f"... and {len(report.notices) - 50} more notes", markup=False)
+    for physician_id, why in sorted(report.flagged.items()):
+        out.print(f"address held: physician {physician_id}: {why}; notes to it wait until you "
+                  f"check it and run `followupd physician confirm {physician_id}`", markup=False)
     out.print(f"{kind}: {report.counts}", markup=False)
     if not report.ok:
         raise typer.Exit(EXIT_FAILED)
@@ -861,12 +869,14 @@ def _print_ledger(settings: configuration.Settings, store: Store,
     if group:
         table.add_column("therapist", no_wrap=True)
     table.add_column("where it is, or why not", overflow="fold")
-    for row in rows:
+    for row in rows:  # cells are Text: a ref like "R-[/]" is not console markup
         when = (row.remind_at or row.due_at).astimezone(zone)
-        table.add_row(str(row.id), row.rule, row.kind, row.state,
+        where = row.reason if row.reason and (not row.external_id or row.state in (
+            "sent", "gone", "withdrawn", "withdraw")) else row.external_id
+        table.add_row(str(row.id), Text(row.rule), row.kind, row.state,
                       when.strftime("%Y-%m-%d %H:%M"), str(row.attempts),
-                      *([row.therapist or ""] if group else []),
-                      row.external_id or row.reason or "")
+                      *([Text(row.therapist or "")] if group else []),
+                      Text(where or ""))
     out.print(table)
     counts = Counter(row.state for row in rows)
     out.print(", ".join(f"{n} {state}" for state, n in sorted(counts.items())) or "nothing yet",

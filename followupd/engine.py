@@ -190,9 +190,8 @@ def referral_subject(row) -> Subject:
         events["referral.closed"] = row.closed_on
     releases = {"physician": bool(row.release_on_file),
                 "prescriber": bool(row.prescriber_id and row.prescriber_release_on_file)}
-    dates = {role: on for role, on, given in (
-        ("physician", row.release_on, releases["physician"]),
-        ("prescriber", row.prescriber_release_on, releases["prescriber"])) if given and on}
+    dates = {role: on for role, on in (("physician", row.release_on),
+                                        ("prescriber", row.prescriber_release_on)) if on}
     recipients = {"physician": _address(row, "physician", label)}
     if row.prescriber_id:
         recipients["prescriber"] = _address(row, "prescriber", label)

@@ -62,6 +62,7 @@ class _Grant:
     id: int | None
     physician_id: int | None
     granted_on: date
+    revoked_on: date | None = None
 
 
 @dataclass
@@ -69,6 +70,7 @@ class History:
     """What the `release` table holds for a batch of referrals, and the changes to write."""
 
     active: dict[tuple[int, str], list[_Grant]] = field(default_factory=dict)
+    ended: dict[tuple[int, str], list[_Grant]] = field(default_factory=dict)  # revoked ones
     revoked: dict[tuple[int, str], tuple[date, str]] = field(default_factory=dict)
     inserts: list[dict] = field(default_factory=list)
     redated: dict[int, date] = field(default_factory=dict)
@@ -85,10 +87,12 @@ class History:
             .where(Release.referral_id.in_(referral_ids)).order_by(Release.id))
         for row in rows:
             key = (row.referral_id, row.recipient)
+            grant = _Grant(row.id, row.physician_id, row.granted_on, row.revoked_on)
             if row.revoked_on is None:
-                history.active.setdefault(key, []).append(
-                    _Grant(row.id, row.physician_id, row.granted_on))
-            elif key not in history.revoked or row.revoked_on >= history.revoked[key][0]:
+                history.active.setdefault(key, []).append(grant)
+                continue
+            history.ended.setdefault(key, []).append(grant)
+            if key not in history.revoked or row.revoked_on >= history.revoked[key][0]:
                 history.revoked[key] = (row.revoked_on, row.revoked_by or "")
         return history
 
@@ -98,6 +102,14 @@ class History:
         grants = [g for g in self.active.get((referral_id, recipient), [])
                   if g.physician_id == named]
         return grants[-1] if grants else None
+
+    def last_signed(self, referral_id: int, recipient: str, named: int | None) -> date | None:
+        """When the newest release naming this recipient was signed, in force or not: a
+        revoked release was still recorded (its notes are then taken back, not forgotten)."""
+        key = (referral_id, recipient)
+        dates = [g.granted_on for g in (*self.ended.get(key, []), *self.active.get(key, []))
+                 if named is not None and g.physician_id == named]
+        return max(dates) if dates else None
 
     def grant(self, referral_id: int, recipient: str, named: int | None, signed_on: date,
               by: str) -> bool:
@@ -120,6 +132,10 @@ class History:
         grants = self.active.pop((referral_id, recipient), [])
         if not grants:
             return False
+        for grant in grants:
+            grant.revoked_on = on
+        self.ended.setdefault((referral_id, recipient), []).extend(
+            g for g in grants if g.id is not None)
         self.revoked[(referral_id, recipient)] = self.revokes[(referral_id, recipient)] = (on, by)
         self.inserts = [row for row in self.inserts  # granted earlier in this batch: never was
                         if (row["referral_id"], row["recipient"]) != (referral_id, recipient)]
@@ -186,14 +202,16 @@ def refresh(session: Session, history: History, rows: Mapping[int, sa.Row],
     """Set each referral's release columns from the history; returns the ids that changed.
 
     A release counts only while it names the referral's current physician (or prescriber).
+    The date stays after a revoke (the release was recorded; `release.recorded` rules then
+    see it revoked and take their notes back).
     """
     changed = []
     for row in rows.values():
         values = {}
         for recipient, (flag, signed) in COLUMNS.items():
-            grant = history.in_force(row.id, recipient, getattr(row, NAMED[recipient]))
-            values[flag] = grant is not None
-            values[signed] = grant.granted_on if grant else None
+            named = getattr(row, NAMED[recipient])
+            values[flag] = history.in_force(row.id, recipient, named) is not None
+            values[signed] = history.last_signed(row.id, recipient, named)
         if any(getattr(row, name) != value for name, value in values.items()):
             changed.append({"_id": row.id, **values, "updated_at": stamp})
     if changed:  # one statement for the batch

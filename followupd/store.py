@@ -100,7 +100,7 @@ def mask_url(url: str) -> str:
         return _PASSWORD.sub(r"\1***@", url)
 
 
-_PASSWORD = re.compile(r"(://[^:/@\s]*:)[^@\s]*@")
+_PASSWORD = re.compile(r"^((?:[^:/@\s]*://)?[^:/@\s]*:)[^@\s]*@")  # [scheme://]user:PASSWORD@
 
 
 def create_engine(url: str) -> sa.Engine:

@@ -9,7 +9,7 @@ import pytest
 import sqlalchemy as sa
 
 from conftest import SAMPLE, SAMPLE_PATIENT_VALUES
-from followupd.models import Physician, Referral, Visit
+from followupd.models import Physician, Referral, Release, Visit
 from followupd.records import REFERRAL_COLUMNS
 from followupd.store import Store
 
@@ -174,14 +174,22 @@ def test_a_column_absent_from_the_file_is_left_alone(cli, db_url, tmp_path):
     assert str(row.client_dob) == "1970-05-04"
 
 
-def test_release_revoked_on_reimport_clears_its_date(cli, db_url, tmp_path):
+def test_release_revoked_on_reimport_is_kept_in_its_history(cli, db_url, tmp_path):
     cli("import", "referrals", str(write_csv(tmp_path / "a.csv", [referral_row("R-1")])))
-    assert referrals(db_url)["R-1"].release_on is not None
+    signed = referrals(db_url)["R-1"].release_on
+    assert signed is not None
     ran = cli("import", "referrals",
               str(write_csv(tmp_path / "b.csv", [referral_row("R-1", release_on_file="no")])))
-    assert "updated 1" in ran.stdout
+    assert "updated 1" in ran.stdout and "line 2: the release for the physician revoked" in \
+        ran.stdout
     row = referrals(db_url)["R-1"]
-    assert row.release_on_file is False and row.release_on is None
+    assert row.release_on_file is False and row.release_on == signed  # recorded, then revoked
+    store = Store(db_url)
+    with store.session() as session:
+        [release] = session.execute(sa.select(Release)).scalars()
+    store.close()
+    assert (release.granted_by, release.revoked_by) == ("import", "import")
+    assert release.revoked_on is not None
 
 
 def test_many_rows_span_batches_and_stay_idempotent(cli, db_url, tmp_path):
