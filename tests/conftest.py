@@ -9,7 +9,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
 import time
+import traceback
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -144,17 +147,39 @@ class Ran:
 
 @pytest.fixture
 def cli(home, db_url):
-    """Run a followupd command on the test home and database, as a user would."""
+    """Run a followupd command on the test home and database, as a user would.
+
+    What it printed (and any traceback) is kept beside the home for the suite's patient-data
+    scan; a preview's standard output is the note itself, which may carry patient details.
+    """
     runner = CliRunner()
 
     def run(*args: str, input: str | None = None, env: dict | None = None) -> Ran:
         full_env = {"FOLLOWUPD_DATABASE_URL": db_url, **(env or {})}
         result = runner.invoke(app, ["--home", str(home), *args], input=input, env=full_env)
-        if result.exception and not isinstance(result.exception, SystemExit):
+        crashed = result.exception and not isinstance(result.exception, SystemExit)
+        keep_output(home.parent, result.stderr, "" if "preview" in args else result.stdout,
+                    "".join(traceback.format_exception(result.exception)) if crashed else "")
+        if crashed:
             raise result.exception
         return Ran(result.exit_code, result.stdout, result.stderr)
 
     return run
+
+
+def keep_output(where: Path, *texts: str) -> None:
+    """Keep what a command printed where the patient-data scan will read it."""
+    with (where / "cli-output.log").open("a", encoding="utf-8") as handle:
+        handle.write("".join(texts))
+
+
+def run_cli(*args: str, log_to: Path, **options) -> subprocess.CompletedProcess:
+    """`python -m followupd ARGS` in a process of its own, as a user runs it; its standard
+    error is kept in `log_to` for the patient-data scan."""
+    ran = subprocess.run([sys.executable, "-m", "followupd", *args], capture_output=True,
+                         text=True, **options)
+    keep_output(log_to, ran.stderr)
+    return ran
 
 
 # --- helpers tests import ----------------------------------------------------------------------

@@ -5,14 +5,13 @@ from __future__ import annotations
 import email
 import email.policy
 import json
-import subprocess
-import sys
 from datetime import date, timedelta
 
 import pytest
 import sqlalchemy as sa
 from icalendar import Calendar
 
+from conftest import run_cli
 from followupd.demo import SAMPLE_CLIENTS
 from followupd.models import FollowUp, Physician, Referral
 from followupd.store import Store
@@ -229,8 +228,7 @@ def test_an_idle_plan_reads_no_rows(cli, db_url, home, monkeypatch):
 @pytest.fixture
 def demo_run(tmp_path):
     target = tmp_path / "demo"
-    ran = subprocess.run([sys.executable, "-m", "followupd", "demo", str(target)],
-                         capture_output=True, text=True, env={"PATH": "/usr/bin:/bin"})
+    ran = run_cli("demo", str(target), log_to=tmp_path, env={"PATH": "/usr/bin:/bin"})
     return target, ran
 
 
@@ -273,11 +271,10 @@ def test_demo_writes_drafts_and_reminders_that_read_back(demo_run):
 
 def test_demo_keeps_patient_details_out_of_logs_calendar_and_status(demo_run):
     target, ran = demo_run
-    status = subprocess.run([sys.executable, "-m", "followupd", "--home", str(target), "status"],
-                            capture_output=True, text=True, env={"PATH": "/usr/bin:/bin"})
-    status_json = subprocess.run(
-        [sys.executable, "-m", "followupd", "--home", str(target), "status", "--json"],
-        capture_output=True, text=True, env={"PATH": "/usr/bin:/bin"})
+    status = run_cli("--home", str(target), "status", log_to=target.parent,
+                     env={"PATH": "/usr/bin:/bin"})
+    status_json = run_cli("--home", str(target), "status", "--json", log_to=target.parent,
+                          env={"PATH": "/usr/bin:/bin"})
     ics = "".join(p.read_text() for p in (target / "outbox" / "reminders").glob("*.ics"))
     assert "event=delivered" in ran.stderr  # the log was captured
     haystacks = {"log": ran.stderr, "stdout": ran.stdout, "status": status.stdout,
@@ -294,15 +291,13 @@ def test_demo_keeps_patient_details_out_of_logs_calendar_and_status(demo_run):
 
 def test_demo_twice_starts_over_and_refuses_a_foreign_folder(demo_run, tmp_path):
     target, _ = demo_run
-    again = subprocess.run([sys.executable, "-m", "followupd", "demo", str(target)],
-                           capture_output=True, text=True, env={"PATH": "/usr/bin:/bin"})
+    again = run_cli("demo", str(target), log_to=tmp_path, env={"PATH": "/usr/bin:/bin"})
     assert again.returncode == 0
     assert len(list((target / "outbox" / "drafts").glob("*.eml"))) == 4
     foreign = tmp_path / "mine"
     foreign.mkdir()
     (foreign / "notes.txt").write_text("keep me")
-    refused = subprocess.run([sys.executable, "-m", "followupd", "demo", str(foreign)],
-                             capture_output=True, text=True, env={"PATH": "/usr/bin:/bin"})
+    refused = run_cli("demo", str(foreign), log_to=tmp_path, env={"PATH": "/usr/bin:/bin"})
     assert refused.returncode == 2 and (foreign / "notes.txt").exists()
 
 

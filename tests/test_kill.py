@@ -30,6 +30,7 @@ import sqlalchemy as sa
 import trust
 from google_server import running_server
 
+from conftest import run_cli
 from followupd.models import FollowUp
 from followupd.records import parse_referral, parse_visit
 from followupd.store import Directory, Store, upsert_referrals, upsert_visits
@@ -137,8 +138,8 @@ class Harness:
             with store.session() as session:
                 session.execute(sa.update(FollowUp).where(FollowUp.state == "waiting")
                                 .values(next_attempt_at=sa.func.current_timestamp()))
-            ran = subprocess.run([sys.executable, "-m", "followupd", "--home", str(self.home),
-                                  "run", "--once"], env=self.env, capture_output=True, text=True)
+            ran = run_cli("--home", str(self.home), "run", "--once", log_to=self.home.parent,
+                          env=self.env)
             states = Counter(row.state for row in ledger(store))
             if not set(states) - {"done"}:
                 return

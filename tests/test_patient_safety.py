@@ -21,7 +21,7 @@ import pytest
 import sqlalchemy as sa
 import trust
 
-from conftest import SAMPLE_PATIENT_VALUES
+from conftest import SAMPLE_PATIENT_VALUES, keep_output, run_cli
 from followupd import store as store_module
 from followupd.models import FollowUp, Physician, Referral, Release
 from followupd.store import Store, create_engine, expire_dead_claims, mask_url
@@ -137,6 +137,7 @@ def test_six_first_commands_at_once_on_a_new_home_all_work(home, tmp_path):
     for proc in procs:
         proc.stdout.close()
         proc.stderr.close()
+    keep_output(tmp_path, *(text for _, text in results))
     assert [code for code, _ in results] == [0] * 6, results
 
 
@@ -357,12 +358,12 @@ def test_init_writes_private_files_under_any_umask(home, tmp_path):
               "sys.argv = ['followupd', 'init', sys.argv[1]]; main()")
     ran = subprocess.run([sys.executable, "-c", script, str(target)], capture_output=True,
                          text=True)
+    keep_output(tmp_path, ran.stderr)
     assert ran.returncode == 0, ran.stderr
     for path in [target, target / "templates", *target.rglob("*")]:
         mode = stat.S_IMODE(path.stat().st_mode)
         assert mode & 0o077 == 0, f"{path}: {mode:o}"
-    check = subprocess.run([sys.executable, "-m", "followupd", "--home", str(target), "check"],
-                           capture_output=True, text=True)
+    check = run_cli("--home", str(target), "check", log_to=tmp_path)
     assert check.returncode == 0, check.stderr
 
 

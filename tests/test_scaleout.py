@@ -28,7 +28,7 @@ import sqlalchemy as sa
 import trust
 from google_server import running_server
 
-from conftest import wait_for, write_service_account_key
+from conftest import run_cli, wait_for, write_service_account_key
 from followupd import config as configuration
 from followupd.delivery import Delivered
 from followupd.delivery.outbox import OutboxBackend
@@ -111,8 +111,7 @@ def write_csv(path: Path, rows: list[dict[str, str]]) -> Path:
 
 
 def followupd(home: Path, *args: str, env: dict) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "followupd", "--home", str(home), *args],
-                          capture_output=True, text=True, env=env, timeout=300)
+    return run_cli("--home", str(home), *args, log_to=home.parent, env=env, timeout=300)
 
 
 def start_replica(home: Path, name: str, env: dict) -> subprocess.Popen:
