@@ -5,7 +5,8 @@ FOLLOWUPD_TEST_TRUST_DIR (when set), one file per test process so parallel worke
 interleave. `python tests/trust.py DIR` adds them up and prints:
 
     trust: 55 kills, 0 duplicates, 0 lost; 58/58 faults converged; 2000 fuzz inputs, 0 crashes;
-    0 patient values in 900 files written
+    0 patient values in 900 files written; 100000 header injection cases, 0 injections;
+    6 revoke cases; 12 permission cases
 """
 
 from __future__ import annotations
@@ -38,7 +39,9 @@ def summary(directory: Path) -> str:
             f"{totals['kill.lost']} lost; {totals['fault.converged']}/{totals['fault.tried']} "
             f"faults converged; {totals['fuzz.inputs']} fuzz inputs, {totals['fuzz.crashes']} "
             f"crashes; {totals['phi.hits']} patient values in {totals['phi.files']} files "
-            f"written")
+            f"written; {totals['injection.cases']} header injection cases, "
+            f"{totals['injection.injections']} injections; {totals['revoke.cases']} revoke "
+            f"cases; {totals['permission.cases']} permission cases")
 
 
 if __name__ == "__main__":
