@@ -10,6 +10,8 @@ from __future__ import annotations
 import difflib
 import os
 import re
+import shlex
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import date, time
@@ -32,6 +34,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from followupd.permissions import exposure
 from followupd.timing import DURATION_HINT, Duration
 
 CONFIG_NAME = "followupd.yaml"
@@ -418,13 +421,16 @@ def load(home: str | os.PathLike[str] | None = None,
     """Read, merge and validate; raise ConfigError with lines a person can act on."""
     base_env = os.environ if environ is None else environ
     home_path = resolve_home(home, base_env)
-    env = load_environment(home_path, base_env)
     path = home_path / CONFIG_NAME
     shown = str(path)
     if not path.is_file():
         hint = f"run `followupd init {home_path}` to write one" if home_path != Path(".") \
             else "run `followupd init` to write one, or pass --home"
         raise ConfigError([f"{shown}: no configuration file ({hint})"])
+    exposed = private_files_problems(home_path)
+    if exposed:
+        raise ConfigError(exposed)
+    env = load_environment(home_path, base_env)
     text = _read_text(path, shown)
     document, lines = _parse_yaml(text, shown)
     sources: dict[tuple[str, ...], str] = {}
@@ -439,6 +445,38 @@ def load(home: str | os.PathLike[str] | None = None,
     return Settings(home=home_path, config_path=path, config=config, environ=env)
 
 
+def private_files_problems(home: Path) -> list[str]:
+    """Configuration and templates are code, `.env` is a secret: one line for each that other
+    users may read or write, and for a home they may write (they could swap the files).
+
+    The shipped default templates belong to the installation and are not checked here.
+    """
+    problems = [_home_exposure(home), exposure(home / CONFIG_NAME), exposure(home / ".env")]
+    templates = home / "templates"
+    problems.append(exposure(templates))
+    if templates.is_dir():
+        for folder, folders, files in os.walk(templates):
+            folders.sort()
+            for name in [*sorted(files), *folders]:
+                problems.append(exposure(Path(folder) / name))
+    return [problem for problem in problems if problem]
+
+
+def _home_exposure(home: Path) -> str | None:
+    """Why others could change what is in `home` (it may be readable: that is fine), or None."""
+    try:
+        mode = stat.S_IMODE(home.stat().st_mode)
+    except OSError:
+        return None
+    if not mode & 0o022:
+        return None
+    line = f"{home}: writable by other users (mode {mode:04o}); "
+    if mode & stat.S_ISVTX:  # a shared folder such as /tmp: chmod would break it for everyone
+        return line + ("someone else could put files there; keep followupd's files in a folder "
+                       "of your own (--home DIR or FOLLOWUPD_HOME)")
+    return line + f"fix it with: chmod 700 {shlex.quote(str(home))}"
+
+
 def _read_text(path: Path, shown: str) -> str:
     try:
         return path.read_text(encoding="utf-8")
@@ -448,14 +486,65 @@ def _read_text(path: Path, shown: str) -> str:
         raise ConfigError([f"{shown}: cannot read ({exc.strerror})"]) from None
 
 
+ALIASES_REFUSED = ("YAML anchors and aliases (&name, *name) are not allowed in followupd.yaml; "
+                   "write the value out")
+MAX_DEPTH = 64  # the configuration is a few levels deep; the composer recurses per level
+
+
+class _Refused(yaml.MarkedYAMLError):
+    """YAML that the configuration does not accept, reported as the problem at its mark."""
+
+    def __init__(self, problem: str, mark: yaml.Mark | None):
+        super().__init__(problem=problem, problem_mark=mark)
+
+
+class ConfigLoader(yaml.SafeLoader):
+    """SafeLoader without anchors and aliases (an alias bomb expands 1 KB into gigabytes, a
+    self-referencing alias never ends), without unbounded nesting, and with a value the
+    constructor cannot read (2026-02-30, a number of 5000 digits) reported at its line."""
+
+    _depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
+            raise _Refused(ALIASES_REFUSED, event.start_mark)
+        if self._depth >= MAX_DEPTH:
+            raise _Refused(f"nested too deeply (more than {MAX_DEPTH} levels)",
+                           event.start_mark)
+        self._depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep=deep)
+        except (ValueError, OverflowError) as exc:
+            reason = str(exc).split(";")[0]
+            raise _Refused(f"{str(node.value)[:40]!r}: {reason}", node.start_mark) from None
+
+
+def _compose_and_construct(text: str) -> tuple[yaml.Node | None, Any]:
+    """Compose once, and construct the document from that same node graph."""
+    loader = ConfigLoader(text)  # the reader checks the characters here (YAMLError)
+    try:
+        node = loader.get_single_node()
+        return node, (loader.construct_document(node) if node is not None else None)
+    finally:
+        loader.dispose()
+
+
 def _parse_yaml(text: str, shown: str) -> tuple[dict[str, Any], dict[tuple, int]]:
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        document = yaml.safe_load(text)
+        node, document = _compose_and_construct(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f":{mark.line + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc)
+        if problem == ALIASES_REFUSED:
+            raise ConfigError([f"{shown}{where}: {problem}"]) from None
         raise ConfigError([f"{shown}{where}: not valid YAML: {problem}"]) from None
     if document is None:
         raise ConfigError([f"{shown}: the file is empty (start from `followupd init`)"])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+import json
 import re
 import subprocess
 import sys
@@ -158,3 +160,98 @@ def test_a_lease_shorter_than_two_call_timeouts_is_refused(home):
     edit(home, "  lease: 5 minutes", "  lease: 30 seconds")
     [problem] = problems(home)
     assert "schedule.lease (30 s) must be at least twice google.timeout (30 s)" in problem
+
+
+# --- hostile or malformed YAML: refused quickly, with a line, never a traceback ------------
+
+ALIASES_REFUSED = ("YAML anchors and aliases (&name, *name) are not allowed in followupd.yaml; "
+                   "write the value out")
+
+
+def billion_laughs(levels: int = 9, width: int = 9) -> str:
+    """Under 1 KB that expands to width**levels strings when aliases are followed."""
+    names = [chr(ord("a") + level) for level in range(levels)]
+    lines = [f"{names[0]}: &{names[0]} [" + ", ".join(['"x"'] * width) + "]"]
+    for previous, name in itertools.pairwise(names):
+        lines.append(f"{name}: &{name} [" + ", ".join([f"*{previous}"] * width) + "]")
+    return "\n".join(lines) + "\n"
+
+
+# Runs load() in a child process, so a regression (hours of work, gigabytes of memory, a
+# RecursionError) fails this test instead of hanging or exhausting the test run.
+CHILD = """
+import json, resource, sys, time
+resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))
+from followupd import config
+start = time.monotonic()
+try:
+    config.load(sys.argv[1], environ={})
+    result = {"problems": None}
+except config.ConfigError as exc:
+    result = {"problems": exc.problems}
+except BaseException as exc:
+    result = {"crash": f"{type(exc).__name__}: {str(exc)[:200]}"}
+result["seconds"] = time.monotonic() - start
+print(json.dumps(result))
+"""
+
+
+def load_in_a_child(home, deadline: float = 20.0) -> dict:
+    try:
+        ran = subprocess.run([sys.executable, "-c", CHILD, str(home)], capture_output=True,
+                             text=True, timeout=deadline)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"config.load() was still running after {deadline:.0f} s")
+    assert ran.returncode == 0, ran.stderr[-2000:]
+    return json.loads(ran.stdout)
+
+
+@pytest.mark.parametrize(("text", "line"), [
+    (billion_laughs(), 1),
+    ("a: &a [*a]\n", 1),
+    ("practice:\n  therapist: x\nrules: &r\n  - *r\n", 3),
+], ids=["billion-laughs", "self-reference", "self-reference-nested"])
+def test_yaml_aliases_are_refused_within_a_second(home, text, line):
+    assert len(text.encode()) < 1024
+    (home / "followupd.yaml").write_text(text)
+    result = load_in_a_child(home)
+    assert "crash" not in result, result["crash"]
+    assert result["problems"] == [f"{home / 'followupd.yaml'}:{line}: {ALIASES_REFUSED}"]
+    assert result["seconds"] < 1.0, result
+
+
+def line_of(home, text: str) -> int:
+    lines = (home / "followupd.yaml").read_text().splitlines()
+    return next(number for number, line in enumerate(lines, 1) if text in line)
+
+
+def test_an_anchor_or_an_alias_alone_is_refused_with_its_line(home):
+    edit(home, "schedule:\n", "schedule: &times\n")
+    assert problems(home) == [
+        f"{home / 'followupd.yaml'}:{line_of(home, '&times')}: {ALIASES_REFUSED}"]
+
+    edit(home, "schedule: &times\n", "schedule:\n")
+    edit(home, "  lease: 5 minutes\n", "  lease: 5 minutes\n  <<: *times\n")
+    assert problems(home) == [
+        f"{home / 'followupd.yaml'}:{line_of(home, '*times')}: {ALIASES_REFUSED}"]
+
+
+@pytest.mark.parametrize(("old", "new", "what"), [
+    ("  - 2026-12-25", "  - 2026-02-30", "day is out of range"),
+    ("batch_size: 50", "batch_size: " + "9" * 5000, "digits"),
+], ids=["impossible-date", "huge-number"])
+def test_a_value_yaml_cannot_read_is_refused_with_its_line(home, old, new, what):
+    edit(home, old, new)
+    [problem] = problems(home)
+    line = line_of(home, new.strip())
+    assert problem.startswith(f"{home / 'followupd.yaml'}:{line}: not valid YAML: ")
+    assert what in problem
+
+
+def test_yaml_nested_too_deeply_is_refused_not_a_recursion_error(home):
+    (home / "followupd.yaml").write_text("practice: " + "[" * 2000 + "]" * 2000 + "\n")
+    result = load_in_a_child(home)
+    assert "crash" not in result, result["crash"]
+    [problem] = result["problems"]
+    assert problem.startswith(f"{home / 'followupd.yaml'}:1: ")
+    assert "nested too deeply" in problem
