@@ -733,7 +733,10 @@ def demo(
         prepare_home(directory)
     except DemoRefused as exc:
         fail(EXIT_CONFIG, str(exc))
-    settings = configuration.load(directory, environ={})
+    try:
+        settings = configuration.load(directory, environ={})
+    except configuration.ConfigError as exc:
+        fail(EXIT_CONFIG, *exc.problems)
     setup_logging(settings)
     store = open_store(settings)
     engine = open_engine(settings, store)

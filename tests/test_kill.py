@@ -133,11 +133,17 @@ class Harness:
         return phases or ["outside delivery (start-up, planning, between batches)"]
 
     def finish(self, store: Store) -> None:
-        """Run to the end without kills ("time passes" for anything told to wait)."""
+        """Run to the end without kills ("time passes" for anything told to wait, once the
+        server has finished what the killed runs left in flight)."""
+        deadline = time.monotonic() + 30
+        while self.busy() and time.monotonic() < deadline:
+            time.sleep(0.01)
         for _ in range(6):
-            with store.session() as session:
+            with store.session() as session:  # and the settle time of dead runs' claims
                 session.execute(sa.update(FollowUp).where(FollowUp.state == "waiting")
                                 .values(next_attempt_at=sa.func.current_timestamp()))
+                session.execute(sa.update(FollowUp).where(FollowUp.state == "claimed")
+                                .values(lease_until=sa.func.current_timestamp()))
             ran = run_cli("--home", str(self.home), "run", "--once", log_to=self.home.parent,
                           env=self.env)
             states = Counter(row.state for row in ledger(store))
