@@ -715,8 +715,8 @@ def preview(
     if rendered is None:
         fail(EXIT_FAILED, f"follow-up {follow_up_id} would not go out: {why_not}")
     if isinstance(rendered, Draft):
-        sys.stdout.write(rendered.message.as_string(policy=rendered.message.policy.clone(
-            linesep="\n")))
+        # the very bytes that were checked and would be delivered
+        sys.stdout.write(rendered.as_bytes().decode("utf-8", "replace").replace("\r\n", "\n"))
     else:
         sys.stdout.write(reminder_calendar(rendered).to_ical().decode().replace("\r\n", "\n"))
 

@@ -108,6 +108,21 @@ def _zone(value: Any) -> str:
     return str(value)
 
 
+def _mail_domain(value: str | None) -> str | None:
+    """A Message-ID domain: a host name (a non-ASCII one must have an IDNA form)."""
+    if value is None:
+        return None
+    from email_validator import EmailNotValidError, validate_email
+
+    try:
+        validate_email(f"postmaster@{value}", check_deliverability=False)
+    except EmailNotValidError:
+        raise PydanticCustomError(
+            "mail_domain", '"{value}" is not a domain name (e.g. "reyes-therapy.example")',
+            {"value": value}) from None
+    return value
+
+
 DurationField = Annotated[Duration, BeforeValidator(_duration), PlainSerializer(str)]
 TimeOfDay = Annotated[time, BeforeValidator(_time_of_day)]
 TimeZoneName = Annotated[str, BeforeValidator(_zone)]
@@ -159,6 +174,11 @@ class Practice(Strict):
         if any(ch in value for ch in "\r\n"):
             raise PydanticCustomError("one_line", "must be a single line", {})
         return value.strip()
+
+    @field_validator("mail_domain")
+    @classmethod
+    def _domain(cls, value: str | None) -> str | None:
+        return _mail_domain(value)
 
     @property
     def zone(self) -> ZoneInfo:
@@ -262,6 +282,11 @@ class Therapist(Strict):
     token_file: str | None = None
     subject: str | None = None
     quota: Quota | None = None
+
+    @field_validator("mail_domain")
+    @classmethod
+    def _domain(cls, value: str | None) -> str | None:
+        return _mail_domain(value)
 
     @field_validator("name", "credentials", "practice_name", "phone", "calendar_id")
     @classmethod

@@ -385,3 +385,11 @@ def test_claims_of_a_dead_process_wait_out_the_settle_time(tmp_path):
         [row] = session.execute(sa.select(FollowUp)).scalars()
         assert row.lease_until == now + timedelta(seconds=60)  # not now: Google may finish
     store.close()
+
+
+def test_a_message_domain_that_is_no_domain_stops_start_up(cli, home):
+    config = home / "followupd.yaml"
+    config.write_text(config.read_text().replace("mail_domain: null",
+                                                 'mail_domain: "x@y.example\\nBcc: z"'))
+    ran = cli("check")
+    assert ran.code == 2 and "practice.mail_domain" in ran.stderr and "Traceback" not in ran.stderr
