@@ -39,6 +39,7 @@ from followupd.render import (
     build_draft,
     build_reminder,
     context_for,
+    draft_tag,
     message_id,
 )
 from followupd.store import (
@@ -152,11 +153,6 @@ def settle_time(settings: Settings) -> timedelta:
     if settings.config.delivery.backend != "google":
         return timedelta(0)
     return timedelta(seconds=max(60.0, 2 * settings.config.google.timeout))
-
-
-def draft_tag(installation: str, follow_up_id: int) -> str:
-    """A draft's X-Followupd-Id (as `render.build_draft` writes it)."""
-    return f"{installation[:16]}.{follow_up_id}"
 
 
 def rules_fingerprint(settings: Settings) -> str:

@@ -104,6 +104,12 @@ def idna_domain(domain: str) -> str:
         return domain
 
 
+def draft_tag(installation: str, follow_up_id: int) -> str:
+    """A draft's X-Followupd-Id: found among recent drafts' headers if Google rewrote the
+    Message-ID."""
+    return f"{installation[:16]}.{follow_up_id}"
+
+
 def event_id(installation: str, follow_up_id: int) -> str:
     """A Calendar event id (base32hex, lower case) that only this follow-up can have."""
     digest = hashlib.sha256(f"{installation}:{follow_up_id}".encode()).digest()[:20]
@@ -482,7 +488,7 @@ def _envelope(rule: Rule, context: dict[str, Any], subject: str, *, follow_up_id
         subject=subject,
         date=format_datetime(now),
         message_id=message_id(installation, follow_up_id, ascii_domain(practice.message_domain)),
-        tag=f"{installation[:16]}.{follow_up_id}",
+        tag=draft_tag(installation, follow_up_id),
     )
 
 
