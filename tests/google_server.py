@@ -84,8 +84,19 @@ Other behaviour worth knowing (deliberately like Google)
 * userId / calendarId are opaque keys: ``me`` and the account's address are different
   mailboxes here. Gmail search understands only ``rfc822msgid:``, ``in:sent``, ``in:drafts``,
   ``is:draft``, ``label:...`` terms (ANDed); any other term is ignored (matches all).
+* Gmail's search index lags behind the mailbox: a search (``q=``) seconds after a draft is
+  made may not find it. ``GoogleServer(search_lag=N)`` (or ``server.search_lag = N``) hides
+  each message from ``q=`` searches of drafts.list and messages.list for its first N seconds
+  (an edited draft and a sent message count as new); listings without ``q`` and gets see it
+  at once.
 * ``send_draft`` keeps the message id and the Message-ID header, as the brief asked; whether
   real Gmail rewrites a client-set Message-ID on send has not been verified here.
+  ``edit_draft`` simulates the therapist editing a draft in Gmail and saving it: a new message
+  id always, and, as asked, a new draft id, a new Message-ID header, the X-Followupd-Id
+  header dropped, or (a new subject) a new thread -- reports disagree on which of these
+  Gmail does, so the client must cope with each.
+* ``threads.get`` answers with every message of the thread (drafts and sent alike, oldest
+  first), each with its ``labelIds`` and, per ``format``, its headers.
 """
 
 from __future__ import annotations
@@ -133,7 +144,7 @@ __all__ = [
 
 GMAIL_KINDS = frozenset({
     "drafts.create", "drafts.list", "drafts.get", "drafts.delete", "drafts.send",
-    "messages.list", "messages.get",
+    "messages.list", "messages.get", "threads.get",
 })
 CALENDAR_KINDS = frozenset({"events.insert", "events.get", "events.list", "events.delete"})
 TOKEN_KIND = "oauth.token"
@@ -143,7 +154,7 @@ UNKNOWN_KIND = "unknown"
 # Gmail's published per-method quota units; Calendar counts plain requests.
 GMAIL_UNITS: dict[str, int] = {
     "drafts.create": 10, "drafts.delete": 10, "drafts.get": 5, "drafts.list": 5,
-    "drafts.send": 100, "messages.list": 5, "messages.get": 5,
+    "drafts.send": 100, "messages.list": 5, "messages.get": 5, "threads.get": 10,
 }
 
 # fault name -> (status, reason, message, error domain)
@@ -230,6 +241,7 @@ class _StoredMessage:
     raw: bytes
     label_ids: tuple[str, ...]
     internal_date_ms: int
+    stored_at: float = field(default_factory=time.monotonic)  # for the search lag
 
     @functools.cached_property
     def email(self) -> EmailMessage:
@@ -471,7 +483,8 @@ class GoogleServer:
     faults) happen outside it so concurrent clients overlap as they would against Google.
     """
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0, *, delay: float = 0.0) -> None:
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, *, delay: float = 0.0,
+                 search_lag: float = 0.0) -> None:
         self._address = (host, port)
         self._lock = threading.RLock()
         self._stopping = threading.Event()
@@ -482,6 +495,8 @@ class GoogleServer:
         self._idle = threading.Condition(threading.Lock())
         self.delay = delay
         self.part_delay = 0.0
+        # Seconds a new message stays out of `q=` search answers (Gmail's index lags).
+        self.search_lag = search_lag
         self._init_state()
 
     def _init_state(self) -> None:
@@ -543,6 +558,7 @@ class GoogleServer:
             self._init_state()
             self.delay = 0.0
             self.part_delay = 0.0
+            self.search_lag = 0.0
 
     # ---- addresses and credentials
 
@@ -690,6 +706,41 @@ class GoogleServer:
             if draft_id not in box.drafts:
                 raise KeyError(f"no draft {draft_id!r} in mailbox {user!r}")
             del box.messages[box.drafts.pop(draft_id)]
+
+    def edit_draft(self, user: str, draft_id: str, *, new_draft_id: bool = False,
+                   keep_message_id: bool = True, keep_tag: bool = True,
+                   new_subject: str | None = None, text: str | None = None) -> dict[str, Any]:
+        """Simulate the therapist editing a draft in Gmail and saving it.
+
+        The draft's message is replaced by a new one with a new Gmail message id (as Gmail
+        does on every save). As asked: ``new_draft_id`` saves it under a new draft id (the old
+        one answers 404), ``keep_message_id=False`` gives it a new Message-ID header,
+        ``keep_tag=False`` drops its X-Followupd-Id header, ``new_subject`` changes the
+        subject and starts a new thread, ``text`` replaces the body. The saved draft becomes
+        the newest. Returns it as ``drafts()`` does (``{"id", "message"}``, raw format).
+        """
+        with self._lock:
+            box = self._mailboxes.get(user, _Mailbox())
+            if draft_id not in box.drafts:
+                raise KeyError(f"no draft {draft_id!r} in mailbox {user!r}")
+            old = box.messages.pop(box.drafts.pop(draft_id))
+            edited = BytesParser(policy=policy.default).parsebytes(old.raw)
+            if not keep_message_id:
+                del edited["Message-ID"]
+                edited["Message-ID"] = make_msgid(domain="mail.gmail.com")
+            if not keep_tag:
+                del edited["X-Followupd-Id"]
+            thread_id: str | None = old.thread_id
+            if new_subject is not None:
+                del edited["Subject"]
+                edited["Subject"] = new_subject
+                thread_id = None  # Gmail threads by subject: a new one starts a new thread
+            if text is not None:
+                edited.set_content(text)
+            stored = self._store_message(box, edited.as_bytes(), ("DRAFT",), thread_id)
+            saved_as = self._new_draft_id() if new_draft_id else draft_id
+            box.drafts[saved_as] = stored.id
+            return {"id": saved_as, "message": _render_raw(stored)}
 
     def add_message(self, user: str, raw: bytes | Message, labels: tuple[str, ...] = ("SENT",),
                     thread_id: str | None = None) -> dict[str, Any]:
@@ -911,6 +962,9 @@ class GoogleServer:
             case "GET", ["gmail", "v1", "users", user, "messages", message_id]:
                 return _Route("messages.get", "gmail", user, self._messages_get,
                               (user, message_id))
+            case "GET", ["gmail", "v1", "users", user, "threads", thread_id]:
+                return _Route("threads.get", "gmail", user, self._threads_get,
+                              (user, thread_id))
             case "POST", ["calendar", "v3", "calendars", cal, "events"]:
                 return _Route("events.insert", "calendar", cal, self._events_insert, (cal,))
             case "GET", ["calendar", "v3", "calendars", cal, "events"]:
@@ -1040,6 +1094,16 @@ class GoogleServer:
         self._counter += 1
         return f"{0x18f0000000000000 + self._counter:x}"
 
+    def _new_draft_id(self) -> str:
+        self._counter += 1
+        return f"r-{7000000000000000000 + self._counter}"
+
+    def _searchable(self, message: _StoredMessage, terms: str) -> bool:
+        """A search (``q=``) does not see a message until the index has caught up with it."""
+        if not terms.strip() or self.search_lag <= 0:
+            return True
+        return time.monotonic() - message.stored_at >= self.search_lag
+
     def _store_message(self, box: _Mailbox, raw: bytes, labels: tuple[str, ...],
                        thread_id: str | None) -> _StoredMessage:
         parsed = BytesParser(policy=policy.default).parsebytes(raw)
@@ -1077,8 +1141,7 @@ class GoogleServer:
         with self._lock:
             box = self._mailbox(user)
             stored = self._store_message(box, raw, ("DRAFT",), message.get("threadId"))
-            self._counter += 1
-            draft_id = f"r-{7000000000000000000 + self._counter}"
+            draft_id = self._new_draft_id()
             box.drafts[draft_id] = stored.id
         return _Reply.json(200, {"id": draft_id, "message": {
             "id": stored.id, "threadId": stored.thread_id, "labelIds": ["DRAFT"]}})
@@ -1088,7 +1151,8 @@ class GoogleServer:
         with self._lock:
             box = self._mailbox(user)
             found = [(d, box.messages[m]) for d, m in reversed(box.drafts.items())
-                     if self._matches(box.messages[m], terms, [])]
+                     if self._matches(box.messages[m], terms, [])
+                     and self._searchable(box.messages[m], terms)]
         chunk, token = _page(found, query, default=100, cap=500, calendar=False)
         answer: dict[str, Any] = {"resultSizeEstimate": len(found)}
         if chunk:
@@ -1132,7 +1196,7 @@ class GoogleServer:
         labels = query.get("labelIds", [])
         with self._lock:
             found = [m for m in reversed(self._mailbox(user).messages.values())
-                     if self._matches(m, terms, labels)]
+                     if self._matches(m, terms, labels) and self._searchable(m, terms)]
         chunk, token = _page(found, query, default=100, cap=500, calendar=False)
         answer: dict[str, Any] = {"resultSizeEstimate": len(found)}
         if chunk:
@@ -1148,6 +1212,20 @@ class GoogleServer:
         if message is None:
             raise self._gmail_not_found()
         return _Reply.json(200, _render(message, query))
+
+    def _threads_get(self, user: str, thread_id: str, *, query: dict[str, list[str]],
+                     body: bytes) -> _Reply:
+        fmt = query.get("format", ["full"])[0].lower()
+        if fmt not in ("full", "metadata", "minimal"):  # no "raw" for threads
+            raise _ApiError(400, f"Invalid value for format: {fmt}", "invalidArgument")
+        with self._lock:
+            messages = [m for m in self._mailbox(user).messages.values()
+                        if m.thread_id == thread_id]
+        if not messages:
+            raise self._gmail_not_found()
+        rendered = [_render(m, query) for m in messages]
+        return _Reply.json(200, {"id": thread_id, "historyId": rendered[-1]["historyId"],
+                                 "messages": rendered})
 
     @staticmethod
     def _matches(message: _StoredMessage, terms: str, label_ids: list[str]) -> bool:

@@ -648,3 +648,111 @@ def test_reset_and_running_server() -> None:
     with pytest.raises(RuntimeError):
         _ = server.base_url
     assert base.startswith("http://127.0.0.1:")
+
+
+# --------------------------------------------------------------------------- threads, edits, lag
+
+
+def test_routes_match_the_discovery_documents(server: GoogleServer) -> None:
+    """Every kind the server answers is a method of the bundled discovery document, at the
+    same HTTP method and path (so the real client's requests land on it)."""
+    from google_server import CALENDAR_KINDS, GMAIL_KINDS, _discovery
+
+    for kinds, document, prefix in ((GMAIL_KINDS, "gmail.v1", "/"),
+                                    (CALENDAR_KINDS, "calendar.v3", "/calendar/v3/")):
+        resources = _discovery(document)["resources"]
+        if document == "gmail.v1":
+            resources = resources["users"]["resources"]
+        for kind in sorted(kinds):
+            resource, method = kind.split(".")
+            spec = resources[resource]["methods"][method]
+            path = spec["path"].replace("{+", "{")
+            for name in ("userId", "id", "calendarId", "eventId"):
+                path = path.replace("{" + name + "}", "x1234")
+            route = server._route(spec["httpMethod"], prefix + path)
+            assert route is not None and route.kind == kind, (kind, spec["httpMethod"], path)
+
+
+def test_threads_get_lists_the_threads_messages(server: GoogleServer) -> None:
+    from google_server import _check_schema, _discovery
+
+    users = gmail(server).users()
+    created = users.drafts().create(userId="me", body=draft_body("<t1@x>")).execute()
+    thread_id = created["message"]["threadId"]
+    server.send_draft("me", created["id"])
+    reply = {"message": {"raw": raw_message("<t2@x>", "Re: Follow-up"), "threadId": thread_id}}
+    users.drafts().create(userId="me", body=reply).execute()
+    users.drafts().create(userId="me", body=draft_body("<elsewhere@x>")).execute()
+
+    thread = users.threads().get(userId="me", id=thread_id, format="metadata",
+                                 metadataHeaders=["Message-ID"]).execute()
+    assert thread["id"] == thread_id
+    assert [m["labelIds"] for m in thread["messages"]] == [["SENT"], ["DRAFT"]]
+    assert [m["payload"]["headers"] for m in thread["messages"]] == [
+        [{"name": "Message-ID", "value": "<t1@x>"}], [{"name": "Message-ID", "value": "<t2@x>"}]]
+    assert all(m["internalDate"] for m in thread["messages"])
+    _check_schema(thread, {"$ref": "Thread"}, _discovery("gmail.v1")["schemas"], "thread")
+    minimal = users.threads().get(userId="me", id=thread_id, format="minimal").execute()
+    assert all("payload" not in m for m in minimal["messages"])
+    full = users.threads().get(userId="me", id=thread_id).execute()
+    assert full["messages"][0]["payload"]["mimeType"] == "text/plain"
+    with pytest.raises(HttpError) as caught:
+        users.threads().get(userId="me", id="nosuchthread").execute()
+    assert caught.value.resp.status == 404
+    assert server.stats.count("threads.get") == 4
+
+
+def test_search_lag_hides_new_messages_from_searches_only(server: GoogleServer) -> None:
+    users = gmail(server).users()
+    server.search_lag = 0.3
+    created = users.drafts().create(userId="me", body=draft_body("<lag@x>")).execute()
+    search = {"userId": "me", "q": "rfc822msgid:<lag@x>"}
+    assert "drafts" not in users.drafts().list(**search).execute()
+    assert [d["id"] for d in users.drafts().list(userId="me").execute()["drafts"]] == [
+        created["id"]]  # a listing without a search sees it at once, and so does a get
+    assert users.drafts().get(userId="me", id=created["id"]).execute()["id"] == created["id"]
+    time.sleep(0.35)
+    assert [d["id"] for d in users.drafts().list(**search).execute()["drafts"]] == [
+        created["id"]]
+    server.send_draft("me", created["id"])  # a sent message is new to the index again
+    sent_search = {"userId": "me", "q": "in:sent rfc822msgid:<lag@x>"}
+    assert "messages" not in users.messages().list(**sent_search).execute()
+    assert users.messages().list(userId="me", labelIds=["SENT"]).execute()["messages"]
+    time.sleep(0.35)
+    assert users.messages().list(**sent_search).execute()["messages"]
+    server.reset()
+    assert server.search_lag == 0
+    with running_server(search_lag=5) as lagging:
+        assert lagging.search_lag == 5
+
+
+def test_edit_draft_as_the_therapist_would(server: GoogleServer) -> None:
+    users = gmail(server).users()
+    created = users.drafts().create(userId="me", body=draft_body("<e1@x>")).execute()
+    other = users.drafts().create(userId="me", body=draft_body("<e2@x>")).execute()
+    original = server.drafts()[0]["message"]
+
+    same = server.edit_draft("me", created["id"], text="Edited by hand.")
+    assert same["id"] == created["id"] and same["message"]["id"] != original["id"]
+    assert same["message"]["threadId"] == original["threadId"]
+    assert message_of(same)["Message-ID"] == "<e1@x>"
+    assert message_of(same).get_content().strip() == "Edited by hand."
+    assert [d["id"] for d in server.drafts()] == [other["id"], created["id"]]  # newest last
+
+    moved = server.edit_draft("me", created["id"], new_draft_id=True, keep_message_id=False,
+                              keep_tag=False)
+    assert moved["id"] != created["id"] and moved["message"]["threadId"] == original["threadId"]
+    assert message_of(moved)["Message-ID"].endswith("@mail.gmail.com>")
+    with pytest.raises(HttpError) as caught:
+        users.drafts().get(userId="me", id=created["id"]).execute()
+    assert caught.value.resp.status == 404
+    assert len(server.messages()) == 2  # the replaced message is gone
+
+    renamed = server.edit_draft("me", moved["id"], new_subject="New subject")
+    assert renamed["id"] == moved["id"]
+    assert renamed["message"]["threadId"] == renamed["message"]["id"] != original["threadId"]
+    assert message_of(renamed)["Subject"] == "New subject"
+    sent = server.send_draft("me", renamed["id"])
+    assert sent["threadId"] == renamed["message"]["threadId"] and sent["labelIds"] == ["SENT"]
+    with pytest.raises(KeyError):
+        server.edit_draft("me", renamed["id"])

@@ -10,9 +10,7 @@ google-auth's requests session instead: one request, one send, and our own retry
 from __future__ import annotations
 
 import json
-import os
 import random
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +27,7 @@ from googleapiclient.errors import HttpError
 from googleapiclient.http import BatchHttpRequest, HttpRequest
 
 from followupd.config import Settings
+from followupd.permissions import exposure, write_private
 
 SCOPE_COMPOSE = "https://www.googleapis.com/auth/gmail.compose"  # create and read drafts
 SCOPE_EVENTS = "https://www.googleapis.com/auth/calendar.events"  # create and read events
@@ -50,19 +49,15 @@ class CredentialsProblem(Exception):
 # --- credentials -----------------------------------------------------------------------------
 
 
-def write_private(path: Path, text: str) -> None:
-    """Atomically replace `path` with `text`, readable by the owner only (tokens are secrets)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        os.unlink(temporary)
-        raise
+# Token files are written with followupd.permissions.write_private (mode 0600 whatever the
+# umask, replaced atomically); `followupd auth` imports it from here.
+
+
+def refuse_exposed(path: Path, what: str) -> None:
+    """A secret that other users may read or change is refused, not used (as ssh does)."""
+    problem = exposure(path)
+    if problem:
+        raise CredentialsProblem(f"refusing the {what}: {problem}")
 
 
 class TokenFile:
@@ -70,6 +65,7 @@ class TokenFile:
 
     def __init__(self, path: Path, wanted_scopes: Sequence[str]):
         self.path = path
+        refuse_exposed(path, "Google token file")
         try:
             info = json.loads(path.read_text())
             credentials = user_credentials.Credentials.from_authorized_user_info(
@@ -101,6 +97,7 @@ def load_credentials(settings: Settings) -> tuple[Any, TokenFile | None]:
         if not google.subject:
             raise CredentialsProblem("google.subject (FOLLOWUPD_GOOGLE_SUBJECT) must name the "
                                      "mailbox the service account acts for")
+        refuse_exposed(path, "Google service account key")
         try:
             creds = service_account.Credentials.from_service_account_file(
                 str(path), scopes=wanted, subject=google.subject)
@@ -218,6 +215,11 @@ def classify(exc: BaseException) -> CallError:
         return CallError(f"Google answered {status}: {message}", status)
     if isinstance(exc, google.auth.exceptions.RefreshError):
         return CallError(REAUTH, retryable=True, systemic=True)
+    if isinstance(exc, google.auth.exceptions.TransportError):
+        # The sign-in could not be refreshed (the token server is unreachable): the call
+        # itself was not sent, or was refused with a 401, so nothing happened.
+        cause = type(exc.__cause__ or exc).__name__
+        return CallError(f"cannot reach Google to refresh the sign-in ({cause})", retryable=True)
     if isinstance(exc, requests.exceptions.ConnectTimeout | requests.exceptions.SSLError):
         return CallError(f"cannot reach Google ({type(exc).__name__})", retryable=True)
     if isinstance(exc, requests.exceptions.RequestException | OSError | httplib2.HttpLib2Error):
