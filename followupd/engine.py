@@ -87,6 +87,7 @@ MAX_BACKOFF = timedelta(hours=1)
 # checks again anyway: nothing of a removed subject or rule goes out in between.)
 ORPHAN_CHECK = timedelta(hours=1)
 HEARTBEAT = "heartbeat"  # meta key: the last completed tick
+DELETE_SENT = "to withdraw: a delete was sent, its answer lost: "  # a withdrawal in doubt
 CREDENTIALS = "google_credentials"  # meta key: "ok", or why Google refused them
 
 
@@ -506,6 +507,13 @@ class Engine:
         if isinstance(outcome, Withdrawn):
             where = "the outbox" if (row.external_id or "").startswith("outbox:") else \
                 "Gmail drafts"
+            if outcome.state == "gone" and row.external_id is None:
+                # never recorded as made, and not among the drafts: nothing to take back
+                outcome = Withdrawn("withdrawn")
+                where = "Gmail drafts (none was found; it was never recorded as made)"
+            elif outcome.state == "gone" and (row.reason or "").startswith(DELETE_SENT):
+                outcome = Withdrawn("withdrawn")  # our delete went through; its answer did not
+                where = "Gmail drafts (the answer to the delete was lost; the draft is gone)"
             state, reason = {
                 "withdrawn": (State.withdrawn, f"withdrawn from {where}: the release of "
                                                "information was revoked"),
@@ -523,7 +531,7 @@ class Engine:
             return
         delay = timedelta(seconds=outcome.retry_after) if outcome.retry_after else min(
             MAX_BACKOFF, timedelta(seconds=random.uniform(0, 30 * 2 ** min(row.attempts, 10))))
-        reason = f"to withdraw: {outcome.reason}"
+        reason = f"{DELETE_SENT if outcome.maybe_done else 'to withdraw: '}{outcome.reason}"
         self._record(row.id, fence, session=session, state=State.withdraw, reason=reason,
                      next_attempt_at=self.clock() + delay)
         report.waiting.append((row.id, reason))

@@ -57,7 +57,7 @@ def set_config(home, text_old, text_new):
 @pytest.fixture
 def google_home(home, server, db_url, monkeypatch):
     """A home delivering to the local server; returns a factory of engines on it."""
-    write_token(home)
+    write_token(home, token_uri=f"{server.base_url}/token")  # a refresh never leaves the host
     set_config(home, "timeout: 30", "timeout: 2")
     environ = {"FOLLOWUPD_DELIVERY": "google", "FOLLOWUPD_GOOGLE_API_ENDPOINT": server.base_url,
                "FOLLOWUPD_DATABASE_URL": db_url}
@@ -546,3 +546,82 @@ def test_faults_on_the_draft_sync_leave_states_right(google_home, server, kind, 
     assert states == {first.id: "sent", second.id: "deleted", third.id: "done"}
     store.close()
     trust.record("fault", converged=1)
+
+
+# --- a revoked release takes the draft back out of Gmail ----------------------------------------
+
+
+def revoke(store, ref: str) -> None:
+    from followupd.models import Recipient
+    from followupd.store import record_release
+
+    with store.session() as session:
+        assert record_release(session, ref, Recipient.physician, grant=False,
+                              on=date.today(), by="cli")
+
+
+def test_a_revoke_deletes_the_edited_gmail_draft_exactly_once(google_home, server):
+    """The therapist edited the draft (Gmail saved it under a new id and Message-ID); the
+    client then revoked the release: that draft is found and deleted, once."""
+    trust.record("revoke", cases=1)
+    clock = Clock()
+    engine, store = open_engine(google_home, clock)
+    add_referrals(store, 2)
+    engine.tick()
+    first, second = ledger(store)
+    edited = server.edit_draft("me", first.external_id.removeprefix("gmail:"),
+                               new_draft_id=True, keep_message_id=False)
+    revoke(store, "R-0")
+    report = engine.withdraw_now()
+    assert report.withdrawn == [(first.id, "withdrawn")]
+    assert server.stats.count("drafts.delete") == 1
+    remaining = [d["id"] for d in server.drafts("me")]
+    assert edited["id"] not in remaining and len(remaining) == 1
+    rows = {row.id: row for row in ledger(store)}
+    assert rows[first.id].state == "withdrawn"
+    assert rows[first.id].reason == ("withdrawn from Gmail drafts: the release of information "
+                                     "was revoked")
+    assert rows[second.id].state == "done"  # another client's note stays
+    clock.advance(hours=2)
+    engine.tick()
+    assert server.stats.count("drafts.delete") == 1 and server.stats.count("drafts.create") == 2
+    store.close()
+
+
+def test_a_lost_answer_to_the_delete_looks_again_and_deletes_nothing_more(google_home, server):
+    trust.record("revoke", cases=1)
+    clock = Clock()
+    engine, store = open_engine(google_home, clock)
+    add_referrals(store, 1)
+    engine.tick()
+    server.inject("drafts.delete", "act-then-drop")  # deleted at Google; the answer is lost
+    revoke(store, "R-0")
+    engine.withdraw_now()
+    [row] = ledger(store)
+    assert row.state == "withdraw" and row.reason.startswith("to withdraw: ")
+    assert server.drafts("me") == []
+    server.wait_idle()
+    clock.advance(hours=2)
+    engine.tick()
+    [row] = ledger(store)
+    assert row.state == "withdrawn" and server.stats.count("drafts.delete") == 1
+    store.close()
+
+
+def test_a_note_sent_before_the_revoke_is_reported_as_disclosed(google_home, server):
+    trust.record("revoke", cases=1)
+    set_config(google_home, "read_scope: false", "read_scope: true")
+    write_token(google_home, token_uri=f"{server.base_url}/token")
+    clock = Clock()
+    engine, store = open_engine(google_home, clock)
+    add_referrals(store, 1)
+    engine.tick()
+    [row] = ledger(store)
+    server.send_draft("me", row.external_id.removeprefix("gmail:"))
+    revoke(store, "R-0")  # before the sync noticed the send
+    engine.withdraw_now()
+    [row] = ledger(store)
+    assert row.state == "sent" and row.reason.startswith(
+        "disclosed: sent before the release of information was revoked")
+    assert server.stats.count("drafts.delete") == 0
+    store.close()

@@ -61,15 +61,18 @@ class DraftRef:
 
 class DeliveryError(Exception):
     """Delivery did not happen. `permanent` errors fail the follow-up; others are retried on
-    a later tick. `systemic` ones (credentials revoked) stop the tick: every call would fail."""
+    a later tick. `systemic` ones (credentials revoked) stop the tick: every call would fail.
+    `maybe_done`: the call may have taken effect at the far end (its answer was lost)."""
 
     def __init__(self, reason: str, *, permanent: bool = False,
-                 retry_after: float | None = None, systemic: bool = False):
+                 retry_after: float | None = None, systemic: bool = False,
+                 maybe_done: bool = False):
         super().__init__(reason)
         self.reason = reason
         self.permanent = permanent
         self.retry_after = retry_after
         self.systemic = systemic
+        self.maybe_done = maybe_done
 
 
 @dataclass(frozen=True)

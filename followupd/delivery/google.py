@@ -526,7 +526,8 @@ class GoogleBackend:
             elif result.maybe_acted:
                 outcomes[ref.follow_up_id] = DeliveryError(
                     f"{result.reason}; will look for the draft before deleting again",
-                    retry_after=self.settle_seconds if result.in_flight else result.retry_after)
+                    retry_after=self.settle_seconds if result.in_flight else result.retry_after,
+                    maybe_done=True)
             elif result.retryable:
                 outcomes[ref.follow_up_id] = DeliveryError(result.reason,
                                                            retry_after=result.retry_after)
