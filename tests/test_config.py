@@ -10,6 +10,7 @@ import sys
 
 import pytest
 
+from conftest import run_cli
 from followupd import config as configuration
 
 
@@ -141,16 +142,16 @@ def test_next_specialty_chain(home):
 
 def test_cli_exits_2_with_no_traceback(home):
     edit(home, "after: 1 month", "after: 1 mnth")
-    ran = subprocess.run([sys.executable, "-m", "followupd", "--home", str(home), "check"],
-                         capture_output=True, text=True, env={"PATH": "/usr/bin:/bin"})
+    ran = run_cli("--home", str(home), "check", log_to=home.parent,
+                  env={"PATH": "/usr/bin:/bin"})
     assert ran.returncode == 2
     assert "rules[3].after" in ran.stderr
     assert "Traceback" not in ran.stderr + ran.stdout
 
 
 def test_check_passes_on_a_good_home(home):
-    ran = subprocess.run([sys.executable, "-m", "followupd", "check", "--home", str(home)],
-                         capture_output=True, text=True, env={"PATH": "/usr/bin:/bin"})
+    ran = run_cli("check", "--home", str(home), log_to=home.parent,
+                  env={"PATH": "/usr/bin:/bin"})
     assert ran.returncode == 0, ran.stderr
     assert "is valid" in ran.stdout
     assert not (home / "followupd.sqlite3").exists()  # check changes nothing

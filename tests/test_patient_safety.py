@@ -393,3 +393,25 @@ def test_a_message_domain_that_is_no_domain_stops_start_up(cli, home):
                                                  'mail_domain: "x@y.example\\nBcc: z"'))
     ran = cli("check")
     assert ran.code == 2 and "practice.mail_domain" in ran.stderr and "Traceback" not in ran.stderr
+
+
+def test_a_template_error_names_no_value_in_log_status_json_or_preview(cli, home, tmp_path):
+    """`focus_names[client.focus]` once put the client's focus in every report of the error."""
+    focus = "Exposure work Qzx"
+    (home / "templates").mkdir(exist_ok=True)
+    (home / "templates" / "acknowledgement.txt.j2").write_text(
+        "Subject: Your referral (our ref {{ referral.ref }})\n\n"
+        '{% set focus_names = {"cbt": "CBT"} %}\n'
+        "Focus: {{ focus_names[client.focus] }}\n")
+    row = referral_row("R-1", treatment_focus=focus)
+    assert cli("import", "referrals", str(write_csv(tmp_path / "r.csv", [row]))).code == 0
+    ran = cli("run", "--once")
+    assert ran.code == 1
+    reports = {"log": ran.stderr, "status": cli("status").stdout,
+               "status --json": cli("status", "--json").stdout,
+               "preview": cli("preview", "1").stderr}
+    for where, text in reports.items():
+        assert "acknowledgement.txt.j2:4" in text, (where, text)
+        assert "taken from the data" in text, (where, text)
+        assert focus not in text and "Qzx" not in text, where
+        no_patient_value(text)

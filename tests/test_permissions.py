@@ -11,12 +11,11 @@ import os
 import shlex
 import shutil
 import stat
-import subprocess
-import sys
 
 import pytest
 import trust
 
+from conftest import run_cli
 from followupd import config as configuration
 from followupd.resources import default_templates_dir
 
@@ -150,8 +149,8 @@ def test_the_shipped_templates_belong_to_the_installation_and_are_not_checked(ho
 def test_check_exits_2_naming_the_file_and_the_fix(home):
     trust.record("permission", cases=1)
     os.chmod(home / "followupd.yaml", 0o644)
-    ran = subprocess.run([sys.executable, "-m", "followupd", "--home", str(home), "check"],
-                         capture_output=True, text=True, env={"PATH": "/usr/bin:/bin"})
+    ran = run_cli("--home", str(home), "check", log_to=home.parent,
+                  env={"PATH": "/usr/bin:/bin"})
     assert ran.returncode == 2, ran.stdout + ran.stderr
     shown = home / "followupd.yaml"
     assert line(shown, 0o644, "readable", 0o600) in ran.stderr.splitlines()
