@@ -882,24 +882,32 @@ def cancel_orphans(session: Session, enabled_rules: Sequence[str]) -> int:
     return count
 
 
-@cache
-def _claim_statement(dialect: str):
-    now = sa.bindparam("now", type_=UTCDateTime)
-    due = sa.or_(
-        sa.and_(FollowUp.state == State.planned, FollowUp.due_at <= now),
-        sa.and_(FollowUp.state == State.waiting, FollowUp.next_attempt_at <= now),
-        sa.and_(FollowUp.state == State.claimed, FollowUp.lease_until < now),
-    )
-    pick = sa.select(FollowUp.id).where(due).order_by(FollowUp.due_at, FollowUp.id) \
+_NOW = sa.bindparam("now", type_=UTCDateTime)
+
+
+def _claiming(due, order, state: str, dialect: str):
+    """One statement that claims the first `limit` rows matching `due`: the new state, a
+    lease and a fence, the attempt counted; it returns (id, fence) of each."""
+    pick = sa.select(FollowUp.id).where(due).order_by(*order) \
         .limit(sa.bindparam("limit", type_=sa.Integer))
     if dialect == "postgresql":
         pick = pick.with_for_update(skip_locked=True)
     return (sa.update(FollowUp).where(FollowUp.id.in_(pick.scalar_subquery()))
-            .values(state=State.claimed, claimed_by=sa.bindparam("owner"),
+            .values(state=state, claimed_by=sa.bindparam("owner"),
                     lease_until=sa.bindparam("lease_until", type_=UTCDateTime),
-                    fence=FollowUp.fence + 1, attempts=FollowUp.attempts + 1, updated_at=now)
+                    fence=FollowUp.fence + 1, attempts=FollowUp.attempts + 1, updated_at=_NOW)
             .returning(FollowUp.id, FollowUp.fence)
             .execution_options(synchronize_session=False))
+
+
+@cache
+def _claim_statement(dialect: str):
+    due = sa.or_(
+        sa.and_(FollowUp.state == State.planned, FollowUp.due_at <= _NOW),
+        sa.and_(FollowUp.state == State.waiting, FollowUp.next_attempt_at <= _NOW),
+        sa.and_(FollowUp.state == State.claimed, FollowUp.lease_until < _NOW),
+    )
+    return _claiming(due, (FollowUp.due_at, FollowUp.id), State.claimed, dialect)
 
 
 def claim_due(session: Session, now: datetime, owner: str, lease: timedelta,
@@ -920,22 +928,12 @@ def claim_due(session: Session, now: datetime, owner: str, lease: timedelta,
 
 @cache
 def _withdraw_statement(dialect: str):
-    now = sa.bindparam("now", type_=UTCDateTime)
     due = sa.or_(
         sa.and_(FollowUp.state == State.withdraw, sa.or_(
-            FollowUp.next_attempt_at.is_(None), FollowUp.next_attempt_at <= now)),
-        sa.and_(FollowUp.state == State.withdrawing, FollowUp.lease_until < now),
+            FollowUp.next_attempt_at.is_(None), FollowUp.next_attempt_at <= _NOW)),
+        sa.and_(FollowUp.state == State.withdrawing, FollowUp.lease_until < _NOW),
     )
-    pick = sa.select(FollowUp.id).where(due).order_by(FollowUp.id) \
-        .limit(sa.bindparam("limit", type_=sa.Integer))
-    if dialect == "postgresql":
-        pick = pick.with_for_update(skip_locked=True)
-    return (sa.update(FollowUp).where(FollowUp.id.in_(pick.scalar_subquery()))
-            .values(state=State.withdrawing, claimed_by=sa.bindparam("owner"),
-                    lease_until=sa.bindparam("lease_until", type_=UTCDateTime),
-                    fence=FollowUp.fence + 1, attempts=FollowUp.attempts + 1, updated_at=now)
-            .returning(FollowUp.id, FollowUp.fence)
-            .execution_options(synchronize_session=False))
+    return _claiming(due, (FollowUp.id,), State.withdrawing, dialect)
 
 
 def claim_withdrawals(session: Session, now: datetime, owner: str, lease: timedelta,
