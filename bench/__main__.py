@@ -17,10 +17,14 @@ MODULES = ["delivery", "tick", "import_csv", "latency", "idle", "scaleout"]
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    parser.add_argument("--quick", action="store_true",
-                        help="a tenth of the data: a smoke run that finishes in seconds")
-    parser.add_argument("--only", choices=MODULES, action="append",
-                        help="run just this module (may be repeated)")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="a tenth of the data: a smoke run that finishes in seconds",
+    )
+    parser.add_argument(
+        "--only", choices=MODULES, action="append", help="run just this module (may be repeated)"
+    )
     args = parser.parse_args(argv)
     os.umask(0o077)  # the homes benchmarks make are private: followupd refuses them otherwise
     started = time.perf_counter()
@@ -33,10 +37,15 @@ def main(argv: list[str] | None = None) -> None:
     document = write_json(rows, quick=args.quick)
     machine = document["machine"]
     mode = "quick" if args.quick else "full"
-    print_table(rows, title=f"followupd benchmarks ({mode}; python {machine['python']}, "
-                            f"{machine['cpu_count']} CPUs)")
-    print(f"{len(rows)} figures in {time.perf_counter() - started:.1f} s; "
-          f"written to {RESULTS.relative_to(RESULTS.parent.parent)}")
+    print_table(
+        rows,
+        title=f"followupd benchmarks ({mode}; python {machine['python']}, "
+        f"{machine['cpu_count']} CPUs)",
+    )
+    print(
+        f"{len(rows)} figures in {time.perf_counter() - started:.1f} s; "
+        f"written to {RESULTS.relative_to(RESULTS.parent.parent)}"
+    )
 
 
 if __name__ == "__main__":

@@ -40,8 +40,14 @@ class Row:
         return self.value / self.floor
 
     def as_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "value": self.value, "unit": self.unit, "floor": self.floor,
-                "floor_unit": self.floor_unit, "ratio": self.ratio}
+        return {
+            "name": self.name,
+            "value": self.value,
+            "unit": self.unit,
+            "floor": self.floor,
+            "floor_unit": self.floor_unit,
+            "ratio": self.ratio,
+        }
 
 
 # --- in the child -----------------------------------------------------------------------
@@ -77,11 +83,14 @@ def report(result: dict[str, Any]) -> None:
 def run_child(module: str, *args: str) -> dict[str, Any]:
     """Run `python -m <module> <args>` in a fresh interpreter, so its peak RSS is its own,
     and return the JSON it printed; a failing child stops the benchmark with its stderr."""
-    ran = subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT,
-                         capture_output=True, text=True, check=False)
+    ran = subprocess.run(
+        [sys.executable, "-m", module, *args], cwd=ROOT, capture_output=True, text=True, check=False
+    )
     if ran.returncode != 0:
-        raise RuntimeError(f"benchmark child `{module} {' '.join(args)}` failed "
-                           f"(exit {ran.returncode}):\n{ran.stderr.strip()}")
+        raise RuntimeError(
+            f"benchmark child `{module} {' '.join(args)}` failed "
+            f"(exit {ran.returncode}):\n{ran.stderr.strip()}"
+        )
     return json.loads(ran.stdout.strip().splitlines()[-1])
 
 
@@ -123,8 +132,12 @@ def print_table(rows: list[Row], title: str) -> None:
     table.add_column("floor", justify="right", no_wrap=True)
     table.add_column("ratio", justify="right", no_wrap=True)
     for row in rows:
-        table.add_row(row.name, _number(row.value, row.unit),
-                      _number(row.floor, row.floor_unit), _number(row.ratio, "x"))
+        table.add_row(
+            row.name,
+            _number(row.value, row.unit),
+            _number(row.floor, row.floor_unit),
+            _number(row.ratio, "x"),
+        )
     console = Console()
     if not console.is_terminal:  # a CI log: never cut a figure to fit 80 columns
         console = Console(width=140)

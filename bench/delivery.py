@@ -47,11 +47,18 @@ BUDGET = 30_000
 UNLIMITED = 10_000_000  # a quota so large that pacing never waits
 BATCHED, UNBATCHED = 50, 1
 CONFIG = ROOT / "config" / "followupd.yaml"
-TOKEN = {"token": "test-token", "refresh_token": "r", "client_id": "c", "client_secret": "s",
-         "expiry": "2099-01-01T00:00:00Z"}
-BODY = ("Thank you for referring your patient to my practice. I saw them this week for an "
-        "initial consultation and we have agreed on a plan of treatment; I will write again "
-        "when we close. Please call me with any questions.\n\n") * 3
+TOKEN = {
+    "token": "test-token",
+    "refresh_token": "r",
+    "client_id": "c",
+    "client_secret": "s",
+    "expiry": "2099-01-01T00:00:00Z",
+}
+BODY = (
+    "Thank you for referring your patient to my practice. I saw them this week for an "
+    "initial consultation and we have agreed on a plan of treatment; I will write again "
+    "when we close. Please call me with any questions.\n\n"
+) * 3
 
 
 @dataclass(frozen=True)
@@ -132,8 +139,15 @@ def _measured(server: Any, items: int, clock: Clock) -> Measured:
     stats = server.stats
     units = _google_server().GMAIL_UNITS
     gmail_units = sum(n * units[kind] for (_, kind), n in stats.calls.items() if kind in units)
-    return Measured(items, clock.wall, clock.cpu, stats.total_calls, stats.round_trips,
-                    gmail_units, stats.rate_limited)
+    return Measured(
+        items,
+        clock.wall,
+        clock.cpu,
+        stats.total_calls,
+        stats.round_trips,
+        gmail_units,
+        stats.rate_limited,
+    )
 
 
 def _fresh(server: Any, budget: int | None = None) -> None:
@@ -154,8 +168,14 @@ def _bare_service(server: Any, api: str) -> Any:
 
     credentials = Credentials.from_authorized_user_info(TOKEN)
     version = {"gmail": "v1", "calendar": "v3"}[api]
-    return build(api, version, credentials=credentials, static_discovery=True,
-                 cache_discovery=False, client_options={"api_endpoint": server.endpoint(api)})
+    return build(
+        api,
+        version,
+        credentials=credentials,
+        static_discovery=True,
+        cache_discovery=False,
+        client_options={"api_endpoint": server.endpoint(api)},
+    )
 
 
 def _raw_messages(count: int) -> list[str]:
@@ -178,11 +198,17 @@ def _event_bodies(count: int) -> list[dict[str, Any]]:
     """Events shaped like followupd's reminders, each with its own client-chosen id."""
     start = datetime.now().replace(microsecond=0) + timedelta(days=30)
     zone = "America/Chicago"
-    return [{"id": f"bench{i:08d}", "summary": f"Revisit Practice {i}",
-             "description": "Drop by with cards and handouts.",
-             "start": {"dateTime": start.isoformat(), "timeZone": zone},
-             "end": {"dateTime": (start + timedelta(minutes=30)).isoformat(), "timeZone": zone},
-             "transparency": "transparent"} for i in range(count)]
+    return [
+        {
+            "id": f"bench{i:08d}",
+            "summary": f"Revisit Practice {i}",
+            "description": "Drop by with cards and handouts.",
+            "start": {"dateTime": start.isoformat(), "timeZone": zone},
+            "end": {"dateTime": (start + timedelta(minutes=30)).isoformat(), "timeZone": zone},
+            "transparency": "transparent",
+        }
+        for i in range(count)
+    ]
 
 
 def floor_drafts(server: Any, count: int) -> Measured:
@@ -192,8 +218,7 @@ def floor_drafts(server: Any, count: int) -> Measured:
     _fresh(server)
     with Clock() as clock:
         for raw in raws:
-            service.users().drafts().create(userId="me",
-                                            body={"message": {"raw": raw}}).execute()
+            service.users().drafts().create(userId="me", body={"message": {"raw": raw}}).execute()
     _expect(len(server.drafts("me")), count, "drafts made by the bare client")
     return _measured(server, count, clock)
 
@@ -205,8 +230,7 @@ def floor_events(server: Any, count: int) -> Measured:
     _fresh(server)
     with Clock() as clock:
         for body in bodies:
-            service.events().insert(calendarId="primary", body=body,
-                                    sendUpdates="none").execute()
+            service.events().insert(calendarId="primary", body=body, sendUpdates="none").execute()
     _expect(len(server.events("primary")), count, "events made by the bare client")
     return _measured(server, count, clock)
 
@@ -222,8 +246,14 @@ def _edit(text: str, old: str, new: str) -> str:
 
 
 @contextmanager
-def followupd_engine(server: Any, *, batch_size: int, gmail_per_minute: int,
-                     add: Callable[[Any, int], None], count: int) -> Iterator[Any]:
+def followupd_engine(
+    server: Any,
+    *,
+    batch_size: int,
+    gmail_per_minute: int,
+    add: Callable[[Any, int], None],
+    count: int,
+) -> Iterator[Any]:
     """An Engine on a fresh home delivering to `server`, with `count` items added and
     planned (none delivered yet) and its Google backend built."""
     from followupd import config as configuration
@@ -234,16 +264,22 @@ def followupd_engine(server: Any, *, batch_size: int, gmail_per_minute: int,
         home = Path(scratch)
         text = CONFIG.read_text(encoding="utf-8")
         text = _edit(text, "batch_size: 50", f"batch_size: {batch_size}")
-        text = _edit(text, "gmail_units_per_minute: 6000",
-                     f"gmail_units_per_minute: {gmail_per_minute}")
-        text = _edit(text, "calendar_requests_per_minute: 600",
-                     f"calendar_requests_per_minute: {UNLIMITED}")
+        text = _edit(
+            text, "gmail_units_per_minute: 6000", f"gmail_units_per_minute: {gmail_per_minute}"
+        )
+        text = _edit(
+            text, "calendar_requests_per_minute: 600", f"calendar_requests_per_minute: {UNLIMITED}"
+        )
         (home / "followupd.yaml").write_text(text, encoding="utf-8")
         (home / "google-token.json").write_text(json.dumps(TOKEN), encoding="utf-8")
-        settings = configuration.load(home, environ={
-            "FOLLOWUPD_DELIVERY": "google",
-            "FOLLOWUPD_GOOGLE_API_ENDPOINT": server.base_url,
-            "FOLLOWUPD_DATABASE_URL": f"sqlite:///{home}/followupd.sqlite3"})
+        settings = configuration.load(
+            home,
+            environ={
+                "FOLLOWUPD_DELIVERY": "google",
+                "FOLLOWUPD_GOOGLE_API_ENDPOINT": server.base_url,
+                "FOLLOWUPD_DATABASE_URL": f"sqlite:///{home}/followupd.sqlite3",
+            },
+        )
         store = Store(settings.database_url)
         engine = Engine(settings, store)
         try:
@@ -262,12 +298,22 @@ def add_referrals(store: Any, count: int) -> None:
     from followupd.store import Directory, upsert_referrals
 
     received = (date.today() - timedelta(days=10)).isoformat()
-    rows = [{"ref": f"R-{i}", "received_on": received, "physician": f"Dr. Test {i % 7}",
-             "physician_email": f"dr{i % 7}@clinic.example", "specialty": "internal medicine",
-             "practice": "Clinic", "client_name": "Test Client", "client_dob": "1970-05-04",
-             "presenting_problem": "Synthetic problem: poor sleep",
-             "treatment_focus": "Synthetic focus: CBT-I", "release_on_file": "yes"}
-            for i in range(count)]
+    rows = [
+        {
+            "ref": f"R-{i}",
+            "received_on": received,
+            "physician": f"Dr. Test {i % 7}",
+            "physician_email": f"dr{i % 7}@clinic.example",
+            "specialty": "internal medicine",
+            "practice": "Clinic",
+            "client_name": "Test Client",
+            "client_dob": "1970-05-04",
+            "presenting_problem": "Synthetic problem: poor sleep",
+            "treatment_focus": "Synthetic focus: CBT-I",
+            "release_on_file": "yes",
+        }
+        for i in range(count)
+    ]
     with store.session() as session:
         upsert_referrals(session, [parse_referral(row) for row in rows], Directory())
 
@@ -277,28 +323,41 @@ def add_visits(store: Any, count: int) -> None:
     from followupd.records import parse_visit
     from followupd.store import Directory, upsert_visits
 
-    rows = [{"visited_on": (date.today() - timedelta(days=i % 300 + 1)).isoformat(),
-             "practice": f"Practice {i}", "physician": f"Dr. Visit {i}",
-             "specialty": "internal medicine", "business_manager": "Pat"}
-            for i in range(count)]
+    rows = [
+        {
+            "visited_on": (date.today() - timedelta(days=i % 300 + 1)).isoformat(),
+            "practice": f"Practice {i}",
+            "physician": f"Dr. Visit {i}",
+            "specialty": "internal medicine",
+            "business_manager": "Pat",
+        }
+        for i in range(count)
+    ]
     with store.session() as session:
         upsert_visits(session, [parse_visit(row) for row in rows], Directory())
 
 
-def deliver(server: Any, *, batch_size: int, count: int, events: bool = False,
-            budget: int | None = None) -> Measured:
+def deliver(
+    server: Any, *, batch_size: int, count: int, events: bool = False, budget: int | None = None
+) -> Measured:
     """Time one `deliver_due()` of `count` due drafts (or events) on a fresh home."""
-    with followupd_engine(server, batch_size=batch_size, add=add_visits if events
-                          else add_referrals, count=count,
-                          gmail_per_minute=budget or UNLIMITED) as engine:
+    with followupd_engine(
+        server,
+        batch_size=batch_size,
+        add=add_visits if events else add_referrals,
+        count=count,
+        gmail_per_minute=budget or UNLIMITED,
+    ) as engine:
         _fresh(server, budget)
         with Clock() as clock:
             report = engine.deliver_due()
     what = "events" if events else "drafts"
     if report.failed or report.waiting or report.held or report.stopped:
-        raise RuntimeError(f"followupd did not deliver every {what[:-1]}: "
-                           f"failed {report.failed[:3]}, waiting {report.waiting[:3]}, "
-                           f"held {report.held[:3]}, stopped {report.stopped}")
+        raise RuntimeError(
+            f"followupd did not deliver every {what[:-1]}: "
+            f"failed {report.failed[:3]}, waiting {report.waiting[:3]}, "
+            f"held {report.held[:3]}, stopped {report.stopped}"
+        )
     made = len(server.events("primary")) if events else len(server.drafts("me"))
     _expect(len(report.delivered), count, f"{what} followupd reports delivered")
     _expect(made, count, f"{what} on the server")
@@ -313,14 +372,17 @@ def _expect(got: int, want: int, what: str) -> None:
 # --- the rows -------------------------------------------------------------------------------
 
 
-def _count_rows(label: str, unbatched: Measured, batched: Measured,
-                floor: Measured) -> list[Row]:
+def _count_rows(label: str, unbatched: Measured, batched: Measured, floor: Measured) -> list[Row]:
     """Requests and round trips per 100 items, against the bare client's round trips."""
     per = floor.round_trips_per_100()
-    return [Row(f"{label}: {name}/100, {mode}", value, unit, per, "trips")
-            for mode, measured in (("unbatched", unbatched), ("batched", batched))
-            for name, value, unit in (("calls", measured.calls_per_100(), "calls"),
-                                      ("trips", measured.round_trips_per_100(), "trips"))]
+    return [
+        Row(f"{label}: {name}/100, {mode}", value, unit, per, "trips")
+        for mode, measured in (("unbatched", unbatched), ("batched", batched))
+        for name, value, unit in (
+            ("calls", measured.calls_per_100(), "calls"),
+            ("trips", measured.round_trips_per_100(), "trips"),
+        )
+    ]
 
 
 def run(quick: bool) -> list[Row]:
@@ -332,10 +394,8 @@ def run(quick: bool) -> list[Row]:
         unbatched = deliver(server, batch_size=UNBATCHED, count=sizes.single)
         batched = deliver(server, batch_size=BATCHED, count=sizes.batched)
         floor_ev = floor_events(server, sizes.events_single)
-        unbatched_ev = deliver(server, batch_size=UNBATCHED, count=sizes.events_single,
-                               events=True)
-        batched_ev = deliver(server, batch_size=BATCHED, count=sizes.events_batched,
-                             events=True)
+        unbatched_ev = deliver(server, batch_size=UNBATCHED, count=sizes.events_single, events=True)
+        batched_ev = deliver(server, batch_size=BATCHED, count=sizes.events_batched, events=True)
         paced = deliver(server, batch_size=BATCHED, count=sizes.backlog, budget=BUDGET)
     finally:
         server.stop()
@@ -345,14 +405,34 @@ def run(quick: bool) -> list[Row]:
     single, many = f"drafts {sizes.single}", f"drafts {sizes.batched}"
     return [
         Row(f"{single}: bare client", floor.per_second, "drafts/s", 1 / DELAY, "drafts/s"),
-        Row(f"{single}: followupd unbatched", unbatched.per_second, "drafts/s",
-            floor.per_second, "drafts/s"),
-        Row(f"{many}: followupd batched", batched.per_second, "drafts/s",
-            floor.per_second, "drafts/s"),
-        Row(f"{single}: CPU/draft, unbatched", unbatched.cpu_ms_per_item, "ms",
-            floor.cpu_ms_per_item, "ms"),
-        Row(f"{many}: CPU/draft, batched", batched.cpu_ms_per_item, "ms",
-            floor.cpu_ms_per_item, "ms"),
+        Row(
+            f"{single}: followupd unbatched",
+            unbatched.per_second,
+            "drafts/s",
+            floor.per_second,
+            "drafts/s",
+        ),
+        Row(
+            f"{many}: followupd batched",
+            batched.per_second,
+            "drafts/s",
+            floor.per_second,
+            "drafts/s",
+        ),
+        Row(
+            f"{single}: CPU/draft, unbatched",
+            unbatched.cpu_ms_per_item,
+            "ms",
+            floor.cpu_ms_per_item,
+            "ms",
+        ),
+        Row(
+            f"{many}: CPU/draft, batched",
+            batched.cpu_ms_per_item,
+            "ms",
+            floor.cpu_ms_per_item,
+            "ms",
+        ),
         *_count_rows("drafts", unbatched, batched, floor),
         *_count_rows("events", unbatched_ev, batched_ev, floor_ev),
         Row(f"{at}: rate", per_minute, "units/min", BUDGET, "units/min"),

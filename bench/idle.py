@@ -49,16 +49,21 @@ def _sample(procs: list[subprocess.Popen], seconds: float) -> list[tuple[float, 
     cpu0, t0 = [_cpu_seconds(proc.pid) for proc in procs], time.monotonic()
     time.sleep(seconds)
     cpu1, t1 = [_cpu_seconds(proc.pid) for proc in procs], time.monotonic()
-    return [((after - before) / (t1 - t0), _rss_mib(proc.pid))
-            for proc, before, after in zip(procs, cpu0, cpu1, strict=True)]
+    return [
+        ((after - before) / (t1 - t0), _rss_mib(proc.pid))
+        for proc, before, after in zip(procs, cpu0, cpu1, strict=True)
+    ]
 
 
-def _measure(commands: list[list[str]], env: dict, seconds: float,
-             settle: float) -> list[tuple[float, float]]:
+def _measure(
+    commands: list[list[str]], env: dict, seconds: float, settle: float
+) -> list[tuple[float, float]]:
     """Start every command, let them settle, then sample them side by side: two idle
     processes hardly disturb each other, and one window instead of two halves the wait."""
-    procs = [subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL) for args in commands]
+    procs = [
+        subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for args in commands
+    ]
     try:
         time.sleep(settle)
         return _sample(procs, seconds)
@@ -73,8 +78,12 @@ def _demo_home(root: Path) -> dict:
     """A home with the demo's data, already ticked: the daemon finds nothing new."""
     home = root / "home"
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
-    subprocess.run([sys.executable, "-m", "followupd", "demo", str(home)], env=env, check=True,
-                   capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "followupd", "demo", str(home)],
+        env=env,
+        check=True,
+        capture_output=True,
+    )
     return {**env, "FOLLOWUPD_HOME": str(home)}
 
 
@@ -85,7 +94,10 @@ def run(quick: bool) -> list[Row]:
         env = _demo_home(root)
         (floor_cpu, floor_rss), (cpu, rss) = _measure(
             [[sys.executable, "-c", FLOOR_SCRIPT], [sys.executable, "-m", "followupd", "run"]],
-            env, seconds, SETTLE)
+            env,
+            seconds,
+            SETTLE,
+        )
     finally:
         shutil.rmtree(root, ignore_errors=True)
     label = f"idle daemon over {seconds:.0f} s"

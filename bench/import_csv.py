@@ -27,16 +27,41 @@ PRACTICES = 50
 FLOOR_REPEATS = 5  # the floor is cheap and its time is short, so take the best of a few
 CONFIG = Path(__file__).resolve().parent.parent / "config" / "followupd.yaml"
 COLUMNS = (
-    "ref", "received_on", "physician", "physician_email", "physician_fax", "specialty",
-    "practice", "client_name", "client_dob", "presenting_problem", "treatment_focus",
-    "release_on_file", "closed_on", "closing_summary",
+    "ref",
+    "received_on",
+    "physician",
+    "physician_email",
+    "physician_fax",
+    "specialty",
+    "practice",
+    "client_name",
+    "client_dob",
+    "presenting_problem",
+    "treatment_focus",
+    "release_on_file",
+    "closed_on",
+    "closing_summary",
 )
-SPECIALTIES = ("internal medicine", "family medicine", "obstetrics and gynecology",
-               "pediatrics", "psychiatry", "neurology")
-PROBLEMS = ("Synthetic problem: low mood", "Synthetic problem: worry",
-            "Synthetic problem: poor sleep", "Synthetic problem: panic")
-FOCUSES = ("Synthetic focus: CBT", "Synthetic focus: behavioral activation",
-           "Synthetic focus: exposure", "")
+SPECIALTIES = (
+    "internal medicine",
+    "family medicine",
+    "obstetrics and gynecology",
+    "pediatrics",
+    "psychiatry",
+    "neurology",
+)
+PROBLEMS = (
+    "Synthetic problem: low mood",
+    "Synthetic problem: worry",
+    "Synthetic problem: poor sleep",
+    "Synthetic problem: panic",
+)
+FOCUSES = (
+    "Synthetic focus: CBT",
+    "Synthetic focus: behavioral activation",
+    "Synthetic focus: exposure",
+    "",
+)
 FIRST_DAY = date(2025, 1, 1)
 LAST_DAY = date(2026, 11, 20)
 
@@ -56,16 +81,27 @@ def write_referrals(path: Path, rows: int, seed: int = 1) -> Path:
             doctor = rng.randrange(PHYSICIANS)
             received = FIRST_DAY + timedelta(days=rng.randrange(span + 1))
             born = date(1980, 1, 1) + timedelta(days=rng.randrange(-15_000, 8_000))
-            closed = received + timedelta(days=rng.randrange(1, 120)) \
-                if rng.random() < 0.1 else None
-            writer.writerow((
-                f"R-{i:06d}", received.isoformat(), f"Dr. Test {doctor}",
-                f"dr{doctor}@clinic.example", f"(555) 010-{doctor:04d}",
-                SPECIALTIES[doctor % len(SPECIALTIES)], f"Clinic {doctor % PRACTICES}",
-                f"Test Client {i}", born.isoformat(), rng.choice(PROBLEMS), rng.choice(FOCUSES),
-                rng.choice(("yes", "no")), closed.isoformat() if closed else "",
-                "Synthetic closing summary." if closed else "",
-            ))
+            closed = (
+                received + timedelta(days=rng.randrange(1, 120)) if rng.random() < 0.1 else None
+            )
+            writer.writerow(
+                (
+                    f"R-{i:06d}",
+                    received.isoformat(),
+                    f"Dr. Test {doctor}",
+                    f"dr{doctor}@clinic.example",
+                    f"(555) 010-{doctor:04d}",
+                    SPECIALTIES[doctor % len(SPECIALTIES)],
+                    f"Clinic {doctor % PRACTICES}",
+                    f"Test Client {i}",
+                    born.isoformat(),
+                    rng.choice(PROBLEMS),
+                    rng.choice(FOCUSES),
+                    rng.choice(("yes", "no")),
+                    closed.isoformat() if closed else "",
+                    "Synthetic closing summary." if closed else "",
+                )
+            )
     return path
 
 
@@ -115,12 +151,19 @@ def child_followupd(csv_path: str, home: str, expect: str, rows: str) -> dict[st
     store.close()
     counts = result.counts
     if getattr(counts, expect) != int(rows) or counts.rejected:
-        sys.exit(f"import of {csv_path}: expected {expect} {rows}, got {counts}; "
-                 f"first problems: {result.problems[:5]}")
-    return {"seconds": done - opened, "open_seconds": opened - start,
-            "rss_before_import_mib": rss_before, "added": counts.added,
-            "updated": counts.updated, "unchanged": counts.unchanged,
-            "rejected": counts.rejected}
+        sys.exit(
+            f"import of {csv_path}: expected {expect} {rows}, got {counts}; "
+            f"first problems: {result.problems[:5]}"
+        )
+    return {
+        "seconds": done - opened,
+        "open_seconds": opened - start,
+        "rss_before_import_mib": rss_before,
+        "added": counts.added,
+        "updated": counts.updated,
+        "unchanged": counts.unchanged,
+        "rejected": counts.rejected,
+    }
 
 
 def _child_main(argv: list[str]) -> None:
@@ -164,20 +207,33 @@ def run(quick: bool) -> list[Row]:
     floor_rss, floor_rss_small = floor["peak_rss_mib"], floor_small["peak_rss_mib"]
     results = [
         Row(f"import {rows:,}: time", first["seconds"], "s", floor["seconds"], "s"),
-        Row(f"import {rows:,}: rows/s", rows / first["seconds"], "rows/s",
-            rows / floor["seconds"], "rows/s"),
+        Row(
+            f"import {rows:,}: rows/s",
+            rows / first["seconds"],
+            "rows/s",
+            rows / floor["seconds"],
+            "rows/s",
+        ),
         Row(f"import {rows:,}: peak RSS", rss, "MiB", floor_rss, "MiB"),
-        Row(f"re-import {rows:,} unchanged: time", again["seconds"], "s",
-            floor["seconds"], "s"),
+        Row(f"re-import {rows:,} unchanged: time", again["seconds"], "s", floor["seconds"], "s"),
         Row(f"import {small:,}: peak RSS", rss_small, "MiB", floor_rss_small, "MiB"),
-        Row("import peak RSS growth 10x rows", rss / rss_small, "x",
-            floor_rss / floor_rss_small, "x"),
+        Row(
+            "import peak RSS growth 10x rows",
+            rss / rss_small,
+            "x",
+            floor_rss / floor_rss_small,
+            "x",
+        ),
     ]
     for measured, count in ((first, rows), (first_small, small)):
         if measured["rss_before_import_mib"] is not None:  # Linux only
-            results.append(Row(f"import {count:,}: peak - start RSS",
-                               measured["peak_rss_mib"] - measured["rss_before_import_mib"],
-                               "MiB"))
+            results.append(
+                Row(
+                    f"import {count:,}: peak - start RSS",
+                    measured["peak_rss_mib"] - measured["rss_before_import_mib"],
+                    "MiB",
+                )
+            )
     results.append(Row("open new store (migrate)", first["open_seconds"], "s"))
     return results
 

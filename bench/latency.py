@@ -50,8 +50,9 @@ CONFIG = ROOT / "config" / "followupd.yaml"
 def _drafts(home: Path) -> int:
     """How many finished drafts the outbox holds."""
     try:
-        return sum(1 for entry in os.scandir(home / "outbox" / "drafts")
-                   if entry.name.endswith(".eml"))
+        return sum(
+            1 for entry in os.scandir(home / "outbox" / "drafts") if entry.name.endswith(".eml")
+        )
     except FileNotFoundError:
         return 0
 
@@ -73,12 +74,19 @@ def _wait_for_draft(home: Path, before: int, ref: str, log: Path) -> None:
 
 def _row(ref: str) -> dict[str, str]:
     """A referral whose acknowledgement is due now: received ten days ago, released."""
-    return {"ref": ref, "received_on": (date.today() - timedelta(days=10)).isoformat(),
-            "physician": "Dr. Test Latency", "physician_email": "latency@clinic.example",
-            "specialty": "internal medicine", "practice": "Clinic",
-            "client_name": "Test Client", "client_dob": "1980-01-01",
-            "presenting_problem": "Synthetic problem", "treatment_focus": "Synthetic focus",
-            "release_on_file": "yes"}
+    return {
+        "ref": ref,
+        "received_on": (date.today() - timedelta(days=10)).isoformat(),
+        "physician": "Dr. Test Latency",
+        "physician_email": "latency@clinic.example",
+        "specialty": "internal medicine",
+        "practice": "Clinic",
+        "client_name": "Test Client",
+        "client_dob": "1980-01-01",
+        "presenting_problem": "Synthetic problem",
+        "treatment_focus": "Synthetic focus",
+        "release_on_file": "yes",
+    }
 
 
 def enter(store: Any, home: Path, ref: str) -> None:
@@ -121,11 +129,15 @@ def daemon(home: Path, env: dict[str, str]) -> Iterator[Path]:
     """`followupd run` on `home`, once its first tick is done; yields its log file."""
     log = home / "daemon.log"
     with log.open("w") as handle:
-        proc = subprocess.Popen([sys.executable, "-m", "followupd", "run"], env=env,
-                                stdout=handle, stderr=handle)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "followupd", "run"], env=env, stdout=handle, stderr=handle
+        )
     try:
-        _wait_for(lambda: "event=tick" in log.read_text(errors="replace")
-                  or proc.poll() is not None, "the daemon's first tick", log)
+        _wait_for(
+            lambda: "event=tick" in log.read_text(errors="replace") or proc.poll() is not None,
+            "the daemon's first tick",
+            log,
+        )
         if proc.poll() is not None:
             raise RuntimeError(f"the daemon exited with {proc.returncode}:\n{log.read_text()}")
         yield log
@@ -154,8 +166,9 @@ def entered_to_draft(store: Any, home: Path, log: Path, count: int) -> list[floa
     return latencies
 
 
-def cli_to_draft(home: Path, env: dict[str, str], log: Path,
-                 count: int) -> tuple[list[float], list[float]]:
+def cli_to_draft(
+    home: Path, env: dict[str, str], log: Path, count: int
+) -> tuple[list[float], list[float]]:
     """Seconds from starting `followupd referral add` to its draft, and to the moment the
     command had committed the referral (it touches the wake file right after), for each of
     `count` referrals."""
@@ -164,13 +177,26 @@ def cli_to_draft(home: Path, env: dict[str, str], log: Path,
     totals, committed = [], []
     for i in range(count):
         row = _row(f"C-{i}")
-        args = ["referral", "add", "--ref", row["ref"], "--physician", row["physician"],
-                "--physician-email", row["physician_email"], "--client-name",
-                row["client_name"], "--received-on", row["received_on"], "--release"]
+        args = [
+            "referral",
+            "add",
+            "--ref",
+            row["ref"],
+            "--physician",
+            row["physician"],
+            "--physician-email",
+            row["physician_email"],
+            "--client-name",
+            row["client_name"],
+            "--received-on",
+            row["received_on"],
+            "--release",
+        ]
         before = _drafts(home)
         started, wall = time.perf_counter(), time.time()
-        subprocess.run([sys.executable, "-m", "followupd", *args], env=env, check=True,
-                       capture_output=True)
+        subprocess.run(
+            [sys.executable, "-m", "followupd", *args], env=env, check=True, capture_output=True
+        )
         _wait_for_draft(home, before, row["ref"], log)
         totals.append(time.perf_counter() - started)
         committed.append((home / WAKE_FILE).stat().st_mtime_ns / 1e9 - wall)
@@ -192,8 +218,10 @@ def floor_tick(store: Any, home: Path) -> float:
             report = engine.tick()
             took = time.perf_counter() - started
             if len(report.delivered) != 1 or report.failed:
-                raise RuntimeError(f"the floor's tick delivered {len(report.delivered)}, "
-                                   f"failed {report.failed[:3]}")
+                raise RuntimeError(
+                    f"the floor's tick delivered {len(report.delivered)}, "
+                    f"failed {report.failed[:3]}"
+                )
             if i:
                 times.append(took)
         return statistics.median(times)
@@ -220,6 +248,11 @@ def run(quick: bool) -> list[Row]:
     return [
         Row(f"{at}: p50", _percentile(latencies, 0.5) * 1000, "ms", floor * 1000, "ms"),
         Row(f"{at}: p95", _percentile(latencies, 0.95) * 1000, "ms", floor * 1000, "ms"),
-        Row(f"`followupd referral add` start -> draft (median of {cli})",
-            statistics.median(totals) * 1000, "ms", statistics.median(committed) * 1000, "ms"),
+        Row(
+            f"`followupd referral add` start -> draft (median of {cli})",
+            statistics.median(totals) * 1000,
+            "ms",
+            statistics.median(committed) * 1000,
+            "ms",
+        ),
     ]

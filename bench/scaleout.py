@@ -86,8 +86,11 @@ def _schema(url: str):
     with admin.begin() as conn:
         conn.execute(sa.text(f'CREATE SCHEMA "{name}"'))
     try:
-        yield sa.make_url(url).update_query_dict({"options": f"-csearch_path={name}"}) \
+        yield (
+            sa.make_url(url)
+            .update_query_dict({"options": f"-csearch_path={name}"})
             .render_as_string(hide_password=False)
+        )
     finally:
         with admin.begin() as conn:
             conn.execute(sa.text(f'DROP SCHEMA "{name}" CASCADE'))
@@ -109,13 +112,20 @@ def _home(server: Any, stages: list[Stage]) -> Path:
             info = server.add_user(f"{key}@group.example")
             (home / "tokens").mkdir(exist_ok=True)
             (home / "tokens" / f"{key}.json").write_text(json.dumps(info))
-            quota = f"    quota: {{gmail_units_per_minute: {GOOGLE_UNITS_PER_MINUTE}}}\n" \
-                if stage.paced else ""
-            entries.append(f"  - key: {key}\n    name: \"Therapist {key}\"\n"
-                           f"    email: {key}@group.example\n{quota}")
-    for old, new in (("poll: 5 minutes", "poll: 1 hour"),
-                     ("gmail_units_per_minute: 6000", "gmail_units_per_minute: 10000000"),
-                     ("therapists: []\n", "therapists:\n" + "".join(entries))):
+            quota = (
+                f"    quota: {{gmail_units_per_minute: {GOOGLE_UNITS_PER_MINUTE}}}\n"
+                if stage.paced
+                else ""
+            )
+            entries.append(
+                f'  - key: {key}\n    name: "Therapist {key}"\n'
+                f"    email: {key}@group.example\n{quota}"
+            )
+    for old, new in (
+        ("poll: 5 minutes", "poll: 1 hour"),
+        ("gmail_units_per_minute: 6000", "gmail_units_per_minute: 10000000"),
+        ("therapists: []\n", "therapists:\n" + "".join(entries)),
+    ):
         assert old in text, old
         text = text.replace(old, new)
     (home / "followupd.yaml").write_text(text)
@@ -126,19 +136,40 @@ def _write_referrals(path: Path, stage: Stage) -> Path:
     received = (date.today() - timedelta(days=10)).isoformat()
     with path.open("w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["ref", "received_on", "physician", "physician_email", "client_name",
-                         "release_on_file", "therapist"])
+        writer.writerow(
+            [
+                "ref",
+                "received_on",
+                "physician",
+                "physician_email",
+                "client_name",
+                "release_on_file",
+                "therapist",
+            ]
+        )
         for i in range(stage.referrals):
-            writer.writerow([f"{stage.name}-{i}", received, f"Dr. Plum {i % 17}",
-                             f"plum{i % 17}@clinic.example", "Theodora Quist", "yes",
-                             stage.therapists[i % len(stage.therapists)]])
+            writer.writerow(
+                [
+                    f"{stage.name}-{i}",
+                    received,
+                    f"Dr. Plum {i % 17}",
+                    f"plum{i % 17}@clinic.example",
+                    "Theodora Quist",
+                    "yes",
+                    stage.therapists[i % len(stage.therapists)],
+                ]
+            )
     return path
 
 
 def _env(url: str, server: Any) -> dict[str, str]:
-    return {"PATH": os.environ["PATH"], "FOLLOWUPD_DATABASE_URL": url,
-            "FOLLOWUPD_DELIVERY": "google", "FOLLOWUPD_GOOGLE_API_ENDPOINT": server.base_url,
-            "FOLLOWUPD_LOG_LEVEL": "WARNING"}
+    return {
+        "PATH": os.environ["PATH"],
+        "FOLLOWUPD_DATABASE_URL": url,
+        "FOLLOWUPD_DELIVERY": "google",
+        "FOLLOWUPD_GOOGLE_API_ENDPOINT": server.base_url,
+        "FOLLOWUPD_LOG_LEVEL": "WARNING",
+    }
 
 
 def _followupd(home: Path, *args: str) -> list[str]:
@@ -152,8 +183,9 @@ def _done(url: str) -> int:
     engine = sa.create_engine(url)
     try:
         with engine.connect() as conn:
-            return conn.execute(sa.text(
-                "SELECT count(*) FROM follow_up WHERE state = 'done'")).scalar()
+            return conn.execute(
+                sa.text("SELECT count(*) FROM follow_up WHERE state = 'done'")
+            ).scalar()
     except sa.exc.ProgrammingError:  # no tables yet
         return 0
     finally:
@@ -174,10 +206,14 @@ def _run(base_url: str, stages: list[Stage]) -> dict[str, tuple[float, int]]:
         try:
             for stage in stages:
                 while len(procs) < stage.replicas:
-                    procs.append(subprocess.Popen(
-                        _followupd(home, "run"), env={**env, "FOLLOWUPD_REPLICA":
-                                                      f"r{len(procs)}"},
-                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+                    procs.append(
+                        subprocess.Popen(
+                            _followupd(home, "run"),
+                            env={**env, "FOLLOWUPD_REPLICA": f"r{len(procs)}"},
+                            stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL,
+                        )
+                    )
                 _wait_listening(url, len(procs))
                 csv_path = _write_referrals(home / f"{stage.name}.csv", stage)
                 rejected = server.stats.rate_limited
@@ -189,8 +225,10 @@ def _run(base_url: str, stages: list[Stage]) -> dict[str, tuple[float, int]]:
                     if time.perf_counter() > deadline:
                         raise RuntimeError(f"scale-out: stage {stage.name} did not finish")
                     time.sleep(0.05)
-                results[stage.name] = (time.perf_counter() - started,
-                                       server.stats.rate_limited - rejected)
+                results[stage.name] = (
+                    time.perf_counter() - started,
+                    server.stats.rate_limited - rejected,
+                )
         finally:
             for proc in procs:
                 proc.send_signal(signal.SIGTERM)
@@ -226,9 +264,12 @@ def _wait_listening(url: str, replicas: int) -> None:
     try:
         while time.monotonic() < deadline:
             with engine.connect() as conn:
-                listening = conn.execute(sa.text(
-                    "SELECT count(*) FROM pg_stat_activity WHERE query = 'LISTEN followupd' "
-                    "AND datname = current_database() AND state = 'idle'")).scalar()
+                listening = conn.execute(
+                    sa.text(
+                        "SELECT count(*) FROM pg_stat_activity WHERE query = 'LISTEN followupd' "
+                        "AND datname = current_database() AND state = 'idle'"
+                    )
+                ).scalar()
             if listening >= replicas:
                 time.sleep(0.5)  # their first tick (nothing due yet) is over too
                 return
@@ -266,12 +307,26 @@ def run(quick: bool) -> list[Row]:
         rate = stage.referrals / results[stage.name][0]
         floor = None if stage.replicas == 1 else one
         plural = "s" if stage.replicas > 1 else ""
-        rows.append(Row(f"scale-out {referrals:,} drafts: {stage.replicas} replica{plural}",
-                        rate, "drafts/s", floor, "drafts/s" if floor else None))
+        rows.append(
+            Row(
+                f"scale-out {referrals:,} drafts: {stage.replicas} replica{plural}",
+                rate,
+                "drafts/s",
+                floor,
+                "drafts/s" if floor else None,
+            )
+        )
     seconds, rejected = results["paced"]
     ceiling = MAILBOXES * GOOGLE_UNITS_PER_MINUTE / DRAFT_UNITS / 60
-    rows.append(Row(f"scale-out {paced:,} drafts: {counts[-1]} replicas at Google's quota "
-                    f"({MAILBOXES} mailboxes)", paced / seconds, "drafts/s", ceiling,
-                    "drafts/s"))
+    rows.append(
+        Row(
+            f"scale-out {paced:,} drafts: {counts[-1]} replicas at Google's quota "
+            f"({MAILBOXES} mailboxes)",
+            paced / seconds,
+            "drafts/s",
+            ceiling,
+            "drafts/s",
+        )
+    )
     rows.append(Row("scale-out at quota: HTTP 429s", rejected, "429s", 0, "429s"))
     return rows

@@ -69,22 +69,30 @@ class Sized:
 
 COUNT = "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < :count) "
 
-PRACTICES_SQL = COUNT + """
+PRACTICES_SQL = (
+    COUNT
+    + """
 INSERT INTO practice (id, key, name, created_at)
 SELECT i, 'clinic ' || i, 'Clinic ' || i, :stamp FROM n"""
+)
 
-PHYSICIANS_SQL = COUNT + """
+PHYSICIANS_SQL = (
+    COUNT
+    + """
 INSERT INTO physician (id, key, name, specialty, email, fax, practice_id, created_at,
                        updated_at)
 SELECT i, 'dr. test ' || i || '|clinic ' || (i % :practices + 1), 'Dr. Test ' || i,
        CASE i % 3 WHEN 0 THEN 'internal medicine' WHEN 1 THEN 'family medicine'
        ELSE 'psychiatry' END,
        'dr' || i || '@clinic.example', NULL, i % :practices + 1, :stamp, :stamp FROM n"""
+)
 
 # Received over five years up to 100 days ago, in id order (each index then grows at its
 # end, which keeps the build fast); four in five closed 60 days after; one open referral in
 # a hundred without a release. Stamped a second apart, ending at :stamp.
-REFERRALS_SQL = COUNT + """
+REFERRALS_SQL = (
+    COUNT
+    + """
 INSERT INTO referral (id, ref, received_on, physician_id, client_name, client_dob,
                       presenting_problem, treatment_focus, release_on_file, release_on,
                       closed_on, closing_summary, created_at, updated_at, prescriber_id)
@@ -97,6 +105,7 @@ FROM (SELECT i, date(:last_day, '-' || ((:count - i) * 1800 / :count) || ' days'
              strftime('%Y-%m-%d %H:%M:%f', :stamp, '-' || (:count - i) || ' seconds')
                  || '000' AS stamp
       FROM n)"""
+)
 
 # The ledger a daemon leaves: acknowledgements and closing notes delivered, or held.
 ACKNOWLEDGEMENTS_SQL = """
@@ -120,7 +129,9 @@ SELECT 'closing-note', 'referral', id, 'draft', 'done',
 FROM referral WHERE closed_on IS NOT NULL AND id BETWEEN :first AND :last"""
 
 # New referrals, received today and open: their acknowledgements are not due yet.
-NEW_SQL = COUNT + """
+NEW_SQL = (
+    COUNT
+    + """
 INSERT INTO referral (id, ref, received_on, physician_id, client_name, client_dob,
                       presenting_problem, treatment_focus, release_on_file, release_on,
                       closed_on, closing_summary, created_at, updated_at, prescriber_id)
@@ -128,16 +139,23 @@ SELECT :first + i, printf('R-%08d', :first + i), :today, i % :physicians + 1,
        'Test Client ' || (:first + i), '1980-01-01', 'Synthetic problem', 'Synthetic focus',
        1, :today, NULL, NULL, :stamp, :stamp, NULL
 FROM n"""
+)
 
 FLOOR_SQL = "SELECT * FROM referral WHERE updated_at > ? ORDER BY updated_at, id"
 
 
 # For the build only: no journal and no fsync (a failed build is thrown away), and the
 # pages being written kept in memory.
-BUILD_PRAGMAS = ("PRAGMA foreign_keys = OFF", "PRAGMA synchronous = OFF",
-                 "PRAGMA cache_size = -262144", "PRAGMA journal_mode = OFF")
-INDEXES_SQL = ("SELECT name, sql FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL "
-               "AND tbl_name IN ('referral', 'follow_up')")
+BUILD_PRAGMAS = (
+    "PRAGMA foreign_keys = OFF",
+    "PRAGMA synchronous = OFF",
+    "PRAGMA cache_size = -262144",
+    "PRAGMA journal_mode = OFF",
+)
+INDEXES_SQL = (
+    "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL "
+    "AND tbl_name IN ('referral', 'follow_up')"
+)
 
 
 def _stamp(moment: datetime) -> str:
@@ -163,8 +181,10 @@ def fill(path: Path, referrals: int, stamp: datetime) -> None:
         params = {"stamp": _stamp(stamp), "practices": PRACTICES, "physicians": PHYSICIANS}
         db.execute(PRACTICES_SQL, {**params, "count": PRACTICES})
         db.execute(PHYSICIANS_SQL, {**params, "count": PHYSICIANS})
-        db.execute(REFERRALS_SQL, {**params, "count": referrals,
-                                   "last_day": (today - timedelta(days=100)).isoformat()})
+        db.execute(
+            REFERRALS_SQL,
+            {**params, "count": referrals, "last_day": (today - timedelta(days=100)).isoformat()},
+        )
         for sql in (ACKNOWLEDGEMENTS_SQL, CLOSING_SQL):
             db.execute(sql, {"first": 1, "last": referrals})
         for _, sql in indexes:
@@ -180,8 +200,16 @@ def add_new(path: Path, first_id: int, stamp: datetime) -> None:
     """NEW referrals received today, stamped `stamp` (after the cursor, before the
     cursor's one-minute overlap, so that the next tick reads exactly these)."""
     with closing(sqlite3.connect(path)) as db, db:
-        db.execute(NEW_SQL, {"count": NEW, "first": first_id, "physicians": PHYSICIANS,
-                             "today": date.today().isoformat(), "stamp": _stamp(stamp)})
+        db.execute(
+            NEW_SQL,
+            {
+                "count": NEW,
+                "first": first_id,
+                "physicians": PHYSICIANS,
+                "today": date.today().isoformat(),
+                "stamp": _stamp(stamp),
+            },
+        )
 
 
 # --- the engine -------------------------------------------------------------------------------
@@ -205,15 +233,17 @@ def engine_on(referrals: int, stamp: datetime) -> Iterator[tuple[Any, Path, floa
         started = time.perf_counter()
         shutil.copyfile(CONFIG, scratch / "followupd.yaml")
         database = scratch / "followupd.sqlite3"
-        settings = configuration.load(scratch, environ={
-            "FOLLOWUPD_DATABASE_URL": f"sqlite:///{database}"})
+        settings = configuration.load(
+            scratch, environ={"FOLLOWUPD_DATABASE_URL": f"sqlite:///{database}"}
+        )
         Store(settings.database_url).close()  # the real schema, by followupd's migrations
         fill(database, referrals, stamp)
         store = Store(settings.database_url)
         engine = Engine(settings, store)
         with store.session() as session:
-            write_cursor(session, f"plan:referral:{engine.fingerprint}", stamp,
-                         prefix="plan:referral:")
+            write_cursor(
+                session, f"plan:referral:{engine.fingerprint}", stamp, prefix="plan:referral:"
+            )
         _expect_idle(engine.tick(), "the first tick after the build")
         built = time.perf_counter() - started
         try:
@@ -228,9 +258,11 @@ def engine_on(referrals: int, stamp: datetime) -> Iterator[tuple[Any, Path, floa
 def _expect_idle(report: Any, what: str) -> None:
     """A tick that found work when it should not have is measuring the wrong thing."""
     if report.inserted or report.changed or report.delivered or report.failed:
-        raise RuntimeError(f"{what} was not idle: inserted {report.inserted}, changed "
-                           f"{report.changed}, delivered {len(report.delivered)}, "
-                           f"failed {len(report.failed)}")
+        raise RuntimeError(
+            f"{what} was not idle: inserted {report.inserted}, changed "
+            f"{report.changed}, delivered {len(report.delivered)}, "
+            f"failed {len(report.failed)}"
+        )
 
 
 def _ms(action: Callable[[], Any]) -> tuple[float, Any]:
@@ -261,8 +293,9 @@ def idle_ms(engine: Any) -> float:
     return statistics.median(times)
 
 
-def new_ms(engine: Any, database: Path, referrals: int, stamp: datetime,
-           ticks: int) -> tuple[float, float]:
+def new_ms(
+    engine: Any, database: Path, referrals: int, stamp: datetime, ticks: int
+) -> tuple[float, float]:
     """Median (tick, floor) over `ticks` rounds of NEW new referrals each."""
     tick_times, floor_times = [], []
     for round_ in range(ticks):
@@ -271,9 +304,11 @@ def new_ms(engine: Any, database: Path, referrals: int, stamp: datetime,
         floor_times.append(floor_ms(database, before, NEW))
         took, report = _ms(engine.tick)
         if report.inserted != NEW or report.delivered or report.failed:
-            raise RuntimeError(f"a tick after {NEW} new referrals planned {report.inserted}, "
-                               f"delivered {len(report.delivered)}, failed "
-                               f"{len(report.failed)}")
+            raise RuntimeError(
+                f"a tick after {NEW} new referrals planned {report.inserted}, "
+                f"delivered {len(report.delivered)}, failed "
+                f"{len(report.failed)}"
+            )
         tick_times.append(took)
     return statistics.median(tick_times), statistics.median(floor_times)
 
@@ -284,8 +319,9 @@ def measure(referrals: int, quick: bool) -> Sized:
     with engine_on(referrals, stamp) as (engine, database, built):
         idle = idle_ms(engine)
         idle_floor = floor_ms(database, stamp, 0)
-        new, new_floor = new_ms(engine, database, referrals, stamp,
-                                NEW_TICKS_QUICK if quick else NEW_TICKS_FULL)
+        new, new_floor = new_ms(
+            engine, database, referrals, stamp, NEW_TICKS_QUICK if quick else NEW_TICKS_FULL
+        )
     return Sized(referrals, idle, idle_floor, new, new_floor, built)
 
 
@@ -307,10 +343,20 @@ def run(quick: bool) -> list[Row]:
     small, large = results[0], results[-1]
     growth = f"{small.referrals:,} -> {large.referrals:,} referrals"
     rows += [
-        Row(f"idle tick growth, {growth}", large.idle / small.idle, "x",
-            large.idle_floor / small.idle_floor, "x"),
-        Row(f"{NEW}-new tick growth, {growth}", large.new / small.new, "x",
-            large.new_floor / small.new_floor, "x"),
+        Row(
+            f"idle tick growth, {growth}",
+            large.idle / small.idle,
+            "x",
+            large.idle_floor / small.idle_floor,
+            "x",
+        ),
+        Row(
+            f"{NEW}-new tick growth, {growth}",
+            large.new / small.new,
+            "x",
+            large.new_floor / small.new_floor,
+            "x",
+        ),
         Row(f"tick bench: build {large.referrals:,} referrals", large.build_seconds, "s"),
     ]
     return rows

@@ -70,14 +70,20 @@ def database_problem(exc: BaseException) -> str:
     text = str(getattr(exc, "orig", None) or "").strip().splitlines()
     first = text[0].casefold() if text else ""
     if "locked" in first or "busy" in first:
-        return ("the database is busy: another process held it too long (a long import, a "
-                "backup?); nothing was changed by this command, try it again")
+        return (
+            "the database is busy: another process held it too long (a long import, a "
+            "backup?); nothing was changed by this command, try it again"
+        )
     if "unable to open" in first or "readonly" in first or "read-only" in first:
-        return ("the database file cannot be opened for writing; check that the folder "
-                "exists and is yours (ls -l), or set FOLLOWUPD_DATABASE_URL")
+        return (
+            "the database file cannot be opened for writing; check that the folder "
+            "exists and is yours (ls -l), or set FOLLOWUPD_DATABASE_URL"
+        )
     if "connect" in first or "connection" in first or "server" in first:
-        return ("the database server cannot be reached; check that it is running and that "
-                "FOLLOWUPD_DATABASE_URL names it")
+        return (
+            "the database server cannot be reached; check that it is running and that "
+            "FOLLOWUPD_DATABASE_URL names it"
+        )
     if isinstance(exc, sa.exc.IntegrityError):
         return "the database refused the change (a conflicting row); nothing was changed"
     kind = type(getattr(exc, "orig", None) or exc).__name__
@@ -102,7 +108,7 @@ app = typer.Typer(
     cls=_Commands,
     name="followupd",
     help="Follow-up notes to referring physicians and outreach reminders, "
-         "as Gmail drafts and Calendar events.",
+    "as Gmail drafts and Calendar events.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -110,23 +116,27 @@ app = typer.Typer(
 physician_app = typer.Typer(help="Physicians who refer to you.", no_args_is_help=True)
 referral_app = typer.Typer(help="Referrals: add, close, record a release.", no_args_is_help=True)
 visit_app = typer.Typer(help="Outreach visits to physicians' offices.", no_args_is_help=True)
-import_app = typer.Typer(help="Import a CSV export of your referral or visit log.",
-                         no_args_is_help=True)
+import_app = typer.Typer(
+    help="Import a CSV export of your referral or visit log.", no_args_is_help=True
+)
 app.add_typer(physician_app, name="physician")
 app.add_typer(referral_app, name="referral")
 app.add_typer(visit_app, name="visit")
 app.add_typer(import_app, name="import")
 
 # Piped or redirected output is not cut to 80 columns.
-out = Console(highlight=False, soft_wrap=True,
-              width=None if sys.stdout.isatty() else 200)
+out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 200)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 Home = Annotated[
     Path | None,
-    typer.Option("--home", envvar="FOLLOWUPD_HOME", show_envvar=True,
-                 help="Folder with followupd.yaml, templates/, .env and the database "
-                      "[default: current folder]."),
+    typer.Option(
+        "--home",
+        envvar="FOLLOWUPD_HOME",
+        show_envvar=True,
+        help="Folder with followupd.yaml, templates/, .env and the database "
+        "[default: current folder].",
+    ),
 ]
 
 
@@ -181,8 +191,10 @@ def init(
     """Write a working configuration, the default templates and .env.example to edit."""
     target = directory or _home(home) or Path(".")
     make_private_dir(target)
-    plan = [(default_config_dir() / "followupd.yaml", target / "followupd.yaml"),
-            (default_config_dir() / "env.example", target / ".env.example")]
+    plan = [
+        (default_config_dir() / "followupd.yaml", target / "followupd.yaml"),
+        (default_config_dir() / "env.example", target / ".env.example"),
+    ]
     templates = default_templates_dir()
     plan += [(path, target / "templates" / path.name) for path in sorted(templates.glob("*.j2"))]
     written, kept = [], []
@@ -197,21 +209,27 @@ def init(
         out.print(f"wrote {path}", markup=False)
     for path in kept:
         out.print(f"kept  {path} (exists; --force overwrites)", markup=False)
-    out.print(f"\nNext: edit {target / 'followupd.yaml'} (practice: name, email, time zone), "
-              f"then `followupd --home {target} check`.", markup=False)
+    out.print(
+        f"\nNext: edit {target / 'followupd.yaml'} (practice: name, email, time zone), "
+        f"then `followupd --home {target} check`.",
+        markup=False,
+    )
 
 
 @app.command()
 def check(home: Home = None) -> None:
     """Validate configuration, templates and database without changing anything."""
     settings = load_settings(home)
-    out.print(f"configuration: {settings.config_path} is valid "
-              f"({len(settings.config.rules)} rules)", markup=False)
+    out.print(
+        f"configuration: {settings.config_path} is valid ({len(settings.config.rules)} rules)",
+        markup=False,
+    )
     problems = Templates(settings.templates_dir).problems(settings.config.rules)
     if problems:
         fail(EXIT_CONFIG, *problems)
-    out.print(f"templates: {len(settings.config.rules)} rules' templates render-ready",
-              markup=False)
+    out.print(
+        f"templates: {len(settings.config.rules)} rules' templates render-ready", markup=False
+    )
     if settings.config.delivery.backend == "google":
         from followupd.delivery.google import check_credentials
         from followupd.delivery.googleapi import CredentialsProblem
@@ -228,12 +246,16 @@ def check(home: Home = None) -> None:
     try:
         url = sa.make_url(settings.database_url)
     except (sa.exc.ArgumentError, ValueError):
-        fail(EXIT_CONFIG, f"database: {mask_url(settings.database_url)!r} is not a SQLAlchemy "
-                          "URL (e.g. sqlite:///followupd.sqlite3 or "
-                          "postgresql+psycopg://user@host/db)")
+        fail(
+            EXIT_CONFIG,
+            f"database: {mask_url(settings.database_url)!r} is not a SQLAlchemy "
+            "URL (e.g. sqlite:///followupd.sqlite3 or "
+            "postgresql+psycopg://user@host/db)",
+        )
     if url.get_backend_name() == "sqlite" and url.database and not Path(url.database).exists():
-        out.print(f"database: {url.database} does not exist yet; it is created on first use",
-                  markup=False)
+        out.print(
+            f"database: {url.database} does not exist yet; it is created on first use", markup=False
+        )
         return
     try:
         engine = Store(settings.database_url, migrate_schema=False).engine
@@ -242,9 +264,13 @@ def check(home: Home = None) -> None:
         engine.dispose()
     except (StoreError, sa.exc.OperationalError) as exc:
         fail(EXIT_CONFIG, f"database: {exc}")
-    state = "up to date" if current == head else \
-        f"at schema {current}; upgraded to {head} on first use" if current else \
-        "empty; its tables are created on first use"
+    state = (
+        "up to date"
+        if current == head
+        else f"at schema {current}; upgraded to {head} on first use"
+        if current
+        else "empty; its tables are created on first use"
+    )
     out.print(f"database: {mask_url(settings.database_url)} ({state})", markup=False)
 
 
@@ -257,8 +283,12 @@ def therapists(settings: configuration.Settings) -> Therapists:
     return Therapists(frozenset(t.key for t in config.therapists), config.default_therapist())
 
 
-TherapistOption = Annotated[str | None, typer.Option(
-    help="Whose it is, in a group practice: a key from `therapists:` in followupd.yaml.")]
+TherapistOption = Annotated[
+    str | None,
+    typer.Option(
+        help="Whose it is, in a group practice: a key from `therapists:` in followupd.yaml."
+    ),
+]
 
 
 def _entry(settings: configuration.Settings, parse, upsert, row: dict) -> str:
@@ -270,8 +300,9 @@ def _entry(settings: configuration.Settings, parse, upsert, row: dict) -> str:
     store = open_store(settings)
     try:
         with store.session() as session:
-            entered_by = {"by": "cli", "today": today(settings)} \
-                if upsert is upsert_referrals else {}
+            entered_by = (
+                {"by": "cli", "today": today(settings)} if upsert is upsert_referrals else {}
+            )
             outcome = upsert(session, [record], Directory(trusted=True), **entered_by)[0]
     finally:
         store.close()
@@ -281,7 +312,7 @@ def _entry(settings: configuration.Settings, parse, upsert, row: dict) -> str:
 
 @physician_app.command("add")
 def physician_add(
-    name: Annotated[str, typer.Option(help="As the physician signs, e.g. \"Dr. Ann Lee\".")],
+    name: Annotated[str, typer.Option(help='As the physician signs, e.g. "Dr. Ann Lee".')],
     specialty: Annotated[str | None, typer.Option()] = None,
     email: Annotated[str | None, typer.Option(help="Where notes to this physician go.")] = None,
     fax: Annotated[str | None, typer.Option()] = None,
@@ -292,8 +323,12 @@ def physician_add(
     settings = load_settings(home)
     try:
         record = PhysicianRecord(
-            name=required_text("physician", name), practice=practice, specialty=specialty,
-            email=parse_email("physician_email", email), fax=parse_fax("physician_fax", fax))
+            name=required_text("physician", name),
+            practice=practice,
+            specialty=specialty,
+            email=parse_email("physician_email", email),
+            fax=parse_fax("physician_fax", fax),
+        )
     except RowError as exc:
         fail(EXIT_CONFIG, f"--{exc.column.replace('physician_', '')}: {exc.message}")
     store = open_store(settings)
@@ -308,8 +343,12 @@ def physician_add(
 
 @physician_app.command("confirm")
 def physician_confirm(
-    physician_id: Annotated[int, typer.Argument(
-        metavar="ID", help="The physician's id, as the import summary or `status` names it.")],
+    physician_id: Annotated[
+        int,
+        typer.Argument(
+            metavar="ID", help="The physician's id, as the import summary or `status` names it."
+        ),
+    ],
     home: Home = None,
 ) -> None:
     """Confirm a physician's email address that an import changed or that looks like another
@@ -325,17 +364,31 @@ def physician_confirm(
         fail(EXIT_FAILED, f"no physician {physician_id}")
     wake(settings.home)
     name, email = confirmed
-    out.print(f"physician {physician_id} ({name}): {email or 'no address'} confirmed; notes "
-              "held for it are planned on the next tick", markup=False)
+    out.print(
+        f"physician {physician_id} ({name}): {email or 'no address'} confirmed; notes "
+        "held for it are planned on the next tick",
+        markup=False,
+    )
 
 
-OPTION_NAMES = {"ref": "--ref", "received_on": "--received-on", "physician": "--physician",
-                    "physician_email": "--physician-email", "client_name": "--client-name",
-                    "client_dob": "--client-dob", "presenting_problem": "--problem",
-                    "treatment_focus": "--focus", "closed_on": "--on", "release_on": "--on",
-                "closing_summary": "--summary", "visited_on": "--on", "cards_left": "--cards",
-                "handouts_left": "--handouts", "business_manager": "--business-manager",
-                "therapist": "--therapist"}
+OPTION_NAMES = {
+    "ref": "--ref",
+    "received_on": "--received-on",
+    "physician": "--physician",
+    "physician_email": "--physician-email",
+    "client_name": "--client-name",
+    "client_dob": "--client-dob",
+    "presenting_problem": "--problem",
+    "treatment_focus": "--focus",
+    "closed_on": "--on",
+    "release_on": "--on",
+    "closing_summary": "--summary",
+    "visited_on": "--on",
+    "cards_left": "--cards",
+    "handouts_left": "--handouts",
+    "business_manager": "--business-manager",
+    "therapist": "--therapist",
+}
 
 
 @referral_app.command("add")
@@ -350,21 +403,34 @@ def referral_add(
     client_dob: Annotated[str | None, typer.Option(help="YYYY-MM-DD.")] = None,
     problem: Annotated[str | None, typer.Option(help="Presenting problem.")] = None,
     focus: Annotated[str | None, typer.Option(help="Planned focus of treatment.")] = None,
-    release: Annotated[bool, typer.Option(
-        help="A release of information for this physician is on file.")] = False,
+    release: Annotated[
+        bool, typer.Option(help="A release of information for this physician is on file.")
+    ] = False,
     therapist: TherapistOption = None,
     home: Home = None,
 ) -> None:
     """Add a referral (its acknowledgement note is planned on the next tick)."""
     settings = load_settings(home)
     if _referral_exists(settings, ref):
-        fail(EXIT_FAILED, f"referral {ref} exists already: use `referral close` or "
-                          "`referral release`, or `import referrals` to change it")
-    row = {"ref": ref, "received_on": received_on or today(settings).isoformat(),
-           "physician": physician, "physician_email": physician_email, "specialty": specialty,
-           "practice": practice, "client_name": client_name, "client_dob": client_dob,
-           "presenting_problem": problem, "treatment_focus": focus,
-           "release_on_file": "yes" if release else "no", "therapist": therapist}
+        fail(
+            EXIT_FAILED,
+            f"referral {ref} exists already: use `referral close` or "
+            "`referral release`, or `import referrals` to change it",
+        )
+    row = {
+        "ref": ref,
+        "received_on": received_on or today(settings).isoformat(),
+        "physician": physician,
+        "physician_email": physician_email,
+        "specialty": specialty,
+        "practice": practice,
+        "client_name": client_name,
+        "client_dob": client_dob,
+        "presenting_problem": problem,
+        "treatment_focus": focus,
+        "release_on_file": "yes" if release else "no",
+        "therapist": therapist,
+    }
     _entry(settings, parse_referral, upsert_referrals, row)
     out.print(f"referral {ref}: added", markup=False)
 
@@ -373,20 +439,24 @@ def _referral_exists(settings: configuration.Settings, ref: str) -> bool:
     store = open_store(settings)
     try:
         with store.session() as session:
-            return session.execute(
-                sa.select(Referral.id).where(Referral.ref == ref.strip())).first() is not None
+            return (
+                session.execute(sa.select(Referral.id).where(Referral.ref == ref.strip())).first()
+                is not None
+            )
     finally:
         store.close()
 
 
-def _change_referral(settings: configuration.Settings, ref: str,
-                     change: Callable[[Referral], None]) -> None:
+def _change_referral(
+    settings: configuration.Settings, ref: str, change: Callable[[Referral], None]
+) -> None:
     """Apply `change` to one referral and mark it changed, so the next tick re-plans it."""
     store = open_store(settings)
     try:
         with store.session() as session:
             referral = session.execute(
-                sa.select(Referral).where(Referral.ref == ref.strip())).scalar_one_or_none()
+                sa.select(Referral).where(Referral.ref == ref.strip())
+            ).scalar_one_or_none()
             if referral is None:
                 fail(EXIT_FAILED, f"no referral {ref} (add it, or import your referral log)")
             try:
@@ -410,8 +480,9 @@ def _date_option(option: str, value: str | None, settings: configuration.Setting
 @referral_app.command("close")
 def referral_close(
     ref: Annotated[str, typer.Argument(help="The referral's id, e.g. R-12.")],
-    summary: Annotated[str | None, typer.Option(
-        help="Outcome and recommendations, for the closing note.")] = None,
+    summary: Annotated[
+        str | None, typer.Option(help="Outcome and recommendations, for the closing note.")
+    ] = None,
     on: Annotated[str | None, typer.Option(help="YYYY-MM-DD [default: today].")] = None,
     home: Home = None,
 ) -> None:
@@ -433,12 +504,17 @@ def referral_close(
 @referral_app.command("release")
 def referral_release(
     ref: Annotated[str, typer.Argument(help="The referral's id, e.g. R-12.")],
-    on: Annotated[str | None, typer.Option(
-        help="Date signed (or revoked), YYYY-MM-DD [default: today].")] = None,
+    on: Annotated[
+        str | None, typer.Option(help="Date signed (or revoked), YYYY-MM-DD [default: today].")
+    ] = None,
     revoke: Annotated[bool, typer.Option(help="The client revoked the release.")] = False,
-    prescriber: Annotated[bool, typer.Option(
-        "--prescriber", help="The release names the client's prescriber, not the referring "
-                             "physician.")] = False,
+    prescriber: Annotated[
+        bool,
+        typer.Option(
+            "--prescriber",
+            help="The release names the client's prescriber, not the referring physician.",
+        ),
+    ] = False,
     home: Home = None,
 ) -> None:
     """Record (or revoke) the client's release of information for one recipient.
@@ -454,17 +530,23 @@ def referral_release(
     store = open_store(settings)
     try:
         with store.session() as session:
-            found = record_release(session, ref.strip(), recipient, grant=not revoke, on=when,
-                                   by="cli")
+            found = record_release(
+                session, ref.strip(), recipient, grant=not revoke, on=when, by="cli"
+            )
         if found is None:
             fail(EXIT_FAILED, f"no referral {ref} (add it, or import your referral log)")
         if found is False:
-            fail(EXIT_FAILED, f"referral {ref} names no prescriber (import it with a "
-                              "prescriber column)")
+            fail(
+                EXIT_FAILED,
+                f"referral {ref} names no prescriber (import it with a prescriber column)",
+            )
         wake(settings.home)
         whom = f"for the {recipient.value}"
-        out.print(f"referral {ref}: release {whom} {'revoked' if revoke else 'on file'} "
-                  f"({when.isoformat()})", markup=False)
+        out.print(
+            f"referral {ref}: release {whom} {'revoked' if revoke else 'on file'} "
+            f"({when.isoformat()})",
+            markup=False,
+        )
         if revoke:
             _withdraw_now(settings, store, ref.strip())
     finally:
@@ -482,8 +564,9 @@ def _withdraw_now(settings: configuration.Settings, store: Store, ref: str) -> N
     for follow_up_id, state in report.withdrawn:
         out.print(f"  follow-up {follow_up_id}: {state}", markup=False)
     for follow_up_id, reason in report.waiting:
-        out.print(f"  follow-up {follow_up_id}: not yet: {reason} (the daemon tries again)",
-                  markup=False)
+        out.print(
+            f"  follow-up {follow_up_id}: not yet: {reason} (the daemon tries again)", markup=False
+        )
     with store.session() as session:
         disclosed = disclosed_notes(session, ref)
     for row in disclosed:
@@ -495,8 +578,9 @@ def visit_add(
     practice: Annotated[str, typer.Option(help="The office you visited.")],
     physician: Annotated[str | None, typer.Option(help="The physician you met, if any.")] = None,
     specialty: Annotated[str | None, typer.Option(help="The physician's specialty.")] = None,
-    business_manager: Annotated[str | None, typer.Option(
-        help="The business manager you met.")] = None,
+    business_manager: Annotated[
+        str | None, typer.Option(help="The business manager you met.")
+    ] = None,
     cards: Annotated[int, typer.Option(help="Business cards left.")] = 10,
     handouts: Annotated[int, typer.Option(help="Handouts left.")] = 1,
     notes: Annotated[str | None, typer.Option()] = None,
@@ -506,10 +590,17 @@ def visit_add(
 ) -> None:
     """Log an outreach visit (its revisit reminder goes on the calendar on the next tick)."""
     settings = load_settings(home)
-    row = {"visited_on": on or today(settings).isoformat(), "practice": practice,
-           "physician": physician, "specialty": specialty, "business_manager": business_manager,
-           "cards_left": str(cards), "handouts_left": str(handouts), "notes": notes,
-           "therapist": therapist}
+    row = {
+        "visited_on": on or today(settings).isoformat(),
+        "practice": practice,
+        "physician": physician,
+        "specialty": specialty,
+        "business_manager": business_manager,
+        "cards_left": str(cards),
+        "handouts_left": str(handouts),
+        "notes": notes,
+        "therapist": therapist,
+    }
     outcome = _entry(settings, parse_visit, upsert_visits, row)
     out.print(f"visit to {practice} on {row['visited_on']}: {outcome}", markup=False)
 
@@ -523,16 +614,29 @@ def _import(kind: str, file: str, home: Path | None) -> None:
     progress = None
     bar = None
     if sys.stderr.isatty():
-        bar = Progress("importing", BarColumn(), DownloadColumn(), TimeRemainingColumn(),
-                       console=err, transient=True)
+        bar = Progress(
+            "importing",
+            BarColumn(),
+            DownloadColumn(),
+            TimeRemainingColumn(),
+            console=err,
+            transient=True,
+        )
         task = bar.add_task("import", total=None)
         bar.start()
 
         def progress(done: int, total: int | None) -> None:
             bar.update(task, completed=done, total=total)
+
     try:
-        report = import_csv(store, file, kind, progress=progress,  # type: ignore[arg-type]
-                            therapists=therapists(settings), today=today(settings))
+        report = import_csv(
+            store,
+            file,
+            kind,
+            progress=progress,  # type: ignore[arg-type]
+            therapists=therapists(settings),
+            today=today(settings),
+        )
     except ImportRefused as exc:
         fail(EXIT_FAILED, f"refused: {exc}")
     finally:
@@ -542,8 +646,9 @@ def _import(kind: str, file: str, home: Path | None) -> None:
     if report.counts.added or report.counts.updated:
         wake(settings.home)
     if report.ignored_columns:
-        err.print(f"ignored columns (not followupd's): {', '.join(report.ignored_columns)}",
-                  markup=False)
+        err.print(
+            f"ignored columns (not followupd's): {', '.join(report.ignored_columns)}", markup=False
+        )
     for problem in report.problems[:50]:
         err.print(f"rejected: {problem}", markup=False)
     if len(report.problems) > 50:
@@ -553,8 +658,11 @@ def _import(kind: str, file: str, home: Path | None) -> None:
     if len(report.notices) > 50:
         out.print(f"... and {len(report.notices) - 50} more notes", markup=False)
     for physician_id, why in sorted(report.flagged.items()):
-        out.print(f"address held: physician {physician_id}: {why}; notes to it wait until you "
-                  f"check it and run `followupd physician confirm {physician_id}`", markup=False)
+        out.print(
+            f"address held: physician {physician_id}: {why}; notes to it wait until you "
+            f"check it and run `followupd physician confirm {physician_id}`",
+            markup=False,
+        )
     out.print(f"{kind}: {report.counts}", markup=False)
     if not report.ok:
         raise typer.Exit(EXIT_FAILED)
@@ -582,12 +690,19 @@ def import_visits(file: File, home: Home = None) -> None:
 def auth(
     home: Home = None,
     port: Annotated[int, typer.Option(help="Local port for Google's redirect.")] = 8765,
-    bind: Annotated[str, typer.Option(
-        help="Address to listen on: 0.0.0.0 inside a container whose port is published.")]
-    = "localhost",
-    therapist: Annotated[str | None, typer.Option(
-        help="A group practice: sign in as this therapist (a key from `therapists:`); "
-             "the token goes to their token_file.")] = None,
+    bind: Annotated[
+        str,
+        typer.Option(
+            help="Address to listen on: 0.0.0.0 inside a container whose port is published."
+        ),
+    ] = "localhost",
+    therapist: Annotated[
+        str | None,
+        typer.Option(
+            help="A group practice: sign in as this therapist (a key from `therapists:`); "
+            "the token goes to their token_file."
+        ),
+    ] = None,
 ) -> None:
     """Sign in to Google and store the token (mode 0600) for Gmail drafts and Calendar.
 
@@ -600,27 +715,41 @@ def auth(
     try:
         settings = settings.for_therapist(therapist)
     except KeyError:
-        fail(EXIT_CONFIG, f"--therapist {therapist}: not in followupd.yaml (one of: "
-                          f"{', '.join(t.key for t in settings.config.therapists) or 'none'})")
+        fail(
+            EXIT_CONFIG,
+            f"--therapist {therapist}: not in followupd.yaml (one of: "
+            f"{', '.join(t.key for t in settings.config.therapists) or 'none'})",
+        )
     google = settings.config.google
     if google.service_account_file:
-        fail(EXIT_CONFIG, "a service account is configured (google.service_account_file); "
-                          "it needs no sign-in")
+        fail(
+            EXIT_CONFIG,
+            "a service account is configured (google.service_account_file); it needs no sign-in",
+        )
     secrets = settings.path(google.client_secrets_file)
     if not secrets.is_file():
-        fail(EXIT_CONFIG, f"{secrets}: no OAuth client file. In the Google Cloud console, "
-                          "create an OAuth client of type \"Desktop app\", download its JSON "
-                          f"and save it as {secrets} (google.client_secrets_file)")
+        fail(
+            EXIT_CONFIG,
+            f"{secrets}: no OAuth client file. In the Google Cloud console, "
+            'create an OAuth client of type "Desktop app", download its JSON '
+            f"and save it as {secrets} (google.client_secrets_file)",
+        )
     from google_auth_oauthlib.flow import InstalledAppFlow
 
     flow = InstalledAppFlow.from_client_secrets_file(str(secrets), scopes(google.read_scope))
     credentials = flow.run_local_server(
-        host="localhost", bind_addr=bind, port=port, open_browser=False, access_type="offline",
+        host="localhost",
+        bind_addr=bind,
+        port=port,
+        open_browser=False,
+        access_type="offline",
         prompt="consent",
         authorization_prompt_message=(
             "Open this URL in a browser and allow access:\n\n{url}\n\n"
-            f"(On a remote server, first run: ssh -L {port}:localhost:{port} <server>)"),
-        success_message="followupd is signed in; you can close this tab.")
+            f"(On a remote server, first run: ssh -L {port}:localhost:{port} <server>)"
+        ),
+        success_message="followupd is signed in; you can close this tab.",
+    )
     token = settings.path(google.token_file)
     write_private(token, credentials.to_json())
     out.print(f"signed in; token written to {token} (readable by you only)", markup=False)
@@ -723,8 +852,9 @@ def preview(
 
 @app.command()
 def demo(
-    directory: Annotated[Path, typer.Argument(help="The demo home to create.")]
-    = Path("followupd-demo"),
+    directory: Annotated[Path, typer.Argument(help="The demo home to create.")] = Path(
+        "followupd-demo"
+    ),
 ) -> None:
     """A complete run on the embedded defaults: SQLite, a local outbox, sample data, one tick."""
     from followupd.demo import DemoRefused, load_samples, prepare_home
@@ -751,11 +881,14 @@ def demo(
     out.print(f"\nwrote {len(report.delivered)} files into {settings.outbox_dir}:", markup=False)
     for _, _, external in report.delivered:
         out.print(f"  {settings.outbox_dir / external.removeprefix('outbox:')}", markup=False)
-    out.print("\nNothing was sent: drafts wait for your review. Try:\n"
-              f"  followupd --home {directory} status\n"
-              f"  followupd --home {directory} preview {report.delivered[0][0]}\n"
-              f"  followupd --home {directory} referral release R-1002 && "
-              f"followupd --home {directory} run --once", markup=False)
+    out.print(
+        "\nNothing was sent: drafts wait for your review. Try:\n"
+        f"  followupd --home {directory} status\n"
+        f"  followupd --home {directory} preview {report.delivered[0][0]}\n"
+        f"  followupd --home {directory} referral release R-1002 && "
+        f"followupd --home {directory} run --once",
+        markup=False,
+    )
     if not report.ok:
         raise typer.Exit(EXIT_FAILED)
 
@@ -795,19 +928,25 @@ def health(home: Home = None) -> None:
         at = datetime.fromisoformat(json.loads(beat)["at"])
         age = now - at
         local = at.astimezone(settings.config.practice.zone)
-        out.print(f"last good tick: {local:%Y-%m-%d %H:%M:%S} "
-                  f"({int(age.total_seconds())} s ago)", markup=False)
+        out.print(
+            f"last good tick: {local:%Y-%m-%d %H:%M:%S} ({int(age.total_seconds())} s ago)",
+            markup=False,
+        )
         if age > stale_after:
-            problems.append(f"the last tick was {int(age.total_seconds())} s ago "
-                            f"(more than {int(stale_after.total_seconds())} s)")
+            problems.append(
+                f"the last tick was {int(age.total_seconds())} s ago "
+                f"(more than {int(stale_after.total_seconds())} s)"
+            )
     out.print(f"due backlog: {backlog}", markup=False)
     out.print(f"failed in the last 24 hours: {failures}", markup=False)
     if settings.config.delivery.backend == "google":
         for key in [credentials_key(t) for t in settings.config.mailboxes()]:
             whose = key.partition(":")[2]
             state = credentials.get(key)
-            out.print(f"google credentials{f' ({whose})' if whose else ''}: "
-                      f"{state or 'not used yet'}", markup=False)
+            out.print(
+                f"google credentials{f' ({whose})' if whose else ''}: {state or 'not used yet'}",
+                markup=False,
+            )
             if state and state != "ok":
                 problems.append(f"{whose}: {state}" if whose else state)
     if problems:
@@ -857,8 +996,12 @@ def _ledger(store: Store, states: list[str] | None = None) -> list[FollowUp]:
         return list(session.execute(query).scalars().all())
 
 
-def _print_ledger(settings: configuration.Settings, store: Store,
-                  states: list[str] | None = None, title: str | None = None) -> None:
+def _print_ledger(
+    settings: configuration.Settings,
+    store: Store,
+    states: list[str] | None = None,
+    title: str | None = None,
+) -> None:
     rows = _ledger(store, states)
     zone = settings.config.practice.zone
     table = Table(title=title or f"{len(rows)} follow-ups", title_justify="left")
@@ -874,16 +1017,28 @@ def _print_ledger(settings: configuration.Settings, store: Store,
     table.add_column("where it is, or why not", overflow="fold")
     for row in rows:  # cells are Text: a ref like "R-[/]" is not console markup
         when = (row.remind_at or row.due_at).astimezone(zone)
-        where = row.reason if row.reason and (not row.external_id or row.state in (
-            "sent", "gone", "withdrawn", "withdraw")) else row.external_id
-        table.add_row(str(row.id), Text(row.rule), row.kind, row.state,
-                      when.strftime("%Y-%m-%d %H:%M"), str(row.attempts),
-                      *([Text(row.therapist or "")] if group else []),
-                      Text(where or ""))
+        where = (
+            row.reason
+            if row.reason
+            and (not row.external_id or row.state in ("sent", "gone", "withdrawn", "withdraw"))
+            else row.external_id
+        )
+        table.add_row(
+            str(row.id),
+            Text(row.rule),
+            row.kind,
+            row.state,
+            when.strftime("%Y-%m-%d %H:%M"),
+            str(row.attempts),
+            *([Text(row.therapist or "")] if group else []),
+            Text(where or ""),
+        )
     out.print(table)
     counts = Counter(row.state for row in rows)
-    out.print(", ".join(f"{n} {state}" for state, n in sorted(counts.items())) or "nothing yet",
-              markup=False)
+    out.print(
+        ", ".join(f"{n} {state}" for state, n in sorted(counts.items())) or "nothing yet",
+        markup=False,
+    )
 
 
 def main() -> None:

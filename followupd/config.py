@@ -88,7 +88,8 @@ def _time_of_day(value: Any) -> time:
     match = re.fullmatch(r"([01]?\d|2[0-3]):([0-5]\d)", str(value).strip())
     if not match:
         raise PydanticCustomError(
-            "time_of_day", '"{value}" is not a time of day (try "09:00" or "16:30")',
+            "time_of_day",
+            '"{value}" is not a time of day (try "09:00" or "16:30")',
             {"value": value},
         )
     return time(int(match.group(1)), int(match.group(2)))
@@ -118,8 +119,10 @@ def _mail_domain(value: str | None) -> str | None:
         validate_email(f"postmaster@{value}", check_deliverability=False)
     except EmailNotValidError:
         raise PydanticCustomError(
-            "mail_domain", '"{value}" is not a domain name (e.g. "reyes-therapy.example")',
-            {"value": value}) from None
+            "mail_domain",
+            '"{value}" is not a domain name (e.g. "reyes-therapy.example")',
+            {"value": value},
+        ) from None
     return value
 
 
@@ -212,7 +215,8 @@ class Rule(Strict):
     def _known_event(cls, value: Any) -> Any:
         if value not in EVENTS:
             raise PydanticCustomError(
-                "event", '"{value}" is not an event (one of: {events})',
+                "event",
+                '"{value}" is not an event (one of: {events})',
                 {"value": value, "events": ", ".join(EVENTS)},
             )
         return value
@@ -240,7 +244,8 @@ class Schedule(Strict):
     def _long_enough(cls, value: Duration) -> Duration:
         if value.as_timedelta().total_seconds() < 10:
             raise PydanticCustomError(
-                "lease", "must be at least 10 seconds (a claim must outlast its batch)", {})
+                "lease", "must be at least 10 seconds (a claim must outlast its batch)", {}
+            )
         return value
 
 
@@ -298,8 +303,14 @@ class Therapist(Strict):
     def practice(self, base: Practice) -> Practice:
         """The practice settings as this therapist signs and files them."""
         changes = {"therapist": self.name, "email": self.email}
-        for name in ("credentials", "practice_name", "phone", "address", "calendar_id",
-                     "mail_domain"):
+        for name in (
+            "credentials",
+            "practice_name",
+            "phone",
+            "address",
+            "calendar_id",
+            "mail_domain",
+        ):
             if getattr(self, name) is not None:
                 changes[name] = getattr(self, name)
         return base.model_copy(update=changes)
@@ -344,7 +355,8 @@ class Config(Strict):
                 name = item.name if isinstance(item, Rule) else item.key
                 if name in seen:
                     raise PydanticCustomError(
-                        "duplicate_name", '{what} "{name}" is used twice (it must be unique)',
+                        "duplicate_name",
+                        '{what} "{name}" is used twice (it must be unique)',
                         {"what": what, "name": name},
                     )
                 seen.add(name)
@@ -355,9 +367,11 @@ class Config(Strict):
         lease = self.schedule.lease.as_timedelta().total_seconds()
         if lease < 2 * self.google.timeout:
             raise PydanticCustomError(
-                "lease", "schedule.lease ({lease} s) must be at least twice google.timeout "
+                "lease",
+                "schedule.lease ({lease} s) must be at least twice google.timeout "
                 "({timeout} s): a claim must outlast the calls made under it",
-                {"lease": f"{lease:.0f}", "timeout": f"{self.google.timeout:.0f}"})
+                {"lease": f"{lease:.0f}", "timeout": f"{self.google.timeout:.0f}"},
+            )
         return self
 
     def therapist(self, key: str | None) -> Therapist | None:
@@ -422,9 +436,12 @@ class Settings:
         therapist = self.config.therapist(key)
         if therapist is None:
             return self
-        config = self.config.model_copy(update={
-            "practice": therapist.practice(self.config.practice),
-            "google": therapist.google(self.config.google)})
+        config = self.config.model_copy(
+            update={
+                "practice": therapist.practice(self.config.practice),
+                "google": therapist.google(self.config.google),
+            }
+        )
         return replace(self, config=config)
 
 
@@ -435,22 +452,29 @@ def resolve_home(home: str | os.PathLike[str] | None, environ: Mapping[str, str]
 def load_environment(home: Path, environ: Mapping[str, str] | None = None) -> dict[str, str]:
     """The process environment over `.env` in the home: the real environment always wins."""
     env_file = home / ".env"
-    values = {k: v for k, v in dotenv_values(env_file).items() if v is not None} \
-        if env_file.is_file() else {}
+    values = (
+        {k: v for k, v in dotenv_values(env_file).items() if v is not None}
+        if env_file.is_file()
+        else {}
+    )
     values.update(os.environ if environ is None else environ)
     return values
 
 
-def load(home: str | os.PathLike[str] | None = None,
-         environ: Mapping[str, str] | None = None) -> Settings:
+def load(
+    home: str | os.PathLike[str] | None = None, environ: Mapping[str, str] | None = None
+) -> Settings:
     """Read, merge and validate; raise ConfigError with lines a person can act on."""
     base_env = os.environ if environ is None else environ
     home_path = resolve_home(home, base_env)
     path = home_path / CONFIG_NAME
     shown = str(path)
     if not path.is_file():
-        hint = f"run `followupd init {home_path}` to write one" if home_path != Path(".") \
+        hint = (
+            f"run `followupd init {home_path}` to write one"
+            if home_path != Path(".")
             else "run `followupd init` to write one, or pass --home"
+        )
         raise ConfigError([f"{shown}: no configuration file ({hint})"])
     exposed = private_files_problems(home_path)
     if exposed:
@@ -497,8 +521,10 @@ def _home_exposure(home: Path) -> str | None:
         return None
     line = f"{home}: writable by other users (mode {mode:04o}); "
     if mode & stat.S_ISVTX:  # a shared folder such as /tmp: chmod would break it for everyone
-        return line + ("someone else could put files there; keep followupd's files in a folder "
-                       "of your own (--home DIR or FOLLOWUPD_HOME)")
+        return line + (
+            "someone else could put files there; keep followupd's files in a folder "
+            "of your own (--home DIR or FOLLOWUPD_HOME)"
+        )
     return line + f"fix it with: chmod 700 {shlex.quote(str(home))}"
 
 
@@ -511,8 +537,9 @@ def _read_text(path: Path, shown: str) -> str:
         raise ConfigError([f"{shown}: cannot read ({exc.strerror})"]) from None
 
 
-ALIASES_REFUSED = ("YAML anchors and aliases (&name, *name) are not allowed in followupd.yaml; "
-                   "write the value out")
+ALIASES_REFUSED = (
+    "YAML anchors and aliases (&name, *name) are not allowed in followupd.yaml; write the value out"
+)
 MAX_DEPTH = 64  # the configuration is a few levels deep; the composer recurses per level
 
 
@@ -535,8 +562,7 @@ class ConfigLoader(yaml.SafeLoader):
         if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
             raise _Refused(ALIASES_REFUSED, event.start_mark)
         if self._depth >= MAX_DEPTH:
-            raise _Refused(f"nested too deeply (more than {MAX_DEPTH} levels)",
-                           event.start_mark)
+            raise _Refused(f"nested too deeply (more than {MAX_DEPTH} levels)", event.start_mark)
         self._depth += 1
         try:
             return super().compose_node(parent, index)
@@ -575,13 +601,18 @@ def _parse_yaml(text: str, shown: str) -> tuple[dict[str, Any], dict[tuple, int]
         raise ConfigError([f"{shown}: the file is empty (start from `followupd init`)"])
     if not isinstance(document, dict):
         raise ConfigError(
-            [f"{shown}: the top level must be a mapping of keys (practice:, rules:, ...)"])
+            [f"{shown}: the top level must be a mapping of keys (practice:, rules:, ...)"]
+        )
     lines: dict[tuple, int] = {}
     try:
         _index_lines(node, (), lines)
     except DuplicateKey as twice:
-        raise ConfigError([f"{shown}:{twice.again}: {format_path(twice.key)}: appears twice "
-                           f"(also on line {twice.first}; keep one)"]) from None
+        raise ConfigError(
+            [
+                f"{shown}:{twice.again}: {format_path(twice.key)}: appears twice "
+                f"(also on line {twice.first}; keep one)"
+            ]
+        ) from None
     return document, lines
 
 
@@ -623,8 +654,12 @@ def format_path(loc: tuple) -> str:
     return out
 
 
-def explain(exc: ValidationError, shown: str, lines: Mapping[tuple, int],
-            sources: Mapping[tuple, str] | None = None) -> list[str]:
+def explain(
+    exc: ValidationError,
+    shown: str,
+    lines: Mapping[tuple, int],
+    sources: Mapping[tuple, str] | None = None,
+) -> list[str]:
     """Turn pydantic's errors into `FILE:LINE: key: problem (fix)` lines."""
     problems: list[tuple[int, str]] = []
     for error in exc.errors():
@@ -667,15 +702,26 @@ def _message(error: Mapping[str, Any], loc: tuple) -> str:
         expected = error.get("ctx", {}).get("expected", "")
         return f"{error['input']!r} is not allowed (use {expected})"
     if kind == "string_pattern_mismatch" and loc and loc[-1] == "name":
-        return (f'"{error["input"]}" is not a rule name (lower-case letters, digits, "-" and "_", '
-                f'e.g. "referral-acknowledgement")')
+        return (
+            f'"{error["input"]}" is not a rule name (lower-case letters, digits, "-" and "_", '
+            f'e.g. "referral-acknowledgement")'
+        )
     if kind == "value_error" and "email" in str(error.get("msg", "")).lower():
         return f'"{error["input"]}" is not an email address (e.g. "you@yourpractice.com")'
     message = str(error["msg"])
     for prefix in ("Value error, ", "Assertion failed, "):
         message = message.removeprefix(prefix)
-    if kind in ("int_parsing", "bool_parsing", "date_from_datetime_parsing", "date_parsing",
-                "string_type", "int_type", "list_type", "dict_type", "model_type"):
+    if kind in (
+        "int_parsing",
+        "bool_parsing",
+        "date_from_datetime_parsing",
+        "date_parsing",
+        "string_type",
+        "int_type",
+        "list_type",
+        "dict_type",
+        "model_type",
+    ):
         return f"{error['input']!r}: {message[0].lower()}{message[1:]}"
     return message
 
@@ -692,8 +738,9 @@ def _model_at(loc: tuple) -> type[BaseModel] | None:
         annotation = info.annotation
         args = getattr(annotation, "__args__", ())
         candidates = [annotation, *args]
-        model = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)),
-                     None)
+        model = next(
+            (c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None
+        )
         if model is None:
             return None
     return model if isinstance(model, type) else None

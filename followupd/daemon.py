@@ -67,15 +67,20 @@ def single_daemon_lock(settings: Settings) -> int | None:
         os.close(fd)
         raise AlreadyRunning(
             f"another `followupd run` (pid {holder}) is already using {url.database}; one "
-            "daemon per SQLite database (use PostgreSQL to run several)") from None
+            "daemon per SQLite database (use PostgreSQL to run several)"
+        ) from None
     os.ftruncate(fd, 0)
     os.pwrite(fd, str(os.getpid()).encode(), 0)
     return fd
 
 
 class Daemon:
-    def __init__(self, settings: Settings, make_engine: Callable[[Settings], Engine],
-                 reload: Callable[[], Settings]):
+    def __init__(
+        self,
+        settings: Settings,
+        make_engine: Callable[[Settings], Engine],
+        reload: Callable[[], Settings],
+    ):
         self.settings = settings
         self.make_engine = make_engine
         self.reload_settings = reload
@@ -88,12 +93,16 @@ class Daemon:
         self.notified = threading.Event()  # PostgreSQL said referrals or visits changed
         self.listener = None
         if self.engine.store.engine.dialect.name == "postgresql":
-            self.listener = ChangeListener(self.engine.store.url, self.notified.set,
-                                           name=f"followupd listen {self.engine.owner}")
+            self.listener = ChangeListener(
+                self.engine.store.url,
+                self.notified.set,
+                name=f"followupd listen {self.engine.owner}",
+            )
         self.scheduler = BlockingScheduler(
             timezone="UTC",
             executors={"default": ThreadPoolExecutor(1), "watch": ThreadPoolExecutor(1)},
-            job_defaults={"coalesce": True, "max_instances": 1})
+            job_defaults={"coalesce": True, "max_instances": 1},
+        )
 
     # --- jobs -------------------------------------------------------------------------
 
@@ -105,9 +114,15 @@ class Daemon:
             except Exception as exc:  # the next tick tries again; the daemon goes on
                 log.error("tick failed", error=type(exc).__name__, detail=_safe(exc))
                 return
-        log.info("tick", delivered=len(report.delivered), failed=len(report.failed),
-                 held=len(report.held), waiting=len(report.waiting),
-                 synced=len(report.synced), stopped=report.stopped)
+        log.info(
+            "tick",
+            delivered=len(report.delivered),
+            failed=len(report.failed),
+            held=len(report.held),
+            waiting=len(report.waiting),
+            synced=len(report.synced),
+            stopped=report.stopped,
+        )
 
     def sync(self) -> None:
         with self.busy:
@@ -142,15 +157,18 @@ class Daemon:
             settings = self.reload_settings()
             engine = self.make_engine(settings)
         except ConfigError as exc:
-            log.error("reload failed; keeping the running configuration",
-                      problems=" | ".join(exc.problems))
+            log.error(
+                "reload failed; keeping the running configuration",
+                problems=" | ".join(exc.problems),
+            )
             return
         with self.busy:
             old, self.engine, self.settings = self.engine, engine, settings
             old.close()
         self._schedule(replace=True)
-        log.info("reloaded", rules=len(settings.config.rules),
-                 poll=str(settings.config.schedule.poll))
+        log.info(
+            "reloaded", rules=len(settings.config.rules), poll=str(settings.config.schedule.poll)
+        )
 
     # --- running ----------------------------------------------------------------------
 
@@ -160,12 +178,24 @@ class Daemon:
         seconds = max(1.0, schedule.poll.as_timedelta().total_seconds())
         sync_seconds = max(1.0, schedule.sync.as_timedelta().total_seconds())
         first = None if replace else self.engine.clock()
-        self.scheduler.add_job(self.tick, "interval", seconds=seconds, id="tick",
-                               replace_existing=True, misfire_grace_time=grace,
-                               **({"next_run_time": first} if first else {}))
-        self.scheduler.add_job(self.sync, "interval", seconds=sync_seconds, id="sync",
-                               replace_existing=True, misfire_grace_time=grace,
-                               next_run_time=self.engine.clock() + timedelta(seconds=seconds))
+        self.scheduler.add_job(
+            self.tick,
+            "interval",
+            seconds=seconds,
+            id="tick",
+            replace_existing=True,
+            misfire_grace_time=grace,
+            **({"next_run_time": first} if first else {}),
+        )
+        self.scheduler.add_job(
+            self.sync,
+            "interval",
+            seconds=sync_seconds,
+            id="sync",
+            replace_existing=True,
+            misfire_grace_time=grace,
+            next_run_time=self.engine.clock() + timedelta(seconds=seconds),
+        )
 
     def request_stop(self, signum: int, _frame) -> None:
         self.engine.stop()
@@ -180,14 +210,25 @@ class Daemon:
         signal.signal(signal.SIGINT, self.request_stop)
         signal.signal(signal.SIGHUP, self.request_reload)
         self._schedule()
-        self.scheduler.add_job(self.watch, "interval", seconds=WATCH_SECONDS, id="watch",
-                               executor="watch", misfire_grace_time=None)
+        self.scheduler.add_job(
+            self.watch,
+            "interval",
+            seconds=WATCH_SECONDS,
+            id="watch",
+            executor="watch",
+            misfire_grace_time=None,
+        )
         if self.listener is not None:
             self.listener.start()
         schedule = self.settings.config.schedule
-        log.info("started", pid=os.getpid(), poll=str(schedule.poll), sync=str(schedule.sync),
-                 delivery=self.settings.config.delivery.backend,
-                 listen=self.listener is not None)
+        log.info(
+            "started",
+            pid=os.getpid(),
+            poll=str(schedule.poll),
+            sync=str(schedule.sync),
+            delivery=self.settings.config.delivery.backend,
+            listen=self.listener is not None,
+        )
         self.scheduler.start()  # returns once watch() shuts the scheduler down
         if self.listener is not None:
             self.listener.stop()
@@ -204,4 +245,3 @@ def _safe(exc: Exception) -> str:
         return ""
     text = str(getattr(exc, "orig", None) or exc.__class__.__name__).strip().splitlines()
     return text[0][:200] if text else ""
-

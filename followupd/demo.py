@@ -35,27 +35,65 @@ class DemoRefused(Exception):
 
 def _referrals(today: date) -> list[dict[str, str]]:
     day = lambda n: (today - timedelta(days=n)).isoformat()  # noqa: E731
-    okafor = {"physician": "Dr. Miriam Okafor", "physician_email": "m.okafor@lakeside-im.example",
-              "specialty": "internal medicine", "practice": "Lakeside Internal Medicine"}
-    brandt = {"physician": "Dr. Samuel Brandt", "physician_email": "sbrandt@northloop-fm.example",
-              "specialty": "family medicine", "practice": "North Loop Family Medicine"}
+    okafor = {
+        "physician": "Dr. Miriam Okafor",
+        "physician_email": "m.okafor@lakeside-im.example",
+        "specialty": "internal medicine",
+        "practice": "Lakeside Internal Medicine",
+    }
+    brandt = {
+        "physician": "Dr. Samuel Brandt",
+        "physician_email": "sbrandt@northloop-fm.example",
+        "specialty": "family medicine",
+        "practice": "North Loop Family Medicine",
+    }
     rows = [
-        {"ref": "R-1001", "received_on": day(7), **okafor, "release_on_file": "yes",
-         "treatment_focus": "CBT with interoceptive exposure"},
-        {"ref": "R-1002", "received_on": day(3), **brandt, "release_on_file": "no",
-         "treatment_focus": "Behavioral activation; sleep scheduling"},
-        {"ref": "R-1003", "received_on": day(75), **okafor, "release_on_file": "yes",
-         "release_on": day(70), "treatment_focus": "CBT for worry; applied relaxation",
-         "closed_on": day(6),
-         "closing_summary": "Eleven sessions; GAD-7 fell from 15 to 5. Relapse-prevention plan "
-                            "in place; no further treatment needed now."},
-        {"ref": "R-1004", "received_on": day(30), **brandt, "release_on_file": "yes",
-         "release_on": day(10), "treatment_focus": "Grief-focused therapy",
-         "prescriber": "Dr. Lena Marsh", "prescriber_email": "lmarsh@uptown-psych.example",
-         "prescriber_release_on_file": "yes", "prescriber_release_on": day(9)},
-        {"ref": "R-1005", "received_on": day(5), "physician": "Dr. Omar Haddad",
-         "specialty": "internal medicine", "practice": "Riverside Clinic",
-         "release_on_file": "yes", "treatment_focus": "CBT-E"},
+        {
+            "ref": "R-1001",
+            "received_on": day(7),
+            **okafor,
+            "release_on_file": "yes",
+            "treatment_focus": "CBT with interoceptive exposure",
+        },
+        {
+            "ref": "R-1002",
+            "received_on": day(3),
+            **brandt,
+            "release_on_file": "no",
+            "treatment_focus": "Behavioral activation; sleep scheduling",
+        },
+        {
+            "ref": "R-1003",
+            "received_on": day(75),
+            **okafor,
+            "release_on_file": "yes",
+            "release_on": day(70),
+            "treatment_focus": "CBT for worry; applied relaxation",
+            "closed_on": day(6),
+            "closing_summary": "Eleven sessions; GAD-7 fell from 15 to 5. Relapse-prevention plan "
+            "in place; no further treatment needed now.",
+        },
+        {
+            "ref": "R-1004",
+            "received_on": day(30),
+            **brandt,
+            "release_on_file": "yes",
+            "release_on": day(10),
+            "treatment_focus": "Grief-focused therapy",
+            "prescriber": "Dr. Lena Marsh",
+            "prescriber_email": "lmarsh@uptown-psych.example",
+            "prescriber_release_on_file": "yes",
+            "prescriber_release_on": day(9),
+        },
+        {
+            "ref": "R-1005",
+            "received_on": day(5),
+            "physician": "Dr. Omar Haddad",
+            "specialty": "internal medicine",
+            "practice": "Riverside Clinic",
+            "release_on_file": "yes",
+            "treatment_focus": "CBT-E",
+        },
     ]
     for row, (name, dob, problem) in zip(rows, SAMPLE_CLIENTS, strict=True):
         row.update(client_name=name, client_dob=dob, presenting_problem=problem)
@@ -64,14 +102,24 @@ def _referrals(today: date) -> list[dict[str, str]]:
 
 def _visits(today: date) -> list[dict[str, str]]:
     return [
-        {"visited_on": (today - timedelta(days=20)).isoformat(),
-         "practice": "Lakeside Internal Medicine", "physician": "Dr. Miriam Okafor",
-         "specialty": "internal medicine", "business_manager": "Pat Lindqvist",
-         "cards_left": "10", "handouts_left": "5"},
-        {"visited_on": (today - timedelta(days=2)).isoformat(),
-         "practice": "Cedar Women's Health", "physician": "Dr. Elena Ruiz",
-         "specialty": "OB/GYN", "business_manager": "Morgan Ellis", "cards_left": "10",
-         "handouts_left": "5"},
+        {
+            "visited_on": (today - timedelta(days=20)).isoformat(),
+            "practice": "Lakeside Internal Medicine",
+            "physician": "Dr. Miriam Okafor",
+            "specialty": "internal medicine",
+            "business_manager": "Pat Lindqvist",
+            "cards_left": "10",
+            "handouts_left": "5",
+        },
+        {
+            "visited_on": (today - timedelta(days=2)).isoformat(),
+            "practice": "Cedar Women's Health",
+            "physician": "Dr. Elena Ruiz",
+            "specialty": "OB/GYN",
+            "business_manager": "Morgan Ellis",
+            "cards_left": "10",
+            "handouts_left": "5",
+        },
     ]
 
 
@@ -81,8 +129,9 @@ def prepare_home(home: Path) -> None:
     patient details, as real ones would)."""
     if home.exists() and any(home.iterdir()):
         if not (home / MARKER).exists():
-            raise DemoRefused(f"{home} exists and is not a followupd demo; name an empty or "
-                              "new folder")
+            raise DemoRefused(
+                f"{home} exists and is not a followupd demo; name an empty or new folder"
+            )
         shutil.rmtree(home)
     make_private_dir(home)
     write_private(home / MARKER, "made by `followupd demo`; safe to delete\n")
@@ -92,6 +141,11 @@ def prepare_home(home: Path) -> None:
 def load_samples(store: Store, today: date) -> None:
     directory = Directory()
     with store.session() as session:
-        upsert_referrals(session, [parse_referral(r) for r in _referrals(today)], directory,
-                         by="demo", today=today)
+        upsert_referrals(
+            session,
+            [parse_referral(r) for r in _referrals(today)],
+            directory,
+            by="demo",
+            today=today,
+        )
         upsert_visits(session, [parse_visit(v) for v in _visits(today)], directory)

@@ -159,11 +159,14 @@ def settle_time(settings: Settings) -> timedelta:
 def rules_fingerprint(settings: Settings) -> str:
     """Changes whenever anything that decides what is planned changes: then re-plan all."""
     config = settings.config
-    material = json.dumps({
-        "rules": [rule.model_dump(mode="json") for rule in config.rules],
-        "holidays": [str(day) for day in config.holidays],
-        "timezone": config.practice.timezone,
-    }, sort_keys=True)
+    material = json.dumps(
+        {
+            "rules": [rule.model_dump(mode="json") for rule in config.rules],
+            "holidays": [str(day) for day in config.holidays],
+            "timezone": config.practice.timezone,
+        },
+        sort_keys=True,
+    )
     return hashlib.sha256(material.encode()).hexdigest()[:16]
 
 
@@ -174,8 +177,10 @@ def _address(row, role: str, label: str) -> str | None:
         return f"no email address for the {role} of {label}"
     if check:
         who = getattr(row, f"{role}_id", None)
-        return (f"the {role}'s email address for {label} waits for confirmation ({check}): "
-                f"check it, then run `followupd physician confirm {who}`")
+        return (
+            f"the {role}'s email address for {label} waits for confirmation ({check}): "
+            f"check it, then run `followupd physician confirm {who}`"
+        )
     return None
 
 
@@ -185,48 +190,74 @@ def referral_subject(row) -> Subject:
     events = {"referral.received": row.received_on}
     if row.closed_on:
         events["referral.closed"] = row.closed_on
-    releases = {"physician": bool(row.release_on_file),
-                "prescriber": bool(row.prescriber_id and row.prescriber_release_on_file)}
-    dates = {role: on for role, on in (("physician", row.release_on),
-                                        ("prescriber", row.prescriber_release_on)) if on}
+    releases = {
+        "physician": bool(row.release_on_file),
+        "prescriber": bool(row.prescriber_id and row.prescriber_release_on_file),
+    }
+    dates = {
+        role: on
+        for role, on in (("physician", row.release_on), ("prescriber", row.prescriber_release_on))
+        if on
+    }
     recipients = {"physician": _address(row, "physician", label)}
     if row.prescriber_id:
         recipients["prescriber"] = _address(row, "prescriber", label)
-    return Subject("referral", row.id, label, row.specialty, releases, recipients, events,
-                   dates, closed=bool(row.closed_on))
+    return Subject(
+        "referral",
+        row.id,
+        label,
+        row.specialty,
+        releases,
+        recipients,
+        events,
+        dates,
+        closed=bool(row.closed_on),
+    )
 
 
 def visit_subject(row) -> Subject:
     label = f"visit {row.id}"
     recipients = {"physician": _address(row, "physician", label)} if row.physician_id else {}
-    return Subject("visit", row.id, label, row.specialty, None, recipients,
-                   {"visit.logged": row.visited_on})
+    return Subject(
+        "visit", row.id, label, row.specialty, None, recipients, {"visit.logged": row.visited_on}
+    )
 
 
 def bundle_subject(bundle: Bundle) -> Subject | None:
     """The same view, built from the rows loaded for delivery (None: the subject is gone)."""
     if bundle.referral is not None:
         referral, doctor, prescriber = bundle.referral, bundle.physician, bundle.prescriber
-        return referral_subject(SimpleNamespace(
-            id=referral.id, ref=referral.ref, received_on=referral.received_on,
-            closed_on=referral.closed_on, release_on_file=referral.release_on_file,
-            release_on=referral.release_on,
-            prescriber_release_on_file=referral.prescriber_release_on_file,
-            prescriber_release_on=referral.prescriber_release_on,
-            specialty=doctor.specialty if doctor else None,
-            physician_id=referral.physician_id,
-            physician_email=doctor.email if doctor else None,
-            physician_email_check=doctor.email_check if doctor else None,
-            prescriber_id=referral.prescriber_id,
-            prescriber_email=prescriber.email if prescriber else None,
-            prescriber_email_check=prescriber.email_check if prescriber else None))
+        return referral_subject(
+            SimpleNamespace(
+                id=referral.id,
+                ref=referral.ref,
+                received_on=referral.received_on,
+                closed_on=referral.closed_on,
+                release_on_file=referral.release_on_file,
+                release_on=referral.release_on,
+                prescriber_release_on_file=referral.prescriber_release_on_file,
+                prescriber_release_on=referral.prescriber_release_on,
+                specialty=doctor.specialty if doctor else None,
+                physician_id=referral.physician_id,
+                physician_email=doctor.email if doctor else None,
+                physician_email_check=doctor.email_check if doctor else None,
+                prescriber_id=referral.prescriber_id,
+                prescriber_email=prescriber.email if prescriber else None,
+                prescriber_email_check=prescriber.email_check if prescriber else None,
+            )
+        )
     if bundle.visit is not None:
         visit, doctor = bundle.visit, bundle.physician
-        return visit_subject(SimpleNamespace(
-            id=visit.id, visited_on=visit.visited_on, physician_id=visit.physician_id,
-            specialty=visit.specialty or (doctor.specialty if doctor else None),
-            physician_email=doctor.email if doctor else None,
-            physician_email_check=doctor.email_check if doctor else None))
+        return visit_subject(
+            SimpleNamespace(
+                id=visit.id,
+                visited_on=visit.visited_on,
+                physician_id=visit.physician_id,
+                specialty=visit.specialty or (doctor.specialty if doctor else None),
+                physician_email=doctor.email if doctor else None,
+                physician_email_check=doctor.email_check if doctor else None,
+            )
+        )
     return None
 
 
@@ -243,8 +274,14 @@ def released_to(bundle: Bundle, rule: Rule) -> bool:
 class Engine:
     """Runs ticks for one home: its settings, its store and its delivery backend."""
 
-    def __init__(self, settings: Settings, store: Store, backend: Backend | None = None,
-                 clock: Callable[[], datetime] = utcnow, owner: str | None = None):
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        backend: Backend | None = None,
+        clock: Callable[[], datetime] = utcnow,
+        owner: str | None = None,
+    ):
         self.settings = settings
         self.store = store
         self.clock = clock
@@ -262,10 +299,13 @@ class Engine:
         self.enabled = [rule for rule in settings.config.rules if rule.enabled]
         # Rules whose notes show patient details: gated by a release, taken back on a revoke.
         self.patient_rules = frozenset(
-            rule.name for rule in self.enabled
-            if rule.make == "draft" and self.templates.uses_patient_fields(rule.template))
+            rule.name
+            for rule in self.enabled
+            if rule.make == "draft" and self.templates.uses_patient_fields(rule.template)
+        )
         self.needs_release = self.patient_rules | frozenset(
-            rule.name for rule in self.enabled if rule.when.release == "required")
+            rule.name for rule in self.enabled if rule.when.release == "required"
+        )
         config = settings.config
         self.calendar = Calendar(config.practice.zone, frozenset(config.holidays))
         self.fingerprint = rules_fingerprint(settings)
@@ -293,13 +333,17 @@ class Engine:
     def unassigned(self, therapist: str | None) -> str | None:
         """Why a follow-up of `therapist` cannot go out under this configuration, or None."""
         if therapist is None and len(self.settings.config.therapists) > 1:
-            return ("no therapist: several are configured (import it again with a "
-                    "`therapist` column to say whose it is)")
+            return (
+                "no therapist: several are configured (import it again with a "
+                "`therapist` column to say whose it is)"
+            )
         try:
             self.view(therapist)
         except KeyError:
-            return (f"therapist {therapist!r} is not in followupd.yaml (add them under "
-                    "`therapists:`, or change the referral's or visit's therapist)")
+            return (
+                f"therapist {therapist!r} is not in followupd.yaml (add them under "
+                "`therapists:`, or change the referral's or visit's therapist)"
+            )
         return None
 
     def backend_for(self, therapist: str | None) -> Backend:
@@ -325,8 +369,9 @@ class Engine:
         """Quota buckets in the database when replicas may share a mailbox (PostgreSQL)."""
         if self.store.engine.dialect.name != "postgresql":
             return None
-        return lambda name, per_minute, burst: SharedTokenBucket(self.store, name, per_minute,
-                                                                 burst)
+        return lambda name, per_minute, burst: SharedTokenBucket(
+            self.store, name, per_minute, burst
+        )
 
     def close(self) -> None:
         for backend in {id(b): b for b in self._backends.values()}.values():
@@ -339,8 +384,7 @@ class Engine:
     def tick(self) -> TickReport:
         report = TickReport()
         with self.store.session() as session:
-            expired = expire_dead_claims(session, self.host, _pid_alive, self.clock(),
-                                         self.settle)
+            expired = expire_dead_claims(session, self.host, _pid_alive, self.clock(), self.settle)
         if expired:
             log.warning("recovered claims of a process that died", follow_ups=expired)
         self.plan(report)
@@ -362,9 +406,13 @@ class Engine:
 
     def heartbeat(self, report: TickReport) -> None:
         """Record that a tick completed, for `followupd health` (ids and counts only)."""
-        beat = {"at": self.clock().isoformat(timespec="seconds"), "owner": self.owner[:60],
-                "delivered": len(report.delivered), "failed": len(report.failed),
-                "waiting": len(report.waiting)}
+        beat = {
+            "at": self.clock().isoformat(timespec="seconds"),
+            "owner": self.owner[:60],
+            "delivered": len(report.delivered),
+            "failed": len(report.failed),
+            "waiting": len(report.waiting),
+        }
         with self.store.session() as session:
             write_meta(session, HEARTBEAT, json.dumps(beat))
             if self.settings.config.delivery.backend == "google":
@@ -391,8 +439,9 @@ class Engine:
             by_mailbox.setdefault(row.therapist, []).append(row)
         later = now + self.settings.config.schedule.sync.as_timedelta()
         for therapist, mine in by_mailbox.items():
-            if therapist in report.stopped_for or \
-                    not self._sync_mailbox(therapist, mine, installation, now, report):
+            if therapist in report.stopped_for or not self._sync_mailbox(
+                therapist, mine, installation, now, report
+            ):
                 self._sync_later(mine, later)  # else they would block the other mailboxes
         return report
 
@@ -401,8 +450,14 @@ class Engine:
             for row in rows:
                 record_sync(session, row.id, next_attempt_at=later)
 
-    def _sync_mailbox(self, therapist: str | None, rows: list[FollowUp], installation: str,
-                      now: datetime, report: TickReport) -> bool:
+    def _sync_mailbox(
+        self,
+        therapist: str | None,
+        rows: list[FollowUp],
+        installation: str,
+        now: datetime,
+        report: TickReport,
+    ) -> bool:
         """Check one mailbox's drafts; False if it cannot be checked now."""
         try:
             backend = self.backend_for(therapist)
@@ -415,18 +470,21 @@ class Engine:
             for row in rows:
                 found = states.get(row.id)
                 if found is None or found.state == "present":
-                    moved = {"external_id": f"gmail:{found.draft_id}"} \
-                        if found and found.draft_id else {}
+                    moved = (
+                        {"external_id": f"gmail:{found.draft_id}"}
+                        if found and found.draft_id
+                        else {}
+                    )
                     if found and found.thread_id:
                         moved["thread_id"] = found.thread_id
                     record_sync(session, row.id, next_attempt_at=later, **moved)
                     continue
-                reason = {"sent": f"sent {found.sent_at:%Y-%m-%d %H:%M} UTC"
-                          if found.sent_at else "sent",
-                          "deleted": "deleted from Gmail drafts without sending",
-                          "gone": "no longer in Gmail drafts (sent or deleted)"}[found.state]
-                record_sync(session, row.id, state=found.state, reason=reason,
-                            next_attempt_at=None)
+                reason = {
+                    "sent": f"sent {found.sent_at:%Y-%m-%d %H:%M} UTC" if found.sent_at else "sent",
+                    "deleted": "deleted from Gmail drafts without sending",
+                    "gone": "no longer in Gmail drafts (sent or deleted)",
+                }[found.state]
+                record_sync(session, row.id, state=found.state, reason=reason, next_attempt_at=None)
                 report.synced.append((row.id, found.state))
                 log.info("synced", follow_up=row.id, state=found.state)
         report.reachable.add(therapist)
@@ -440,8 +498,10 @@ class Engine:
             follow_up_id=row.id,
             draft_id=external.removeprefix("gmail:") if external.startswith("gmail:") else None,
             message_id=message_id(installation, row.id, domain),
-            tag=draft_tag(installation, row.id), thread_id=row.thread_id,
-            attempt=row.attempts)
+            tag=draft_tag(installation, row.id),
+            thread_id=row.thread_id,
+            attempt=row.attempts,
+        )
 
     # --- withdraw ---------------------------------------------------------------------
 
@@ -451,8 +511,9 @@ class Engine:
         seen: set[int] = set()
         while not self.stopping:
             with self.store.session() as session:
-                claimed = claim_withdrawals(session, self.clock(), self.owner, self.lease,
-                                            CLAIM_BATCH)
+                claimed = claim_withdrawals(
+                    session, self.clock(), self.owner, self.lease, CLAIM_BATCH
+                )
                 claimed = [(i, f) for i, f in claimed if i not in seen]
                 if not claimed:
                     break
@@ -463,31 +524,40 @@ class Engine:
             self._withdraw_batch(rows, fences, installation, report)
         return report
 
-    def _withdraw_batch(self, rows: list[FollowUp], fences: dict[int, int], installation: str,
-                        report: TickReport) -> None:
+    def _withdraw_batch(
+        self, rows: list[FollowUp], fences: dict[int, int], installation: str, report: TickReport
+    ) -> None:
         by_backend: dict[tuple[str, str | None], list[FollowUp]] = {}
         for row in rows:
-            where = "outbox" if (row.external_id or "").startswith("outbox:") or (
-                row.external_id is None and self.settings.config.delivery.backend == "outbox") \
+            where = (
+                "outbox"
+                if (row.external_id or "").startswith("outbox:")
+                or (row.external_id is None and self.settings.config.delivery.backend == "outbox")
                 else "google"
+            )
             by_backend.setdefault((where, row.therapist), []).append(row)
         results = []
         for (where, therapist), mine in by_backend.items():
-            results += zip(mine, self._withdraw_from(where, therapist, mine, installation),
-                           strict=True)
+            results += zip(
+                mine, self._withdraw_from(where, therapist, mine, installation), strict=True
+            )
         with self.store.session() as session:
             for row, outcome in results:
                 self._record_withdrawal(session, row, fences[row.id], outcome, report)
 
-    def _withdraw_from(self, where: str, therapist: str | None, rows: list[FollowUp],
-                       installation: str) -> list:
+    def _withdraw_from(
+        self, where: str, therapist: str | None, rows: list[FollowUp], installation: str
+    ) -> list:
         try:
             backend = self._outbox() if where == "outbox" else self.backend_for(therapist)
             refs = [self.draft_ref(row, installation) for row in rows]
             return backend.withdraw(refs)
         except (KeyError, ConfigError) as exc:
-            problem = exc.problems[0] if isinstance(exc, ConfigError) else \
-                f"therapist {therapist!r} is not in followupd.yaml"
+            problem = (
+                exc.problems[0]
+                if isinstance(exc, ConfigError)
+                else f"therapist {therapist!r} is not in followupd.yaml"
+            )
             return [DeliveryError(problem, systemic=True)] * len(rows)
         except Exception as exc:  # a bug must not lose the withdrawal
             log.error("backend error", error=type(exc).__name__)
@@ -501,12 +571,14 @@ class Engine:
 
         return OutboxBackend(self.settings.outbox_dir)
 
-    def _record_withdrawal(self, session: Session, row: FollowUp, fence: int, outcome,
-                           report: TickReport) -> None:
+    def _record_withdrawal(
+        self, session: Session, row: FollowUp, fence: int, outcome, report: TickReport
+    ) -> None:
         fields = {"follow_up": row.id, "rule": row.rule, "therapist": row.therapist}
         if isinstance(outcome, Withdrawn):
-            where = "the outbox" if (row.external_id or "").startswith("outbox:") else \
-                "Gmail drafts"
+            where = (
+                "the outbox" if (row.external_id or "").startswith("outbox:") else "Gmail drafts"
+            )
             if outcome.state == "gone" and row.external_id is None:
                 # never recorded as made, and not among the drafts: nothing to take back
                 outcome = Withdrawn("withdrawn")
@@ -515,42 +587,67 @@ class Engine:
                 outcome = Withdrawn("withdrawn")  # our delete went through; its answer did not
                 where = "Gmail drafts (the answer to the delete was lost; the draft is gone)"
             state, reason = {
-                "withdrawn": (State.withdrawn, f"withdrawn from {where}: the release of "
-                                               "information was revoked"),
-                "sent": (State.sent, "disclosed: sent before the release of information was "
-                                     "revoked" + (f" (sent {outcome.sent_at:%Y-%m-%d %H:%M} UTC)"
-                                                  if outcome.sent_at else "")),
-                "gone": (State.gone, "may have been disclosed: it left Drafts (sent or "
-                                     "deleted) before the release of information was revoked"),
+                "withdrawn": (
+                    State.withdrawn,
+                    f"withdrawn from {where}: the release of information was revoked",
+                ),
+                "sent": (
+                    State.sent,
+                    "disclosed: sent before the release of information was "
+                    "revoked"
+                    + (f" (sent {outcome.sent_at:%Y-%m-%d %H:%M} UTC)" if outcome.sent_at else ""),
+                ),
+                "gone": (
+                    State.gone,
+                    "may have been disclosed: it left Drafts (sent or "
+                    "deleted) before the release of information was revoked",
+                ),
             }[outcome.state]
-            self._record(row.id, fence, session=session, state=state, reason=reason,
-                         next_attempt_at=None)
+            self._record(
+                row.id, fence, session=session, state=state, reason=reason, next_attempt_at=None
+            )
             report.withdrawn.append((row.id, state))
-            log.info("withdrawn" if state == State.withdrawn else "disclosed", state=state,
-                     **fields)
+            log.info(
+                "withdrawn" if state == State.withdrawn else "disclosed", state=state, **fields
+            )
             return
-        delay = timedelta(seconds=outcome.retry_after) if outcome.retry_after else min(
-            MAX_BACKOFF, timedelta(seconds=random.uniform(0, 30 * 2 ** min(row.attempts, 10))))
+        delay = (
+            timedelta(seconds=outcome.retry_after)
+            if outcome.retry_after
+            else min(
+                MAX_BACKOFF, timedelta(seconds=random.uniform(0, 30 * 2 ** min(row.attempts, 10)))
+            )
+        )
         reason = f"{DELETE_SENT if outcome.maybe_done else 'to withdraw: '}{outcome.reason}"
-        self._record(row.id, fence, session=session, state=State.withdraw, reason=reason,
-                     next_attempt_at=self.clock() + delay)
+        self._record(
+            row.id,
+            fence,
+            session=session,
+            state=State.withdraw,
+            reason=reason,
+            next_attempt_at=self.clock() + delay,
+        )
         report.waiting.append((row.id, reason))
-        log.warning("withdrawal waiting", reason=outcome.reason,
-                    retry_in=int(delay.total_seconds()), **fields)
+        log.warning(
+            "withdrawal waiting",
+            reason=outcome.reason,
+            retry_in=int(delay.total_seconds()),
+            **fields,
+        )
 
     # --- plan -------------------------------------------------------------------------
 
     def plan(self, report: TickReport | None = None) -> TickReport:
         """Bring the ledger up to date with every referral and visit changed since last time."""
         report = report or TickReport()
-        if self._orphans_checked is None or \
-                self.clock() - self._orphans_checked >= ORPHAN_CHECK:
+        if self._orphans_checked is None or self.clock() - self._orphans_checked >= ORPHAN_CHECK:
             with self.store.session() as session:
                 report.cancelled += cancel_orphans(session, [r.name for r in self.enabled])
             self._orphans_checked = self.clock()
         for subject_type, read, to_subject in (
-                ("referral", changed_referrals, referral_subject),
-                ("visit", changed_visits, visit_subject)):
+            ("referral", changed_referrals, referral_subject),
+            ("visit", changed_visits, visit_subject),
+        ):
             self._plan_table(subject_type, read, to_subject, report)
         return report
 
@@ -572,8 +669,7 @@ class Engine:
             with self.store.session() as session:
                 rows = read(session, position, after, PAGE)
                 if rows:
-                    self._reconcile(session, subject_type, [to_subject(r) for r in rows],
-                                    report)
+                    self._reconcile(session, subject_type, [to_subject(r) for r in rows], report)
             if not rows:
                 break
             after = newest = (rows[-1].updated_at, rows[-1].id)
@@ -585,34 +681,67 @@ class Engine:
                 with self.store.session() as session:
                     write_cursor(session, cursor_name, target, prefix=prefix)
 
-    def _reconcile(self, session, subject_type: str, subjects: list[Subject],
-                   report: TickReport) -> None:
+    def _reconcile(
+        self, session, subject_type: str, subjects: list[Subject], report: TickReport
+    ) -> None:
         wanted: list[Desired] = []
         for subject in subjects:
-            wanted += planning.desired(subject, self.enabled, self.calendar, self.needs_release,
-                                       self.patient_rules)
-        existing = [Existing(r.id, r.rule, r.subject_type, r.subject_id, r.state, r.due_at,
-                             r.remind_at, r.reason, r.external_id)
-                    for r in ledger_rows(session, subject_type, [s.id for s in subjects])]
+            wanted += planning.desired(
+                subject, self.enabled, self.calendar, self.needs_release, self.patient_rules
+            )
+        existing = [
+            Existing(
+                r.id,
+                r.rule,
+                r.subject_type,
+                r.subject_id,
+                r.state,
+                r.due_at,
+                r.remind_at,
+                r.reason,
+                r.external_id,
+            )
+            for r in ledger_rows(session, subject_type, [s.id for s in subjects])
+        ]
         changes = planning.reconcile(wanted, existing, [(s.type, s.id) for s in subjects])
         if not changes:
             return
-        insert_follow_ups(session, [{
-            "rule": d.rule, "subject_type": d.subject_type, "subject_id": d.subject_id,
-            "kind": d.kind, "due_at": d.due_at, "remind_at": d.remind_at,
-            "state": State.held if d.hold else State.planned, "reason": d.hold,
-        } for d in changes.inserts])
+        insert_follow_ups(
+            session,
+            [
+                {
+                    "rule": d.rule,
+                    "subject_type": d.subject_type,
+                    "subject_id": d.subject_id,
+                    "kind": d.kind,
+                    "due_at": d.due_at,
+                    "remind_at": d.remind_at,
+                    "state": State.held if d.hold else State.planned,
+                    "reason": d.hold,
+                }
+                for d in changes.inserts
+            ],
+        )
         update_follow_ups(session, changes.updates)
         report.inserted += len(changes.inserts)
         report.changed += len(changes.updates)
         for desired in changes.inserts:
-            log.info("planned", rule=desired.rule, subject=f"{desired.subject_type}:"
-                     f"{desired.subject_id}", kind=desired.kind,
-                     due_at=desired.due_at.isoformat(), held=bool(desired.hold))
+            log.info(
+                "planned",
+                rule=desired.rule,
+                subject=f"{desired.subject_type}:{desired.subject_id}",
+                kind=desired.kind,
+                due_at=desired.due_at.isoformat(),
+                held=bool(desired.hold),
+            )
         for follow_up_id, values in changes.updates:
             if "state" in values:
-                log.info("replanned", follow_up=follow_up_id, state=values["state"],
-                         reason=values.get("reason"))
+                log.info(
+                    "replanned",
+                    follow_up=follow_up_id,
+                    state=values["state"],
+                    reason=values.get("reason"),
+                )
 
     # --- deliver ----------------------------------------------------------------------
 
@@ -632,20 +761,23 @@ class Engine:
             self._deliver_batch(claimed, report, begun)
         return report
 
-    def _deliver_batch(self, claimed: list[tuple[int, int]], report: TickReport,
-                       begun: set[str | None]) -> None:
+    def _deliver_batch(
+        self, claimed: list[tuple[int, int]], report: TickReport, begun: set[str | None]
+    ) -> None:
         ready: list[tuple[int, int, dict, Draft | Reminder]] = []
         with self.store.session() as session:  # one read for the batch: rows it shares
             installation = installation_id(session)  # (physicians, practices) load once
-            bundles = {follow_up_id: load_bundle(session, follow_up_id)
-                       for follow_up_id, _ in claimed}
+            bundles = {
+                follow_up_id: load_bundle(session, follow_up_id) for follow_up_id, _ in claimed
+            }
         for follow_up_id, fence in claimed:
             if self.stopping:  # shutting down: hand back what was not started
                 with self.store.session() as session:
                     release_claim(session, follow_up_id, fence, State.planned)
                 continue
-            prepared = self._prepare(follow_up_id, fence, bundles[follow_up_id],
-                                     installation, report)
+            prepared = self._prepare(
+                follow_up_id, fence, bundles[follow_up_id], installation, report
+            )
             if prepared is not None:
                 ready.append(prepared)
         if not ready:
@@ -660,23 +792,31 @@ class Engine:
         with self.store.session() as session:  # the batch's results in one commit
             for (follow_up_id, fence, fields, _), outcome in results:
                 self._record_outcome(follow_up_id, fence, fields, outcome, report, session)
-        self._recheck_releases([bundles[i] for (i, _, _, _), outcome in results
-                                if isinstance(outcome, Delivered)], report)
+        self._recheck_releases(
+            [bundles[i] for (i, _, _, _), outcome in results if isinstance(outcome, Delivered)],
+            report,
+        )
 
     def _recheck_releases(self, delivered: list[Bundle], report: TickReport) -> None:
         """Plan again, now, the referrals whose notes with patient details just went out: a
         release revoked while the batch was at Google takes them back at once (planning read
         those referrals while their rows were claimed, and left them alone)."""
-        ids = sorted({b.referral.id for b in delivered if b.referral is not None
-                      and b.follow_up.rule in self.patient_rules})
+        ids = sorted(
+            {
+                b.referral.id
+                for b in delivered
+                if b.referral is not None and b.follow_up.rule in self.patient_rules
+            }
+        )
         if not ids:
             return
         with self.store.session() as session:
             rows = referrals_by_id(session, ids)
             self._reconcile(session, "referral", [referral_subject(r) for r in rows], report)
 
-    def _deliver_to(self, therapist: str | None, items: list[Draft | Reminder],
-                    begun: set[str | None]) -> list:
+    def _deliver_to(
+        self, therapist: str | None, items: list[Draft | Reminder], begun: set[str | None]
+    ) -> list:
         try:
             backend = self.backend_for(therapist)
         except ConfigError as exc:  # this therapist's credentials are missing: the rest go on
@@ -690,32 +830,46 @@ class Engine:
             log.error("backend error", error=type(exc).__name__)
             return [DeliveryError(f"internal error ({type(exc).__name__})")] * len(items)
 
-    def _prepare(self, follow_up_id: int, fence: int, bundle: Bundle, installation: str,
-                 report: TickReport) -> tuple[int, int, dict, Draft | Reminder] | None:
+    def _prepare(
+        self, follow_up_id: int, fence: int, bundle: Bundle, installation: str, report: TickReport
+    ) -> tuple[int, int, dict, Draft | Reminder] | None:
         """Gate and render one claimed follow-up; None if it is settled without delivery."""
         follow_up = bundle.follow_up
         rule = self.rules.get(follow_up.rule)
         therapist = self.therapist_of(bundle)
-        fields = {"follow_up": follow_up_id, "rule": follow_up.rule, "kind": follow_up.kind,
-                  "attempt": follow_up.attempts, "therapist": therapist}
+        fields = {
+            "follow_up": follow_up_id,
+            "rule": follow_up.rule,
+            "kind": follow_up.kind,
+            "attempt": follow_up.attempts,
+            "therapist": therapist,
+        }
         wanted, gone = self._gate(bundle, rule)
         not_an_attempt = FollowUp.attempts - 1  # the claim counted one; nothing was tried
         if gone:
-            self._record(follow_up_id, fence, state=State.cancelled, reason=gone,
-                         attempts=not_an_attempt)
+            self._record(
+                follow_up_id, fence, state=State.cancelled, reason=gone, attempts=not_an_attempt
+            )
             report.cancelled += 1
             log.info("cancelled", reason=gone, **fields)
             return None
         if wanted.hold:
-            self._record(follow_up_id, fence, state=State.held, reason=wanted.hold,
-                         attempts=not_an_attempt)
+            self._record(
+                follow_up_id, fence, state=State.held, reason=wanted.hold, attempts=not_an_attempt
+            )
             report.held.append((follow_up_id, wanted.hold))
             log.info("held", reason=wanted.hold, **fields)
             return None
         stop = self.unassigned(therapist) or report.stopped_for.get(therapist)
         if stop:
-            self._record(follow_up_id, fence, state=State.waiting, reason=stop,
-                         next_attempt_at=self.clock() + MAX_BACKOFF, attempts=not_an_attempt)
+            self._record(
+                follow_up_id,
+                fence,
+                state=State.waiting,
+                reason=stop,
+                next_attempt_at=self.clock() + MAX_BACKOFF,
+                attempts=not_an_attempt,
+            )
             report.waiting.append((follow_up_id, stop))
             return None
         try:
@@ -724,22 +878,41 @@ class Engine:
             self._fail(follow_up_id, fence, str(exc), report, fields)
             return None
         except Exception as exc:  # a bug must not stop the other follow-ups
-            self._fail(follow_up_id, fence, f"internal error ({type(exc).__name__})", report,
-                       fields)
+            self._fail(
+                follow_up_id, fence, f"internal error ({type(exc).__name__})", report, fields
+            )
             return None
         return follow_up_id, fence, fields, replace(item, attempt=follow_up.attempts)
 
-    def _record_outcome(self, follow_up_id: int, fence: int, fields: dict, outcome,
-                        report: TickReport, session: Session) -> None:
+    def _record_outcome(
+        self,
+        follow_up_id: int,
+        fence: int,
+        fields: dict,
+        outcome,
+        report: TickReport,
+        session: Session,
+    ) -> None:
         if isinstance(outcome, Delivered):
             thread = {"thread_id": outcome.thread_id} if outcome.thread_id else {}
-            self._record(follow_up_id, fence, state=outcome.state, session=session,
-                         external_id=outcome.external_id, reason=None, next_attempt_at=None,
-                         therapist=fields["therapist"], **thread)
+            self._record(
+                follow_up_id,
+                fence,
+                state=outcome.state,
+                session=session,
+                external_id=outcome.external_id,
+                reason=None,
+                next_attempt_at=None,
+                therapist=fields["therapist"],
+                **thread,
+            )
             report.delivered.append((follow_up_id, fields["kind"], outcome.external_id))
             report.reachable.add(fields["therapist"])
-            log.info("delivered" if outcome.state == State.done else outcome.state,
-                     external_id=outcome.external_id, **fields)
+            log.info(
+                "delivered" if outcome.state == State.done else outcome.state,
+                external_id=outcome.external_id,
+                **fields,
+            )
             return
         if outcome.permanent:
             self._fail(follow_up_id, fence, outcome.reason, report, fields, session)
@@ -748,22 +921,41 @@ class Engine:
         if outcome.systemic:  # this mailbox's credentials: its other items wait too
             reason = auth_hint(reason, fields["therapist"])
             report.stopped = report.stopped_for[fields["therapist"]] = reason
-        delay = timedelta(seconds=outcome.retry_after) if outcome.retry_after else min(
-            MAX_BACKOFF, timedelta(seconds=random.uniform(0, 30 * 2 ** min(fields["attempt"], 10))))
-        self._record(follow_up_id, fence, state=State.waiting, reason=reason,
-                     next_attempt_at=self.clock() + delay, session=session)
+        delay = (
+            timedelta(seconds=outcome.retry_after)
+            if outcome.retry_after
+            else min(
+                MAX_BACKOFF,
+                timedelta(seconds=random.uniform(0, 30 * 2 ** min(fields["attempt"], 10))),
+            )
+        )
+        self._record(
+            follow_up_id,
+            fence,
+            state=State.waiting,
+            reason=reason,
+            next_attempt_at=self.clock() + delay,
+            session=session,
+        )
         report.waiting.append((follow_up_id, reason))
-        log.warning("waiting", reason=reason, retry_in=int(delay.total_seconds()),
-                    **fields)
+        log.warning("waiting", reason=reason, retry_in=int(delay.total_seconds()), **fields)
 
-    def _fail(self, follow_up_id: int, fence: int, reason: str, report: TickReport,
-              fields: dict, session: Session | None = None) -> None:
+    def _fail(
+        self,
+        follow_up_id: int,
+        fence: int,
+        reason: str,
+        report: TickReport,
+        fields: dict,
+        session: Session | None = None,
+    ) -> None:
         self._record(follow_up_id, fence, state=State.failed, reason=reason, session=session)
         report.failed.append((follow_up_id, reason))
         log.error("failed", reason=reason, **fields)
 
-    def _record(self, follow_up_id: int, fence: int, session: Session | None = None,
-                **values) -> None:
+    def _record(
+        self, follow_up_id: int, fence: int, session: Session | None = None, **values
+    ) -> None:
         """Record against the claim's fence (in `session`, else in a transaction of its own);
         a fence that moved means another process took the follow-up over."""
         if session is None:
@@ -780,24 +972,38 @@ class Engine:
         subject = bundle_subject(bundle)
         if subject is None:
             return None, f"the {follow_up.subject_type} was removed"
-        wanted = planning.desired(subject, [rule], self.calendar, self.needs_release,
-                                  self.patient_rules)
+        wanted = planning.desired(
+            subject, [rule], self.calendar, self.needs_release, self.patient_rules
+        )
         if not wanted:
             return None, f"no longer applies to {subject.label}"
         return wanted[0], None
 
-    def render(self, bundle: Bundle, rule: Rule, installation: str,
-               view: Settings) -> Draft | Reminder:
+    def render(
+        self, bundle: Bundle, rule: Rule, installation: str, view: Settings
+    ) -> Draft | Reminder:
         """Render as the therapist's own note or reminder (`view`: their settings)."""
         follow_up = bundle.follow_up
         context = context_for(view, rule, bundle, release=released_to(bundle, rule))
         if rule.make == "draft":
-            return build_draft(self.templates, rule, context, follow_up_id=follow_up.id,
-                               settings=view, installation=installation,
-                               now=self.clock())
-        return build_reminder(self.templates, rule, context, follow_up_id=follow_up.id,
-                              settings=view, installation=installation,
-                              remind_at=follow_up.remind_at or follow_up.due_at)
+            return build_draft(
+                self.templates,
+                rule,
+                context,
+                follow_up_id=follow_up.id,
+                settings=view,
+                installation=installation,
+                now=self.clock(),
+            )
+        return build_reminder(
+            self.templates,
+            rule,
+            context,
+            follow_up_id=follow_up.id,
+            settings=view,
+            installation=installation,
+            remind_at=follow_up.remind_at or follow_up.due_at,
+        )
 
     # --- preview ----------------------------------------------------------------------
 

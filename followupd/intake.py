@@ -78,7 +78,8 @@ def check_utf8(binary: IO[bytes], shown: str) -> int:
             line += chunk[: exc.start].count(b"\n")
             raise ImportRefused(
                 f"{shown}: not UTF-8 text (first bad byte on line {line}); "
-                "in Excel use Save As > \"CSV UTF-8\", in LibreOffice choose UTF-8") from None
+                'in Excel use Save As > "CSV UTF-8", in LibreOffice choose UTF-8'
+            ) from None
         line += chunk.count(b"\n")
         size += len(chunk)
     try:
@@ -112,8 +113,9 @@ def read_header(reader: Iterator[list[str]], kind: Kind, shown: str) -> tuple[li
     try:
         raw = next(reader)
     except StopIteration:
-        raise ImportRefused(f"{shown}: the file is empty (expected a header row: "
-                            f"{', '.join(required)}, ...)") from None
+        raise ImportRefused(
+            f"{shown}: the file is empty (expected a header row: {', '.join(required)}, ...)"
+        ) from None
     except csv.Error as exc:
         raise ImportRefused(f"{shown}: line 1: not a CSV header ({exc})") from None
     header = [normalize_header(name) for name in raw]
@@ -121,7 +123,8 @@ def read_header(reader: Iterator[list[str]], kind: Kind, shown: str) -> tuple[li
     if not ours:  # the first line is data: never repeat it (it may be a client's row)
         raise ImportRefused(
             f"{shown}: line 1 is not a header row (it names none of followupd's columns); "
-            f"add a first line naming the columns, e.g. {','.join(required)}")
+            f"add a first line naming the columns, e.g. {','.join(required)}"
+        )
     duplicates = sorted({name for name in ours if header.count(name) > 1})
     if duplicates:
         raise ImportRefused(f"{shown}: column {', '.join(duplicates)} appears twice in the header")
@@ -131,7 +134,8 @@ def read_header(reader: Iterator[list[str]], kind: Kind, shown: str) -> tuple[li
         others = len([name for name in header if name and name not in known])
         raise ImportRefused(
             f"{shown}: required {plural} {', '.join(missing)} missing from the header "
-            f"(it has {', '.join(ours)}" + (f" and {others} other columns)" if others else ")"))
+            f"(it has {', '.join(ours)}" + (f" and {others} other columns)" if others else ")")
+        )
     ignored = [name for name in header if name and name not in known]
     return header, ignored
 
@@ -152,7 +156,8 @@ def _rows(reader, header: list[str], report: ImportReport, shown: str):
                 report.problems.append(
                     f"line {line}: a field is longer than {FIELD_LIMIT:,} characters; the "
                     f"file cannot be read reliably past it, so nothing from line {line} on "
-                    "was imported")
+                    "was imported"
+                )
                 return
             report.problems.append(f"line {line}: not valid CSV ({exc})")
             continue
@@ -161,16 +166,21 @@ def _rows(reader, header: list[str], report: ImportReport, shown: str):
         if len(values) > len(header):
             report.counts.rejected += 1
             report.problems.append(
-                f"line {line}: {len(values)} values but the header has {len(header)} columns")
+                f"line {line}: {len(values)} values but the header has {len(header)} columns"
+            )
             continue
         yield line, {name: values[i] for i, name in wanted if i < len(values)}
 
 
-def import_csv(store: Store, path: str, kind: Kind,
-               progress: Callable[[int, int | None], None] | None = None,
-               batch_rows: int = BATCH_ROWS,
-               therapists: Therapists = NO_THERAPISTS,
-               today: date | None = None) -> ImportReport:
+def import_csv(
+    store: Store,
+    path: str,
+    kind: Kind,
+    progress: Callable[[int, int | None], None] | None = None,
+    batch_rows: int = BATCH_ROWS,
+    therapists: Therapists = NO_THERAPISTS,
+    today: date | None = None,
+) -> ImportReport:
     """Import a referrals or visits CSV; a bad row is rejected, the rest go in.
 
     `therapists` are the keys a group practice's rows may name in a `therapist` column;
@@ -204,8 +214,9 @@ def import_csv(store: Store, path: str, kind: Kind,
     return report
 
 
-def _write(store: Store, batch, upsert, directory: Directory, report: ImportReport,
-           today: date | None) -> None:
+def _write(
+    store: Store, batch, upsert, directory: Directory, report: ImportReport, today: date | None
+) -> None:
     """One transaction per batch; if the database refuses it, find the row row by row."""
     try:
         with store.session() as session:
@@ -227,12 +238,19 @@ def _write(store: Store, batch, upsert, directory: Directory, report: ImportRepo
     report.flagged.update(directory.flagged)
 
 
-def _upsert(session, upsert, batch, directory: Directory, report: ImportReport,
-            today: date | None) -> list[str]:
+def _upsert(
+    session, upsert, batch, directory: Directory, report: ImportReport, today: date | None
+) -> list[str]:
     if upsert is not upsert_referrals:
         return upsert(session, [record for _, record in batch], directory)
     notices: list[tuple[int, str]] = []
-    outcomes = upsert(session, [record for _, record in batch], directory, by="import",
-                      today=today, notices=notices)
+    outcomes = upsert(
+        session,
+        [record for _, record in batch],
+        directory,
+        by="import",
+        today=today,
+        notices=notices,
+    )
     report.notices += [f"line {batch[index][0]}: {text}" for index, text in notices]
     return outcomes

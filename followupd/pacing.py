@@ -18,9 +18,13 @@ class TokenBucket:
     take reserves its units at once, going into debt if need be, then waits the debt out.
     """
 
-    def __init__(self, per_minute: float, burst: float,
-                 clock: Callable[[], float] = time.monotonic,
-                 sleep: Callable[[float], None] = time.sleep):
+    def __init__(
+        self,
+        per_minute: float,
+        burst: float,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ):
         burst = min(burst, per_minute / 2)
         self.rate = (per_minute - burst) / 60.0
         self.capacity = burst

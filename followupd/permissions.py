@@ -28,8 +28,9 @@ def exposure(path: Path) -> str | None:
     if not open_bits:
         return None
     readable, writable = open_bits & 0o044, open_bits & 0o022
-    how = "readable and writable" if readable and writable else \
-        "writable" if writable else "readable"
+    how = (
+        "readable and writable" if readable and writable else "writable" if writable else "readable"
+    )
     directory = stat.S_ISDIR(info.st_mode)
     fix = f"chmod {PRIVATE_DIR if directory else PRIVATE_FILE:o} {shlex.quote(str(path))}"
     return f"{path}: {how} by other users (mode {mode:04o}); fix it with: {fix}"

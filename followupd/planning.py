@@ -31,9 +31,11 @@ REVOKED = "release of information revoked for {label}"
 # the release for its recipient is revoked.
 UNSENT = (State.done, State.waiting)
 # A note that already left Drafts: reported as disclosed before the revoke.
-LEFT = {State.sent: "disclosed: sent before the release of information was revoked",
-        State.gone: "may have been disclosed: it left Drafts (sent or deleted) before the "
-                    "release of information was revoked"}
+LEFT = {
+    State.sent: "disclosed: sent before the release of information was revoked",
+    State.gone: "may have been disclosed: it left Drafts (sent or deleted) before the "
+    "release of information was revoked",
+}
 
 
 @dataclass(frozen=True)
@@ -112,20 +114,28 @@ class Changes:
 def matches(rule: Rule, subject: Subject) -> bool:
     """Does the rule's `when:` hold for this subject (release aside: that holds, not skips)?"""
     when = rule.when
-    if when.referral != "any" and (subject.type != "referral"
-                                   or subject.closed != (when.referral == "closed")):
+    if when.referral != "any" and (
+        subject.type != "referral" or subject.closed != (when.referral == "closed")
+    ):
         return False
     specialty = normalize_specialty(subject.specialty) if subject.specialty else None
-    if when.specialty is not None and specialty not in {normalize_specialty(s)
-                                                        for s in when.specialty}:
+    if when.specialty is not None and specialty not in {
+        normalize_specialty(s) for s in when.specialty
+    }:
         return False
-    return not (when.specialty_not is not None and specialty in {
-        normalize_specialty(s) for s in when.specialty_not})
+    return not (
+        when.specialty_not is not None
+        and specialty in {normalize_specialty(s) for s in when.specialty_not}
+    )
 
 
-def desired(subject: Subject, rules: Iterable[Rule], calendar: Calendar,
-            needs_release: frozenset[str] = frozenset(),
-            patient_rules: frozenset[str] | None = None) -> list[Desired]:
+def desired(
+    subject: Subject,
+    rules: Iterable[Rule],
+    calendar: Calendar,
+    needs_release: frozenset[str] = frozenset(),
+    patient_rules: frozenset[str] | None = None,
+) -> list[Desired]:
     """The follow-ups this subject should have under the enabled rules.
 
     A reminder is due as soon as its event happened (it goes on the calendar right away) and
@@ -140,8 +150,11 @@ def desired(subject: Subject, rules: Iterable[Rule], calendar: Calendar,
         if not rule.enabled or EVENT_SUBJECT[rule.event] != subject.type:
             continue
         recipient = rule.to if rule.make == "draft" else "physician"
-        day = subject.release_dates.get(recipient) if rule.event == "release.recorded" \
+        day = (
+            subject.release_dates.get(recipient)
+            if rule.event == "release.recorded"
             else subject.events.get(rule.event)
+        )
         if day is None or not matches(rule, subject):
             continue
         if rule.make == "draft" and rule.to not in subject.recipients:
@@ -149,25 +162,52 @@ def desired(subject: Subject, rules: Iterable[Rule], calendar: Calendar,
         start = localize(day, time(0), calendar.zone)
         moment = due_at(start, rule.after, calendar.zone, rule.at, calendar.holidays)
         hold = None
-        if (rule.name in needs_release or rule.when.release == "required") \
-                and not subject.released_to(recipient):
-            whom = subject.label if recipient == "physician" or subject.type != "referral" \
+        if (
+            rule.name in needs_release or rule.when.release == "required"
+        ) and not subject.released_to(recipient):
+            whom = (
+                subject.label
+                if recipient == "physician" or subject.type != "referral"
                 else f"the {recipient} of {subject.label}"
+            )
             hold = NO_RELEASE.format(label=whom)
         elif rule.make == "draft":
             hold = subject.recipients[rule.to]
         patient = rule.make == "draft" and rule.name in patient_rules
         if rule.make == "reminder":
-            out.append(Desired(rule.name, subject.type, subject.id, "reminder", start, moment,
-                               hold, False, recipient))
+            out.append(
+                Desired(
+                    rule.name,
+                    subject.type,
+                    subject.id,
+                    "reminder",
+                    start,
+                    moment,
+                    hold,
+                    False,
+                    recipient,
+                )
+            )
         else:
-            out.append(Desired(rule.name, subject.type, subject.id, "draft", moment, None, hold,
-                               patient, recipient))
+            out.append(
+                Desired(
+                    rule.name,
+                    subject.type,
+                    subject.id,
+                    "draft",
+                    moment,
+                    None,
+                    hold,
+                    patient,
+                    recipient,
+                )
+            )
     return out
 
 
-def reconcile(wanted: Sequence[Desired], existing: Sequence[Existing],
-              subjects: Iterable[tuple[str, int]]) -> Changes:
+def reconcile(
+    wanted: Sequence[Desired], existing: Sequence[Existing], subjects: Iterable[tuple[str, int]]
+) -> Changes:
     """Inserts and updates that make the ledger agree with `wanted` for these subjects.
 
     Only rows that have not gone out are touched: planned and held rows follow the data; a
@@ -191,10 +231,16 @@ def reconcile(wanted: Sequence[Desired], existing: Sequence[Existing],
         if row.key in wanted_keys or (row.subject_type, row.subject_id) not in covered:
             continue
         if row.state in PENDING:
-            changes.updates.append((row.id, {
-                "state": State.cancelled,
-                "reason": f"no longer applies to {row.subject_type} {row.subject_id} "
-                          f"(its event or the rule's conditions changed)"}))
+            changes.updates.append(
+                (
+                    row.id,
+                    {
+                        "state": State.cancelled,
+                        "reason": f"no longer applies to {row.subject_type} {row.subject_id} "
+                        f"(its event or the rule's conditions changed)",
+                    },
+                )
+            )
     return changes
 
 
@@ -213,24 +259,37 @@ def _follow(row: Existing, want: Desired) -> dict:
             update["remind_at"] = want.remind_at
     revoked = bool(want.hold and want.hold.startswith("no release"))
     if row.state == State.planned and revoked:
-        update.update(state=State.cancelled, reason=REVOKED.format(
-            label=want.hold.removeprefix("no release of information on file for ")))
+        update.update(
+            state=State.cancelled,
+            reason=REVOKED.format(
+                label=want.hold.removeprefix("no release of information on file for ")
+            ),
+        )
     elif row.state in PENDING:
         state = State.held if want.hold else State.planned
         if (row.state, row.reason) != (state, want.hold):
             update.update(state=state, reason=want.hold)
     elif row.state == State.cancelled and row.external_id is None and want.hold is None:
-        update.update(state=State.planned, reason=None, due_at=want.due_at,
-                      remind_at=want.remind_at)
+        update.update(
+            state=State.planned, reason=None, due_at=want.due_at, remind_at=want.remind_at
+        )
     elif revoked and want.patient:
         update.update(_take_back(row, want))
     elif row.state == State.withdraw and want.hold is None:  # released again in time
-        update.update(state=State.done if row.external_id else State.planned, reason=None,
-                      attempts=1)  # delivery looks before it creates
+        update.update(
+            state=State.done if row.external_id else State.planned, reason=None, attempts=1
+        )  # delivery looks before it creates
     elif row.state == State.withdrawn and want.hold is None:  # released again: made anew
-        update.update(state=State.planned, reason=None, due_at=want.due_at,
-                      remind_at=want.remind_at, external_id=None, thread_id=None, attempts=1,
-                      next_attempt_at=None)
+        update.update(
+            state=State.planned,
+            reason=None,
+            due_at=want.due_at,
+            remind_at=want.remind_at,
+            external_id=None,
+            thread_id=None,
+            attempts=1,
+            next_attempt_at=None,
+        )
     return update
 
 
@@ -238,8 +297,11 @@ def _take_back(row: Existing, want: Desired) -> dict:
     """A revoked release reaches a note that has gone out or may have."""
     label = want.hold.removeprefix("no release of information on file for ")
     if row.state in UNSENT:
-        values = {"state": State.withdraw, "attempts": 0,
-                  "reason": f"to withdraw: {REVOKED.format(label=label)}"}
+        values = {
+            "state": State.withdraw,
+            "attempts": 0,
+            "reason": f"to withdraw: {REVOKED.format(label=label)}",
+        }
         if row.state == State.done:  # a waiting row keeps its settle time before the look
             values["next_attempt_at"] = None
         return values

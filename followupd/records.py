@@ -17,29 +17,55 @@ from typing import Any
 from email_validator import EmailNotValidError, validate_email
 
 REFERRAL_COLUMNS = (
-    "ref", "received_on", "physician", "physician_email", "physician_fax", "specialty",
-    "practice", "client_name", "client_dob", "presenting_problem", "treatment_focus",
-    "release_on_file", "closed_on", "closing_summary",
+    "ref",
+    "received_on",
+    "physician",
+    "physician_email",
+    "physician_fax",
+    "specialty",
+    "practice",
+    "client_name",
+    "client_dob",
+    "presenting_problem",
+    "treatment_focus",
+    "release_on_file",
+    "closed_on",
+    "closing_summary",
     # Optional, beyond the columns every practice has: the date the release was signed, and
     # the client's prescriber when that is not the referring physician, with the client's
     # release for the prescriber (a release names its recipient: the referring physician's
     # does not cover the prescriber).
-    "release_on", "prescriber", "prescriber_email", "prescriber_release_on_file",
+    "release_on",
+    "prescriber",
+    "prescriber_email",
+    "prescriber_release_on_file",
     "prescriber_release_on",
     # A group practice: whose referral it is (a key from `therapists:` in followupd.yaml).
     "therapist",
 )
 REFERRAL_REQUIRED = ("ref", "received_on", "physician", "client_name")
 VISIT_COLUMNS = (
-    "visited_on", "practice", "physician", "specialty", "business_manager", "cards_left",
-    "handouts_left", "notes", "therapist",
+    "visited_on",
+    "practice",
+    "physician",
+    "specialty",
+    "business_manager",
+    "cards_left",
+    "handouts_left",
+    "notes",
+    "therapist",
 )
 VISIT_REQUIRED = ("visited_on", "practice")
 
 # Free text may run over several lines; everything else is one line.
 MULTILINE = {"presenting_problem", "treatment_focus", "closing_summary", "notes"}
-MAX_LENGTH = {"ref": 64, "physician_fax": 40, "physician_email": 254, "prescriber_email": 254,
-              "specialty": 120}
+MAX_LENGTH = {
+    "ref": 64,
+    "physician_fax": 40,
+    "physician_email": 254,
+    "prescriber_email": 254,
+    "specialty": 120,
+}
 DEFAULT_MAX_LENGTH = 200
 MULTILINE_MAX_LENGTH = 10_000
 
@@ -172,10 +198,13 @@ class Therapists:
         key = text.casefold()
         if key not in self.keys:
             if not self.keys:
-                raise RowError("therapist", "is set but followupd.yaml lists no therapists "
-                                            "(add them under `therapists:`)")
-            raise RowError("therapist", f"is not a therapist in followupd.yaml "
-                                        f"(one of: {self._known()})")
+                raise RowError(
+                    "therapist",
+                    "is set but followupd.yaml lists no therapists (add them under `therapists:`)",
+                )
+            raise RowError(
+                "therapist", f"is not a therapist in followupd.yaml (one of: {self._known()})"
+            )
         return key
 
     def _known(self) -> str:
@@ -197,8 +226,9 @@ def physician_key(name: str, practice: str | None) -> str:
     return f"{fold(name)}|{fold(practice)}"
 
 
-def visit_key(visited_on: date, practice: str, physician: str | None,
-              therapist: str | None = None) -> str:
+def visit_key(
+    visited_on: date, practice: str, physician: str | None, therapist: str | None = None
+) -> str:
     """A visit is one per day, office and physician (and therapist, in a group practice)."""
     key = f"{visited_on.isoformat()}|{fold(practice)}|{fold(physician)}"
     return f"{key}|{therapist}" if therapist else key
@@ -241,8 +271,13 @@ class VisitRecord:
         return PhysicianRecord(self.physician_name, self.practice, self.specialty)
 
     def visit_values(self, practice_id: int, physician_id: int | None) -> dict[str, Any]:
-        return {"visited_on": self.visited_on, "practice_id": practice_id,
-                "physician_id": physician_id, "specialty": self.specialty, **self.fields}
+        return {
+            "visited_on": self.visited_on,
+            "practice_id": practice_id,
+            "physician_id": physician_id,
+            "specialty": self.specialty,
+            **self.fields,
+        }
 
 
 def _therapist(row: Mapping[str, Any], therapists: Therapists, fields: dict[str, Any]) -> None:
@@ -250,8 +285,9 @@ def _therapist(row: Mapping[str, Any], therapists: Therapists, fields: dict[str,
         fields["therapist"] = therapists.parse(row.get("therapist"))
 
 
-def _release(row: Mapping[str, Any], present: set[str], fields: dict[str, Any], flag: str,
-             signed_column: str) -> None:
+def _release(
+    row: Mapping[str, Any], present: set[str], fields: dict[str, Any], flag: str, signed_column: str
+) -> None:
     """A release's columns: on file (yes/no) and, optionally, the date it was signed."""
     if flag in present:
         fields[flag] = parse_yes_no(flag, row[flag])
@@ -262,8 +298,9 @@ def _release(row: Mapping[str, Any], present: set[str], fields: dict[str, Any], 
         fields.update({signed_column: signed, flag: True})
 
 
-def parse_referral(row: Mapping[str, Any],
-                   therapists: Therapists = NO_THERAPISTS) -> ReferralRecord:
+def parse_referral(
+    row: Mapping[str, Any], therapists: Therapists = NO_THERAPISTS
+) -> ReferralRecord:
     """Validate one referral; only the columns present in `row` are set."""
     present = set(row)
     fields: dict[str, Any] = {}
@@ -273,14 +310,17 @@ def parse_referral(row: Mapping[str, Any],
     fields["client_name"] = required_text("client_name", row.get("client_name"))
     if "client_dob" in present:
         fields["client_dob"] = parse_date("client_dob", row["client_dob"])
-        if fields["client_dob"] and (fields["client_dob"] > fields["received_on"]
-                                     or fields["client_dob"].year < 1900):
+        if fields["client_dob"] and (
+            fields["client_dob"] > fields["received_on"] or fields["client_dob"].year < 1900
+        ):
             raise RowError("client_dob", "is not a plausible birth date")
     for column in ("presenting_problem", "treatment_focus", "closing_summary"):
         if column in present:
             fields[column] = clean_text(column, row[column])
-    for flag, signed_column in (("release_on_file", "release_on"),
-                                ("prescriber_release_on_file", "prescriber_release_on")):
+    for flag, signed_column in (
+        ("release_on_file", "release_on"),
+        ("prescriber_release_on_file", "prescriber_release_on"),
+    ):
         _release(row, present, fields, flag, signed_column)
     if "closed_on" in present:
         fields["closed_on"] = parse_date("closed_on", row["closed_on"])
@@ -294,11 +334,21 @@ def parse_referral(row: Mapping[str, Any],
         fax=parse_fax("physician_fax", row.get("physician_fax")),
     )
     prescriber_name = clean_text("prescriber", row.get("prescriber"))
-    prescriber = PhysicianRecord(
-        name=prescriber_name, email=parse_email("prescriber_email", row.get("prescriber_email")),
-    ) if prescriber_name else None
-    return ReferralRecord(ref=ref, physician=physician, fields=fields, prescriber=prescriber,
-                          has_prescriber="prescriber" in present)
+    prescriber = (
+        PhysicianRecord(
+            name=prescriber_name,
+            email=parse_email("prescriber_email", row.get("prescriber_email")),
+        )
+        if prescriber_name
+        else None
+    )
+    return ReferralRecord(
+        ref=ref,
+        physician=physician,
+        fields=fields,
+        prescriber=prescriber,
+        has_prescriber="prescriber" in present,
+    )
 
 
 def parse_visit(row: Mapping[str, Any], therapists: Therapists = NO_THERAPISTS) -> VisitRecord:

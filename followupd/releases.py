@@ -31,9 +31,15 @@ COLUMNS = {
 }
 # The referral column holding the physician a recipient's release must name.
 NAMED = {Recipient.physician: "physician_id", Recipient.prescriber: "prescriber_id"}
-REFERRAL_ROW = (Referral.id, Referral.physician_id, Referral.prescriber_id,
-                Referral.release_on_file, Referral.release_on,
-                Referral.prescriber_release_on_file, Referral.prescriber_release_on)
+REFERRAL_ROW = (
+    Referral.id,
+    Referral.physician_id,
+    Referral.prescriber_id,
+    Referral.release_on_file,
+    Referral.release_on,
+    Referral.prescriber_release_on_file,
+    Referral.prescriber_release_on,
+)
 
 
 @dataclass(frozen=True)
@@ -52,8 +58,7 @@ def claims_of(fields: dict) -> dict[Recipient, Claim]:
         if flag in fields or signed in fields:
             on_file = fields.pop(flag, None)
             signed_on = fields.pop(signed, None)
-            out[recipient] = Claim(True if signed_on and on_file is None else on_file,
-                                   signed_on)
+            out[recipient] = Claim(True if signed_on and on_file is None else on_file, signed_on)
     return out
 
 
@@ -81,10 +86,19 @@ class History:
         history = cls()
         if not referral_ids:
             return history
-        rows = session.execute(sa.select(
-            Release.id, Release.referral_id, Release.recipient, Release.physician_id,
-            Release.granted_on, Release.revoked_on, Release.revoked_by)
-            .where(Release.referral_id.in_(referral_ids)).order_by(Release.id))
+        rows = session.execute(
+            sa.select(
+                Release.id,
+                Release.referral_id,
+                Release.recipient,
+                Release.physician_id,
+                Release.granted_on,
+                Release.revoked_on,
+                Release.revoked_by,
+            )
+            .where(Release.referral_id.in_(referral_ids))
+            .order_by(Release.id)
+        )
         for row in rows:
             key = (row.referral_id, row.recipient)
             grant = _Grant(row.id, row.physician_id, row.granted_on, row.revoked_on)
@@ -99,20 +113,25 @@ class History:
     def in_force(self, referral_id: int, recipient: str, named: int | None) -> _Grant | None:
         if named is None:
             return None
-        grants = [g for g in self.active.get((referral_id, recipient), [])
-                  if g.physician_id == named]
+        grants = [
+            g for g in self.active.get((referral_id, recipient), []) if g.physician_id == named
+        ]
         return grants[-1] if grants else None
 
     def last_signed(self, referral_id: int, recipient: str, named: int | None) -> date | None:
         """When the newest release naming this recipient was signed, in force or not: a
         revoked release was still recorded (its notes are then taken back, not forgotten)."""
         key = (referral_id, recipient)
-        dates = [g.granted_on for g in (*self.ended.get(key, []), *self.active.get(key, []))
-                 if named is not None and g.physician_id == named]
+        dates = [
+            g.granted_on
+            for g in (*self.ended.get(key, []), *self.active.get(key, []))
+            if named is not None and g.physician_id == named
+        ]
         return max(dates) if dates else None
 
-    def grant(self, referral_id: int, recipient: str, named: int | None, signed_on: date,
-              by: str) -> bool:
+    def grant(
+        self, referral_id: int, recipient: str, named: int | None, signed_on: date, by: str
+    ) -> bool:
         current = self.in_force(referral_id, recipient, named)
         if current is not None:
             if current.granted_on == signed_on:
@@ -121,11 +140,16 @@ class History:
             if current.id is not None:
                 self.redated[current.id] = signed_on
             return True
-        self.active.setdefault((referral_id, recipient), []).append(
-            _Grant(None, named, signed_on))
-        self.inserts.append({"referral_id": referral_id, "recipient": recipient,
-                             "physician_id": named, "granted_on": signed_on,
-                             "granted_by": by})
+        self.active.setdefault((referral_id, recipient), []).append(_Grant(None, named, signed_on))
+        self.inserts.append(
+            {
+                "referral_id": referral_id,
+                "recipient": recipient,
+                "physician_id": named,
+                "granted_on": signed_on,
+                "granted_by": by,
+            }
+        )
         return True
 
     def revoke(self, referral_id: int, recipient: str, on: date, by: str) -> bool:
@@ -135,30 +159,45 @@ class History:
         for grant in grants:
             grant.revoked_on = on
         self.ended.setdefault((referral_id, recipient), []).extend(
-            g for g in grants if g.id is not None)
+            g for g in grants if g.id is not None
+        )
         self.revoked[(referral_id, recipient)] = self.revokes[(referral_id, recipient)] = (on, by)
-        self.inserts = [row for row in self.inserts  # granted earlier in this batch: never was
-                        if (row["referral_id"], row["recipient"]) != (referral_id, recipient)]
+        self.inserts = [
+            row
+            for row in self.inserts  # granted earlier in this batch: never was
+            if (row["referral_id"], row["recipient"]) != (referral_id, recipient)
+        ]
         return True
 
     def write(self, session: Session) -> None:
         stamp = now_utc()
         for (referral_id, recipient), (on, by) in self.revokes.items():
-            session.execute(sa.update(Release).where(
-                Release.referral_id == referral_id, Release.recipient == recipient,
-                Release.revoked_on.is_(None)).values(revoked_on=on, revoked_by=by,
-                                                     updated_at=stamp))
+            session.execute(
+                sa.update(Release)
+                .where(
+                    Release.referral_id == referral_id,
+                    Release.recipient == recipient,
+                    Release.revoked_on.is_(None),
+                )
+                .values(revoked_on=on, revoked_by=by, updated_at=stamp)
+            )
         for release_id, signed_on in self.redated.items():
-            session.execute(sa.update(Release).where(Release.id == release_id)
-                            .values(granted_on=signed_on, updated_at=stamp))
+            session.execute(
+                sa.update(Release)
+                .where(Release.id == release_id)
+                .values(granted_on=signed_on, updated_at=stamp)
+            )
         if self.inserts:
-            session.execute(sa.insert(Release), [
-                {**row, "created_at": stamp, "updated_at": stamp} for row in self.inserts])
+            session.execute(
+                sa.insert(Release),
+                [{**row, "created_at": stamp, "updated_at": stamp} for row in self.inserts],
+            )
         self.inserts, self.redated, self.revokes = [], {}, {}
 
 
-def decide(history: History, row, recipient: Recipient, claim: Claim, *, by: str,
-           today: date) -> str | None:
+def decide(
+    history: History, row, recipient: Recipient, claim: Claim, *, by: str, today: date
+) -> str | None:
     """Bring what an import says into the history; returns a notice for its summary.
 
     "Yes" grants unless the recipient's last release was revoked and the row gives no signing
@@ -184,21 +223,27 @@ def decide(history: History, row, recipient: Recipient, claim: Claim, *, by: str
     revoked_on, revoked_by = revoked
     if claim.signed_on is None or claim.signed_on <= revoked_on:
         column = COLUMNS[recipient][1]
-        return (f"{what} stays revoked (revoked {revoked_on.isoformat()} through "
-                f"{revoked_by}); an import grants it again only with a {column} after that "
-                f"date")
+        return (
+            f"{what} stays revoked (revoked {revoked_on.isoformat()} through "
+            f"{revoked_by}); an import grants it again only with a {column} after that "
+            f"date"
+        )
     history.grant(row.id, recipient, named, claim.signed_on, by)
-    return (f"{what} granted again (signed {claim.signed_on.isoformat()}, after the revoke "
-            f"of {revoked_on.isoformat()})")
+    return (
+        f"{what} granted again (signed {claim.signed_on.isoformat()}, after the revoke "
+        f"of {revoked_on.isoformat()})"
+    )
 
 
 def referral_rows(session: Session, ids: Sequence[int]) -> dict[int, sa.Row]:
-    return {row.id: row for row in session.execute(
-        sa.select(*REFERRAL_ROW).where(Referral.id.in_(ids)))}
+    return {
+        row.id: row for row in session.execute(sa.select(*REFERRAL_ROW).where(Referral.id.in_(ids)))
+    }
 
 
-def refresh(session: Session, history: History, rows: Mapping[int, sa.Row],
-            stamp: datetime) -> list[int]:
+def refresh(
+    session: Session, history: History, rows: Mapping[int, sa.Row], stamp: datetime
+) -> list[int]:
     """Set each referral's release columns from the history; returns the ids that changed.
 
     A release counts only while it names the referral's current physician (or prescriber).
@@ -217,13 +262,25 @@ def refresh(session: Session, history: History, rows: Mapping[int, sa.Row],
     if changed:  # one statement for the batch
         table = Referral.__table__
         columns = [c for c in changed[0] if c != "_id"]
-        session.execute(sa.update(table).where(table.c.id == sa.bindparam("_id"))
-                        .values({c: sa.bindparam(c) for c in columns}), changed)
+        session.execute(
+            sa.update(table)
+            .where(table.c.id == sa.bindparam("_id"))
+            .values({c: sa.bindparam(c) for c in columns}),
+            changed,
+        )
     return [values["_id"] for values in changed]
 
 
-def record(session: Session, referral_id: int, recipient: Recipient, *, grant: bool,
-           on: date, by: str, stamp: datetime) -> bool:
+def record(
+    session: Session,
+    referral_id: int,
+    recipient: Recipient,
+    *,
+    grant: bool,
+    on: date,
+    by: str,
+    stamp: datetime,
+) -> bool:
     """A person grants or revokes one release (the command line: always obeyed)."""
     rows = referral_rows(session, [referral_id])
     history = History.read(session, [referral_id])
@@ -239,5 +296,8 @@ def record(session: Session, referral_id: int, recipient: Recipient, *, grant: b
 
 def listing(session: Session, referral_id: int) -> list[Release]:
     """A referral's releases, oldest first (for status and the command line)."""
-    return list(session.execute(sa.select(Release).where(Release.referral_id == referral_id)
-                                .order_by(Release.id)).scalars())
+    return list(
+        session.execute(
+            sa.select(Release).where(Release.referral_id == referral_id).order_by(Release.id)
+        ).scalars()
+    )

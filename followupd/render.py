@@ -58,11 +58,23 @@ PATIENT_ROOT = "client"
 # Refused in every value bound for a header, whether or not this interpreter decodes it.
 ENCODED_WORD = re.compile(r"=\?.*\?=", re.DOTALL)
 LINE_BREAKS = frozenset("\r\n\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029")  # str.splitlines()
-HOSTNAME = re.compile(r"(?=.{1,253}\Z)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)*"
-                      r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\Z", re.IGNORECASE)
+HOSTNAME = re.compile(
+    r"(?=.{1,253}\Z)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)*"
+    r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\Z",
+    re.IGNORECASE,
+)
 # The headers a draft has, each exactly once: what build_draft writes and set_content adds.
-DRAFT_HEADERS = ("From", "To", "Subject", "Date", "Message-ID", "X-Followupd-Id",
-                 "MIME-Version", "Content-Type", "Content-Transfer-Encoding")
+DRAFT_HEADERS = (
+    "From",
+    "To",
+    "Subject",
+    "Date",
+    "Message-ID",
+    "X-Followupd-Id",
+    "MIME-Version",
+    "Content-Type",
+    "Content-Transfer-Encoding",
+)
 HEADER_NAME = re.compile(rb"[!-9;-~]+")  # RFC 5322 ftext
 
 
@@ -140,8 +152,7 @@ class UndefinedValue(jinja2.UndefinedError):
     template itself wrote it.
     """
 
-    def __init__(self, message: str | None = None, *, name: Any = None,
-                 top_level: bool = False):
+    def __init__(self, message: str | None = None, *, name: Any = None, top_level: bool = False):
         super().__init__("a value the template uses is missing")
         self.name = name if isinstance(name, str) else None
         self.top_level = top_level  # a variable (`{{ x }}`), not an attribute or a key
@@ -155,8 +166,13 @@ class MissingValue(jinja2.StrictUndefined):
 
     __slots__ = ()
 
-    def __init__(self, hint: str | None = None, obj: Any = missing, name: Any = None,
-                 exc: type[jinja2.TemplateRuntimeError] = jinja2.UndefinedError) -> None:
+    def __init__(
+        self,
+        hint: str | None = None,
+        obj: Any = missing,
+        name: Any = None,
+        exc: type[jinja2.TemplateRuntimeError] = jinja2.UndefinedError,
+    ) -> None:
         if exc is jinja2.UndefinedError:
             exc = functools.partial(UndefinedValue, name=name, top_level=obj is missing)
         super().__init__(hint, obj, name, exc)
@@ -212,11 +228,12 @@ class Templates:
             patient = patient or PATIENT_ROOT in jinja2.meta.find_undeclared_variables(tree)
             variables.update(node.name for node in tree.find_all(jinja2.nodes.Name))
             keys.update(node.attr for node in tree.find_all(jinja2.nodes.Getattr))
-            keys.update(node.arg.value for node in tree.find_all(jinja2.nodes.Getitem)
-                        if isinstance(node.arg, jinja2.nodes.Const)
-                        and isinstance(node.arg.value, str))
-            pending.extend(child for child in jinja2.meta.find_referenced_templates(tree)
-                           if child)
+            keys.update(
+                node.arg.value
+                for node in tree.find_all(jinja2.nodes.Getitem)
+                if isinstance(node.arg, jinja2.nodes.Const) and isinstance(node.arg.value, str)
+            )
+            pending.extend(child for child in jinja2.meta.find_referenced_templates(tree) if child)
         return Written(frozenset(templates), frozenset(variables), frozenset(keys), patient)
 
     def uses_patient_fields(self, name: str) -> bool:
@@ -231,15 +248,19 @@ class Templates:
                 self.env.get_template(rule.template)
                 patient = self.uses_patient_fields(rule.template)
             except jinja2.TemplateNotFound as exc:
-                out.append(f"rules: {rule.name}: template {exc.name} not found "
-                           f"(in {', '.join(self.env.loader.searchpath)})")
+                out.append(
+                    f"rules: {rule.name}: template {exc.name} not found "
+                    f"(in {', '.join(self.env.loader.searchpath)})"
+                )
                 continue
             except jinja2.TemplateSyntaxError as exc:
                 out.append(f"{exc.filename or rule.template}:{exc.lineno}: {exc.message}")
                 continue
             if patient and rule.make == "reminder":
-                out.append(f"rules: {rule.name}: reminder template {rule.template} uses "
-                           f"client fields; calendar reminders may not carry patient details")
+                out.append(
+                    f"rules: {rule.name}: reminder template {rule.template} uses "
+                    f"client fields; calendar reminders may not carry patient details"
+                )
         return out
 
     def render_text(self, name: str, context: dict[str, Any]) -> tuple[str, str]:
@@ -257,14 +278,15 @@ class Templates:
             where = f"{self._shown(name, exc.name or name)}:{exc.lineno}"
             raise RenderError(f"template {where}: {exc.message}") from None
         except SecurityError as exc:
-            raise RenderError(f"template {self._where(exc, name)}: the template tried an "
-                              "unsafe operation") from None
+            raise RenderError(
+                f"template {self._where(exc, name)}: the template tried an unsafe operation"
+            ) from None
         except UndefinedValue as exc:
-            raise RenderError(f"template {self._where(exc, name)}: {self._missing(exc, name)}") \
-                from None
+            raise RenderError(
+                f"template {self._where(exc, name)}: {self._missing(exc, name)}"
+            ) from None
         except Exception as exc:  # TypeError, ZeroDivisionError...: their text may quote data
-            raise RenderError(f"template {self._where(exc, name)}: {type(exc).__name__}") \
-                from None
+            raise RenderError(f"template {self._where(exc, name)}: {type(exc).__name__}") from None
         first, _, body = text.lstrip("\n").partition("\n")
         return first, body.strip("\n") + "\n"
 
@@ -324,8 +346,7 @@ def one_line(value: str | None, what: str) -> str:
         raise RenderError(f"{what} contains a line break; refusing to put it in a header")
     kinds = {unicodedata.category(ch) for ch in value if ch != "\t"}  # a tab is white space
     if "Cc" in kinds:
-        raise RenderError(f"{what} contains a control character; refusing to put it in a "
-                          "header")
+        raise RenderError(f"{what} contains a control character; refusing to put it in a header")
     if "Cs" in kinds:  # a lone surrogate: not text, and the email package trips over it
         raise RenderError(f"{what} is not valid Unicode text; refusing to put it in a header")
     return value.strip()
@@ -337,8 +358,10 @@ def header_text(value: str | None, what: str) -> str:
     write that break out as a real header line."""
     value = one_line(value, what)
     if ENCODED_WORD.search(value):
-        raise RenderError(f"{what} contains what reads as an RFC 2047 encoded word; refusing "
-                          "to put it in a header")
+        raise RenderError(
+            f"{what} contains what reads as an RFC 2047 encoded word; refusing "
+            "to put it in a header"
+        )
     return value
 
 
@@ -354,8 +377,9 @@ def ascii_address(address: str | None, what: str) -> str:
     except EmailNotValidError:
         raise RenderError(f"the {what} email is not a single valid address") from None
     if valid.ascii_email is None:
-        raise RenderError(f"the {what} email has a non-ASCII part before the @, which a "
-                          "draft cannot carry")
+        raise RenderError(
+            f"the {what} email has a non-ASCII part before the @, which a draft cannot carry"
+        )
     return valid.ascii_email
 
 
@@ -363,8 +387,10 @@ def ascii_domain(domain: str | None, what: str = "message domain") -> str:
     """The Message-ID's domain as a valid ASCII host name (see idna_domain), or refused."""
     domain = idna_domain(one_line(domain, what))
     if not HOSTNAME.match(domain):
-        raise RenderError(f"the {what} (practice.mail_domain, or the domain of "
-                          "practice.email) is not a valid domain name")
+        raise RenderError(
+            f"the {what} (practice.mail_domain, or the domain of "
+            "practice.email) is not a valid domain name"
+        )
     return domain
 
 
@@ -429,12 +455,12 @@ def check_header_block(raw: bytes) -> dict[str, str]:
             continue
         name, colon, value = line.partition(":")
         if not colon or not HEADER_NAME.fullmatch(name.encode()):
-            raise RenderError("a header line of the message is not a header; refusing the "
-                              "draft")
+            raise RenderError("a header line of the message is not a header; refusing the draft")
         headers.append([name, value])
     if Counter(name.lower() for name, _ in headers) != Counter(h.lower() for h in DRAFT_HEADERS):
-        raise RenderError("the message's header lines did not read back as the ones written; "
-                          "refusing the draft")
+        raise RenderError(
+            "the message's header lines did not read back as the ones written; refusing the draft"
+        )
     return {name.lower(): value for name, value in headers}
 
 
@@ -465,26 +491,35 @@ def _read(name: str, value: str):
 
 def _one_mailbox(value: str, header: str, meant: Address) -> bool:
     addresses = _read(header, value).addresses
-    return (len(addresses) == 1 and addresses[0].addr_spec == meant.addr_spec
-            and addresses[0].display_name == meant.display_name)
+    return (
+        len(addresses) == 1
+        and addresses[0].addr_spec == meant.addr_spec
+        and addresses[0].display_name == meant.display_name
+    )
 
 
 def check_parsed(written: dict[str, str], envelope: Envelope) -> None:
     """Read the headers back as a mail reader would: one To address (the one meant), From
     the therapist, the subject and identities as set, plain text."""
     if not _one_mailbox(written["to"], "To", envelope.to):
-        raise RenderError(f"the To header did not read back as the one {envelope.to_what} "
-                          "address written; refusing the draft")
+        raise RenderError(
+            f"the To header did not read back as the one {envelope.to_what} "
+            "address written; refusing the draft"
+        )
     if not _one_mailbox(written["from"], "From", envelope.sender):
-        raise RenderError("the From header did not read back as the therapist; refusing the "
-                          "draft")
-    expected = {"Subject": envelope.subject, "Date": envelope.date,
-                "Message-ID": envelope.message_id, "X-Followupd-Id": envelope.tag}
+        raise RenderError("the From header did not read back as the therapist; refusing the draft")
+    expected = {
+        "Subject": envelope.subject,
+        "Date": envelope.date,
+        "Message-ID": envelope.message_id,
+        "X-Followupd-Id": envelope.tag,
+    }
     for header, value in expected.items():
         # A value folded onto the next line reads back with the fold's white space in front
         if str(_read(header, written[header.lower()])).strip() != value:
-            raise RenderError(f"the {header} header did not read back as written; refusing "
-                              "the draft")
+            raise RenderError(
+                f"the {header} header did not read back as written; refusing the draft"
+            )
     if _read("Content-Type", written["content-type"]).content_type != "text/plain":
         raise RenderError("the message did not read back as plain text; refusing the draft")
 
@@ -496,15 +531,22 @@ def _subject(first_line: str, template: str) -> str:
     return header_text(first_line.removeprefix("Subject:"), "subject")
 
 
-def _envelope(rule: Rule, context: dict[str, Any], subject: str, *, follow_up_id: int,
-              settings: Settings, installation: str, now: datetime) -> Envelope:
+def _envelope(
+    rule: Rule,
+    context: dict[str, Any],
+    subject: str,
+    *,
+    follow_up_id: int,
+    settings: Settings,
+    installation: str,
+    now: datetime,
+) -> Envelope:
     """Every header value, checked, before any of them reaches the email package."""
     practice = settings.config.practice
     recipient = context.get("recipient")
     if not recipient:
         raise RenderError(f"no {rule.to} to address the draft to")
-    sender_name = practice.therapist + (f", {practice.credentials}" if practice.credentials
-                                        else "")
+    sender_name = practice.therapist + (f", {practice.credentials}" if practice.credentials else "")
     return Envelope(
         sender=mailbox(sender_name, practice.email, "therapist"),
         to=mailbox(recipient.get("name"), recipient.get("email"), rule.to),
@@ -516,8 +558,16 @@ def _envelope(rule: Rule, context: dict[str, Any], subject: str, *, follow_up_id
     )
 
 
-def build_draft(templates: Templates, rule: Rule, context: dict[str, Any], *, follow_up_id: int,
-                settings: Settings, installation: str, now: datetime) -> Draft:
+def build_draft(
+    templates: Templates,
+    rule: Rule,
+    context: dict[str, Any],
+    *,
+    follow_up_id: int,
+    settings: Settings,
+    installation: str,
+    now: datetime,
+) -> Draft:
     """Render a draft rule into checked RFC 5322 bytes with a fixed Message-ID.
 
     The bytes are made here, not at delivery: a value the serializer cannot write then fails
@@ -527,8 +577,15 @@ def build_draft(templates: Templates, rule: Rule, context: dict[str, Any], *, fo
     first, body = templates.render_text(rule.template, context)
     subject = _subject(first, rule.template)
     with step("building the headers"):
-        envelope = _envelope(rule, context, subject, follow_up_id=follow_up_id,
-                             settings=settings, installation=installation, now=now)
+        envelope = _envelope(
+            rule,
+            context,
+            subject,
+            follow_up_id=follow_up_id,
+            settings=settings,
+            installation=installation,
+            now=now,
+        )
     with step("building the message"):
         msg = compose(envelope, body)
     with step("serializing the message"):
@@ -541,9 +598,16 @@ def build_draft(templates: Templates, rule: Rule, context: dict[str, Any], *, fo
 # --- reminders -----------------------------------------------------------------------------
 
 
-def build_reminder(templates: Templates, rule: Rule, context: dict[str, Any], *,
-                   follow_up_id: int, settings: Settings, installation: str,
-                   remind_at: datetime) -> Reminder:
+def build_reminder(
+    templates: Templates,
+    rule: Rule,
+    context: dict[str, Any],
+    *,
+    follow_up_id: int,
+    settings: Settings,
+    installation: str,
+    remind_at: datetime,
+) -> Reminder:
     """Render a reminder rule: title and description, dated in the practice's zone."""
     if PATIENT_ROOT in context:
         raise RenderError("reminders never carry client details")
@@ -570,9 +634,14 @@ def build_reminder(templates: Templates, rule: Rule, context: dict[str, Any], *,
 def _person(physician: Physician | None, practice: Practice | None = None) -> dict | None:
     if physician is None:
         return None
-    return {"name": physician.name, "salutation": salutation(physician.name),
-            "email": physician.email, "fax": physician.fax, "specialty": physician.specialty,
-            "practice": practice.name if practice else None}
+    return {
+        "name": physician.name,
+        "salutation": salutation(physician.name),
+        "email": physician.email,
+        "fax": physician.fax,
+        "specialty": physician.specialty,
+        "practice": practice.name if practice else None,
+    }
 
 
 def context_for(settings: Settings, rule: Rule, bundle: Bundle, *, release: bool) -> dict:
@@ -580,9 +649,14 @@ def context_for(settings: Settings, rule: Rule, bundle: Bundle, *, release: bool
     config = settings.config
     practice = config.practice
     context: dict[str, Any] = {
-        "therapist": {"name": practice.therapist, "credentials": practice.credentials,
-                      "practice_name": practice.practice_name, "phone": practice.phone,
-                      "email": practice.email, "address": practice.address},
+        "therapist": {
+            "name": practice.therapist,
+            "credentials": practice.credentials,
+            "practice_name": practice.practice_name,
+            "phone": practice.phone,
+            "email": practice.email,
+            "address": practice.address,
+        },
         "follow_up": {"id": bundle.follow_up.id, "rule": rule.name},
         "physician": _person(bundle.physician, bundle.practice),
         "practice": {"name": bundle.practice.name} if bundle.practice else None,
@@ -590,8 +664,12 @@ def context_for(settings: Settings, rule: Rule, bundle: Bundle, *, release: bool
     specialty = None
     if bundle.referral is not None:
         referral = bundle.referral
-        context["referral"] = {"ref": referral.ref, "received_on": referral.received_on,
-                               "closed_on": referral.closed_on, "release_on": referral.release_on}
+        context["referral"] = {
+            "ref": referral.ref,
+            "received_on": referral.received_on,
+            "closed_on": referral.closed_on,
+            "release_on": referral.release_on,
+        }
         context["prescriber"] = _person(bundle.prescriber)
         specialty = bundle.physician.specialty if bundle.physician else None
         if release and rule.make == "draft":
@@ -605,10 +683,13 @@ def context_for(settings: Settings, rule: Rule, bundle: Bundle, *, release: bool
             }
     if bundle.visit is not None:
         visit = bundle.visit
-        context["visit"] = {"visited_on": visit.visited_on,
-                            "business_manager": visit.business_manager,
-                            "cards_left": visit.cards_left, "handouts_left": visit.handouts_left,
-                            "specialty": visit.specialty}
+        context["visit"] = {
+            "visited_on": visit.visited_on,
+            "business_manager": visit.business_manager,
+            "cards_left": visit.cards_left,
+            "handouts_left": visit.handouts_left,
+            "specialty": visit.specialty,
+        }
         specialty = visit.specialty or (bundle.physician.specialty if bundle.physician else None)
     context["next_specialty"] = config.next_specialty(specialty)
     if rule.make == "draft":

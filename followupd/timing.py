@@ -62,8 +62,15 @@ class Duration:
 
     def as_timedelta(self) -> timedelta:
         """Only for elapsed units and for rough comparisons (a month counts 31 days)."""
-        per = {"seconds": 1, "minutes": 60, "hours": 3600, "days": 86400, "business_days": 86400,
-               "weeks": 7 * 86400, "months": 31 * 86400}
+        per = {
+            "seconds": 1,
+            "minutes": 60,
+            "hours": 3600,
+            "days": 86400,
+            "business_days": 86400,
+            "weeks": 7 * 86400,
+            "months": 31 * 86400,
+        }
         return timedelta(seconds=self.amount * per[self.unit])
 
 

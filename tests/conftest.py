@@ -36,8 +36,15 @@ POSTGRES_URL = os.environ.get("FOLLOWUPD_TEST_POSTGRES_URL")
 
 # Patient values in the shipped sample files: none may ever appear outside the database.
 SAMPLE_PATIENT_VALUES = (
-    "Avery Quinlan", "1984-03-09", "Panic attacks", "Jordan Pelletier", "1991-07-22",
-    "Low mood", "Casey Fairbanks", "1978-12-01", "Generalized worry",
+    "Avery Quinlan",
+    "1984-03-09",
+    "Panic attacks",
+    "Jordan Pelletier",
+    "1991-07-22",
+    "Low mood",
+    "Casey Fairbanks",
+    "1978-12-01",
+    "Generalized worry",
 )
 
 
@@ -49,8 +56,13 @@ def pytest_report_header(config):
 
 # Minutes-long tests start first, so the workers finish together rather than one of them
 # starting the kill harness when everything else is done.
-SLOW_FIRST = ("test_kill.py", "test_container.py", "backlog_drains", "3000_referrals",
-              "killed_mid_run")
+SLOW_FIRST = (
+    "test_kill.py",
+    "test_container.py",
+    "backlog_drains",
+    "3000_referrals",
+    "killed_mid_run",
+)
 
 
 def pytest_collection_modifyitems(config, items):
@@ -94,13 +106,16 @@ def pytest_sessionfinish(session, exitstatus):
 
 def pytest_terminal_summary(terminalreporter):
     scanned, hits = getattr(terminalreporter.config, "_followupd_phi", (0, []))
-    terminalreporter.write_line(f"patient data scan: {scanned} files the suite wrote, "
-                                f"{len(hits)} with a sample patient's details")
+    terminalreporter.write_line(
+        f"patient data scan: {scanned} files the suite wrote, "
+        f"{len(hits)} with a sample patient's details"
+    )
     for hit in hits:
         terminalreporter.write_line(f"  PATIENT DATA IN {hit}", red=True)
     if not POSTGRES_URL:
         terminalreporter.write_line(
-            "PostgreSQL tests were skipped: FOLLOWUPD_TEST_POSTGRES_URL is not set")
+            "PostgreSQL tests were skipped: FOLLOWUPD_TEST_POSTGRES_URL is not set"
+        )
 
 
 @pytest.fixture
@@ -158,8 +173,12 @@ def cli(home, db_url):
         full_env = {"FOLLOWUPD_DATABASE_URL": db_url, **(env or {})}
         result = runner.invoke(app, ["--home", str(home), *args], input=input, env=full_env)
         crashed = result.exception and not isinstance(result.exception, SystemExit)
-        keep_output(home.parent, result.stderr, "" if "preview" in args else result.stdout,
-                    "".join(traceback.format_exception(result.exception)) if crashed else "")
+        keep_output(
+            home.parent,
+            result.stderr,
+            "" if "preview" in args else result.stdout,
+            "".join(traceback.format_exception(result.exception)) if crashed else "",
+        )
         if crashed:
             raise result.exception
         return Ran(result.exit_code, result.stdout, result.stderr)
@@ -176,8 +195,9 @@ def keep_output(where: Path, *texts: str) -> None:
 def run_cli(*args: str, log_to: Path, **options) -> subprocess.CompletedProcess:
     """`python -m followupd ARGS` in a process of its own, as a user runs it; its standard
     error is kept in `log_to` for the patient-data scan."""
-    ran = subprocess.run([sys.executable, "-m", "followupd", *args], capture_output=True,
-                         text=True, **options)
+    ran = subprocess.run(
+        [sys.executable, "-m", "followupd", *args], capture_output=True, text=True, **options
+    )
     keep_output(log_to, ran.stderr)
     return ran
 
@@ -203,9 +223,19 @@ def write_service_account_key(path: Path, token_uri: str, project: str = "practi
     from cryptography.hazmat.primitives.asymmetric import rsa
 
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                            serialization.NoEncryption()).decode()
-    path.write_text(json.dumps({
-        "type": "service_account", "project_id": project, "private_key_id": "k1",
-        "private_key": pem, "client_email": f"followupd@{project}.iam.gserviceaccount.com",
-        "client_id": "1", "token_uri": token_uri}))
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
+    path.write_text(
+        json.dumps(
+            {
+                "type": "service_account",
+                "project_id": project,
+                "private_key_id": "k1",
+                "private_key": pem,
+                "client_email": f"followupd@{project}.iam.gserviceaccount.com",
+                "client_id": "1",
+                "token_uri": token_uri,
+            }
+        )
+    )

@@ -142,10 +142,18 @@ __all__ = [
     "running_server",
 ]
 
-GMAIL_KINDS = frozenset({
-    "drafts.create", "drafts.list", "drafts.get", "drafts.delete", "drafts.send",
-    "messages.list", "messages.get", "threads.get",
-})
+GMAIL_KINDS = frozenset(
+    {
+        "drafts.create",
+        "drafts.list",
+        "drafts.get",
+        "drafts.delete",
+        "drafts.send",
+        "messages.list",
+        "messages.get",
+        "threads.get",
+    }
+)
 CALENDAR_KINDS = frozenset({"events.insert", "events.get", "events.list", "events.delete"})
 TOKEN_KIND = "oauth.token"
 JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
@@ -153,8 +161,14 @@ UNKNOWN_KIND = "unknown"
 
 # Gmail's published per-method quota units; Calendar counts plain requests.
 GMAIL_UNITS: dict[str, int] = {
-    "drafts.create": 10, "drafts.delete": 10, "drafts.get": 5, "drafts.list": 5,
-    "drafts.send": 100, "messages.list": 5, "messages.get": 5, "threads.get": 10,
+    "drafts.create": 10,
+    "drafts.delete": 10,
+    "drafts.get": 5,
+    "drafts.list": 5,
+    "drafts.send": 100,
+    "messages.list": 5,
+    "messages.get": 5,
+    "threads.get": 10,
 }
 
 # fault name -> (status, reason, message, error domain)
@@ -174,9 +188,17 @@ _ACTING_FAULTS = frozenset({"act-then-drop", "act-then-500", "act-then-slow"})
 FAULTS = frozenset(_ERROR_FAULTS) | _ACTING_FAULTS | {"slow", "drop"}
 
 _RPC_STATUS = {
-    400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED",
-    404: "NOT_FOUND", 409: "ALREADY_EXISTS", 410: "NOT_FOUND", 429: "RESOURCE_EXHAUSTED",
-    500: "INTERNAL", 502: "UNAVAILABLE", 503: "UNAVAILABLE", 504: "DEADLINE_EXCEEDED",
+    400: "INVALID_ARGUMENT",
+    401: "UNAUTHENTICATED",
+    403: "PERMISSION_DENIED",
+    404: "NOT_FOUND",
+    409: "ALREADY_EXISTS",
+    410: "NOT_FOUND",
+    429: "RESOURCE_EXHAUSTED",
+    500: "INTERNAL",
+    502: "UNAVAILABLE",
+    503: "UNAVAILABLE",
+    504: "DEADLINE_EXCEEDED",
 }
 _WWW_AUTHENTICATE = 'Bearer realm="https://accounts.google.com/", error="invalid_token"'
 _BATCH_PATHS = frozenset({"/batch", "/batch/gmail/v1", "/batch/calendar/v3"})
@@ -290,8 +312,12 @@ class _ApiError(Exception):
         self.extra = extra or {}
 
     def reply(self) -> _Reply:
-        detail: dict[str, Any] = {"message": self.message, "domain": self.domain,
-                                  "reason": self.reason, **self.extra}
+        detail: dict[str, Any] = {
+            "message": self.message,
+            "domain": self.domain,
+            "reason": self.reason,
+            **self.extra,
+        }
         error: dict[str, Any] = {"code": self.code, "message": self.message, "errors": [detail]}
         if self.rpc_status:
             error["status"] = _RPC_STATUS.get(self.code, "UNKNOWN")
@@ -375,8 +401,10 @@ def _check_schema(value: Any, schema: dict[str, Any], schemas: dict[str, Any], a
             elif extra is not None:
                 _check_schema(item, extra, schemas, f"{at}[{name!r}]")
             elif properties is not None:
-                message = (f'Invalid JSON payload received. Unknown name "{name}" at '
-                           f"'{at}': Cannot find field.")
+                message = (
+                    f'Invalid JSON payload received. Unknown name "{name}" at '
+                    f"'{at}': Cannot find field."
+                )
                 raise _ApiError(400, message, "invalid")
     elif kind == "array":
         if not isinstance(value, list):
@@ -414,18 +442,20 @@ def _rfc3339(epoch: float) -> str:
     return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
-def _page(items: list[Any], params: dict[str, list[str]], default: int, cap: int,
-          calendar: bool) -> tuple[list[Any], str | None]:
+def _page(
+    items: list[Any], params: dict[str, list[str]], default: int, cap: int, calendar: bool
+) -> tuple[list[Any], str | None]:
     """Offset pagination with an opaque token, like Google's (but deterministic)."""
     try:
         size = min(int(params.get("maxResults", [default])[0]), cap)
         token = params.get("pageToken", [""])[0]
         start = int(base64.urlsafe_b64decode(token.encode()).decode()) if token else 0
     except (ValueError, binascii.Error):
-        raise _ApiError(400, "Invalid pageToken or maxResults.", "invalid",
-                        rpc_status=not calendar) from None
+        raise _ApiError(
+            400, "Invalid pageToken or maxResults.", "invalid", rpc_status=not calendar
+        ) from None
     size = max(size, 1)
-    chunk = items[start:start + size]
+    chunk = items[start : start + size]
     more = start + size < len(items)
     token_out = base64.urlsafe_b64encode(str(start + size).encode()).decode() if more else None
     return chunk, token_out
@@ -483,8 +513,9 @@ class GoogleServer:
     faults) happen outside it so concurrent clients overlap as they would against Google.
     """
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0, *, delay: float = 0.0,
-                 search_lag: float = 0.0) -> None:
+    def __init__(
+        self, host: str = "127.0.0.1", port: int = 0, *, delay: float = 0.0, search_lag: float = 0.0
+    ) -> None:
         self._address = (host, port)
         self._lock = threading.RLock()
         self._stopping = threading.Event()
@@ -525,8 +556,12 @@ class GoogleServer:
         httpd = _HTTPServer(self._address, _Handler)
         httpd.app = self
         self._httpd = httpd
-        self._thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05},
-                                        name="google-server", daemon=True)
+        self._thread = threading.Thread(
+            target=httpd.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name="google-server",
+            daemon=True,
+        )
         self._thread.start()
         return self
 
@@ -585,18 +620,25 @@ class GoogleServer:
         """The ``batch_uri`` for ``BatchHttpRequest`` (the discovery one points at Google)."""
         return self.base_url + {"gmail": "/batch/gmail/v1", "calendar": "/batch/calendar/v3"}[api]
 
-    def credentials_info(self, token: str = "test-token",
-                         refresh_token: str = "test-refresh-token") -> dict[str, str]:
+    def credentials_info(
+        self, token: str = "test-token", refresh_token: str = "test-refresh-token"
+    ) -> dict[str, str]:
         """Authorized-user info (as in a token file) valid until 2099; ``token_uri`` is here.
 
         Beware: ``from_authorized_user_info/_file`` drop ``token_uri``; see ``credentials()``.
         """
-        return {"token": token, "refresh_token": refresh_token, "client_id": "test-client",
-                "client_secret": "test-secret", "token_uri": self.base_url + "/token",
-                "expiry": "2099-01-01T00:00:00Z"}
+        return {
+            "token": token,
+            "refresh_token": refresh_token,
+            "client_id": "test-client",
+            "client_secret": "test-secret",
+            "token_uri": self.base_url + "/token",
+            "expiry": "2099-01-01T00:00:00Z",
+        }
 
-    def credentials(self, token: str = "test-token",
-                    refresh_token: str = "test-refresh-token") -> Credentials:
+    def credentials(
+        self, token: str = "test-token", refresh_token: str = "test-refresh-token"
+    ) -> Credentials:
         """google-auth credentials for this server, refreshing here rather than at Google.
 
         ``Credentials.from_authorized_user_info`` ignores ``token_uri`` in the info (it always
@@ -671,8 +713,9 @@ class GoogleServer:
         """
         with self._lock:
             box = self._mailboxes.get(user, _Mailbox())
-            return [{"id": d, "message": _render_raw(box.messages[m])}
-                    for d, m in box.drafts.items()]
+            return [
+                {"id": d, "message": _render_raw(box.messages[m])} for d, m in box.drafts.items()
+            ]
 
     def messages(self, user: str = "me") -> list[dict[str, Any]]:
         """Every message of one mailbox (drafts' included), oldest first, in raw format."""
@@ -707,9 +750,17 @@ class GoogleServer:
                 raise KeyError(f"no draft {draft_id!r} in mailbox {user!r}")
             del box.messages[box.drafts.pop(draft_id)]
 
-    def edit_draft(self, user: str, draft_id: str, *, new_draft_id: bool = False,
-                   keep_message_id: bool = True, keep_tag: bool = True,
-                   new_subject: str | None = None, text: str | None = None) -> dict[str, Any]:
+    def edit_draft(
+        self,
+        user: str,
+        draft_id: str,
+        *,
+        new_draft_id: bool = False,
+        keep_message_id: bool = True,
+        keep_tag: bool = True,
+        new_subject: str | None = None,
+        text: str | None = None,
+    ) -> dict[str, Any]:
         """Simulate the therapist editing a draft in Gmail and saving it.
 
         The draft's message is replaced by a new one with a new Gmail message id (as Gmail
@@ -742,8 +793,13 @@ class GoogleServer:
             box.drafts[saved_as] = stored.id
             return {"id": saved_as, "message": _render_raw(stored)}
 
-    def add_message(self, user: str, raw: bytes | Message, labels: tuple[str, ...] = ("SENT",),
-                    thread_id: str | None = None) -> dict[str, Any]:
+    def add_message(
+        self,
+        user: str,
+        raw: bytes | Message,
+        labels: tuple[str, ...] = ("SENT",),
+        thread_id: str | None = None,
+    ) -> dict[str, Any]:
         """Put a message into a mailbox directly (e.g. one the therapist wrote by hand)."""
         data = raw.as_bytes() if isinstance(raw, Message) else raw
         with self._lock:
@@ -821,8 +877,9 @@ class GoogleServer:
         except OSError:  # the client gave up (e.g. timed out during a slow fault)
             handler.close_connection = True
 
-    def _call(self, method: str, target: str, headers: dict[str, str],
-              body: bytes) -> _Reply | None:
+    def _call(
+        self, method: str, target: str, headers: dict[str, str], body: bytes
+    ) -> _Reply | None:
         """One API call (plain request or batch part): auth, faults, quota, handler."""
         route = self._route(method, target)
         kind = route.kind if route else UNKNOWN_KIND
@@ -837,8 +894,9 @@ class GoogleServer:
                 self.stats.statuses[outcome.status] += 1
         return outcome
 
-    def _call_inner(self, route: _Route | None, method: str, target: str,
-                    headers: dict[str, str], body: bytes) -> _Reply | None:
+    def _call_inner(
+        self, route: _Route | None, method: str, target: str, headers: dict[str, str], body: bytes
+    ) -> _Reply | None:
         """Order as at Google: routing, then auth, then (injected) faults, quota, the action.
 
         A ``None`` answer means: close the connection without answering.
@@ -887,16 +945,23 @@ class GoogleServer:
     def _authorize(self, headers: dict[str, str]) -> str:
         value = headers.get("authorization", "")
         if not value:
-            raise _ApiError(401, "Request is missing required authentication credential.",
-                            "required", extra={"location": "Authorization",
-                                               "locationType": "header"})
+            raise _ApiError(
+                401,
+                "Request is missing required authentication credential.",
+                "required",
+                extra={"location": "Authorization", "locationType": "header"},
+            )
         scheme, _, token = value.partition(" ")
         with self._lock:
             ok = scheme.lower() == "bearer" and token.strip() in self.valid_tokens
         if not ok:
-            raise _ApiError(401, "Request had invalid authentication credentials.", "authError",
-                            extra={"location": "Authorization", "locationType": "header"},
-                            headers=(("WWW-Authenticate", _WWW_AUTHENTICATE),))
+            raise _ApiError(
+                401,
+                "Request had invalid authentication credentials.",
+                "authError",
+                extra={"location": "Authorization", "locationType": "header"},
+                headers=(("WWW-Authenticate", _WWW_AUTHENTICATE),),
+            )
         return token.strip()
 
     def _take_fault(self, kind: str) -> _FaultRule | None:
@@ -931,9 +996,13 @@ class GoogleServer:
                 usage.used -= usage.log.popleft()[1]
             if usage.used + cost > per_window:
                 wait = usage.log[0][0] + window - now if usage.log else window
-                raise _ApiError(429, "Quota exceeded for quota metric 'Queries' per user.",
-                                "rateLimitExceeded", domain="usageLimits",
-                                headers=(("Retry-After", str(max(1, math.ceil(wait)))),))
+                raise _ApiError(
+                    429,
+                    "Quota exceeded for quota metric 'Queries' per user.",
+                    "rateLimitExceeded",
+                    domain="usageLimits",
+                    headers=(("Retry-After", str(max(1, math.ceil(wait)))),),
+                )
             usage.log.append((now, cost))
             usage.used += cost
 
@@ -960,11 +1029,9 @@ class GoogleServer:
             case "GET", ["gmail", "v1", "users", user, "messages"]:
                 return _Route("messages.list", "gmail", user, self._messages_list, (user,))
             case "GET", ["gmail", "v1", "users", user, "messages", message_id]:
-                return _Route("messages.get", "gmail", user, self._messages_get,
-                              (user, message_id))
+                return _Route("messages.get", "gmail", user, self._messages_get, (user, message_id))
             case "GET", ["gmail", "v1", "users", user, "threads", thread_id]:
-                return _Route("threads.get", "gmail", user, self._threads_get,
-                              (user, thread_id))
+                return _Route("threads.get", "gmail", user, self._threads_get, (user, thread_id))
             case "POST", ["calendar", "v3", "calendars", cal, "events"]:
                 return _Route("events.insert", "calendar", cal, self._events_insert, (cal,))
             case "GET", ["calendar", "v3", "calendars", cal, "events"]:
@@ -972,8 +1039,9 @@ class GoogleServer:
             case "GET", ["calendar", "v3", "calendars", cal, "events", event_id]:
                 return _Route("events.get", "calendar", cal, self._events_get, (cal, event_id))
             case "DELETE", ["calendar", "v3", "calendars", cal, "events", event_id]:
-                return _Route("events.delete", "calendar", cal, self._events_delete,
-                              (cal, event_id))
+                return _Route(
+                    "events.delete", "calendar", cal, self._events_delete, (cal, event_id)
+                )
         return None
 
     # ---- batch
@@ -984,14 +1052,16 @@ class GoogleServer:
             self.stats.batches += 1
         content_type = headers.get("content-type", "")
         envelope = BytesParser(policy=policy.compat32).parsebytes(
-            b"Content-Type: " + content_type.encode("latin-1") + b"\r\n\r\n" + body)
+            b"Content-Type: " + content_type.encode("latin-1") + b"\r\n\r\n" + body
+        )
         if not envelope.is_multipart():
             return _ApiError(400, "Batch request must be multipart/mixed.", "badRequest").reply()
         parts = envelope.get_payload()
         assert isinstance(parts, list)
         if len(parts) > _MAX_BATCH_PARTS:
-            return _ApiError(400, f"A batch may hold at most {_MAX_BATCH_PARTS} requests.",
-                             "badRequest").reply()
+            return _ApiError(
+                400, f"A batch may hold at most {_MAX_BATCH_PARTS} requests.", "badRequest"
+            ).reply()
         answers: list[tuple[str, _Reply]] = []
         drop = False
         for part in parts:
@@ -1014,14 +1084,20 @@ class GoogleServer:
         for content_id, reply in answers:
             inner = content_id[1:-1] if content_id.startswith("<") else content_id
             status = HTTPStatus(reply.status)
-            head = [f"HTTP/1.1 {status.value} {status.phrase}",
-                    f"Content-Type: {reply.content_type}",
-                    f"Content-Length: {len(reply.body)}",
-                    *(f"{name}: {value}" for name, value in reply.headers)]
+            head = [
+                f"HTTP/1.1 {status.value} {status.phrase}",
+                f"Content-Type: {reply.content_type}",
+                f"Content-Length: {len(reply.body)}",
+                *(f"{name}: {value}" for name, value in reply.headers),
+            ]
             chunks.append(
-                (f"--{boundary}\r\nContent-Type: application/http\r\n"
-                 f"Content-ID: <response-{inner}>\r\n\r\n"
-                 + "\r\n".join(head) + "\r\n\r\n").encode() + reply.body + b"\r\n")
+                (
+                    f"--{boundary}\r\nContent-Type: application/http\r\n"
+                    f"Content-ID: <response-{inner}>\r\n\r\n" + "\r\n".join(head) + "\r\n\r\n"
+                ).encode()
+                + reply.body
+                + b"\r\n"
+            )
         chunks.append(f"--{boundary}--\r\n".encode())
         return _Reply(200, b"".join(chunks), content_type=f"multipart/mixed; boundary={boundary}")
 
@@ -1044,16 +1120,16 @@ class GoogleServer:
         elif lf < 0 and crlf < 0:
             head, body = rest, b""
         elif crlf >= 0 and (lf < 0 or crlf < lf):
-            head, body = rest[:crlf], rest[crlf + 4:]
+            head, body = rest[:crlf], rest[crlf + 4 :]
         else:
-            head, body = rest[:lf], rest[lf + 2:]
+            head, body = rest[:lf], rest[lf + 2 :]
         part_headers: dict[str, str] = {}
         for line in head.decode("latin-1").splitlines():
             name, sep, value = line.partition(":")
             if sep:
                 part_headers[name.strip().lower()] = value.strip()
         if "content-length" in part_headers:
-            body = body[:int(part_headers["content-length"])]
+            body = body[: int(part_headers["content-length"])]
         else:
             body = body.rstrip(b"\r\n")
         return method, target, part_headers, body
@@ -1063,8 +1139,10 @@ class GoogleServer:
     def _token(self, *, query: dict[str, list[str]], body: bytes) -> _Reply:
         form = dict(parse_qsl(body.decode("utf-8", "replace")))
         with self._lock:
-            ok = (form.get("grant_type") == "refresh_token"
-                  and form.get("refresh_token") in self.valid_refresh_tokens)
+            ok = (
+                form.get("grant_type") == "refresh_token"
+                and form.get("refresh_token") in self.valid_refresh_tokens
+            )
             # A service account's signed JWT (domain-wide delegation); the claims are kept so
             # a test can see which mailbox (`sub`) it asked for. The signature is not checked.
             if form.get("grant_type") == JWT_BEARER and form.get("assertion"):
@@ -1072,18 +1150,30 @@ class GoogleServer:
                 self.jwt_claims.append(json.loads(base64.urlsafe_b64decode(payload + "==")))
                 ok = not self.revoked_service_accounts
             if not ok:
-                return _Reply.json(400, {"error": "invalid_grant",
-                                         "error_description": "Token has been expired or revoked."})
+                return _Reply.json(
+                    400,
+                    {
+                        "error": "invalid_grant",
+                        "error_description": "Token has been expired or revoked.",
+                    },
+                )
             self._counter += 1
             token = f"test-token-{self._counter}"
             self.valid_tokens.add(token)
-            subject = self.jwt_claims[-1].get("sub") if form.get("grant_type") == JWT_BEARER \
-                else None
+            subject = (
+                self.jwt_claims[-1].get("sub") if form.get("grant_type") == JWT_BEARER else None
+            )
             if subject:  # a service account acting for a mailbox: "me" is that mailbox
                 self.token_users[token] = subject
-        return _Reply.json(200, {"access_token": token, "expires_in": 3599,
-                                 "token_type": "Bearer",
-                                 "scope": "https://www.googleapis.com/auth/gmail.compose"})
+        return _Reply.json(
+            200,
+            {
+                "access_token": token,
+                "expires_in": 3599,
+                "token_type": "Bearer",
+                "scope": "https://www.googleapis.com/auth/gmail.compose",
+            },
+        )
 
     # ---- Gmail
 
@@ -1092,7 +1182,7 @@ class GoogleServer:
 
     def _new_gmail_id(self) -> str:
         self._counter += 1
-        return f"{0x18f0000000000000 + self._counter:x}"
+        return f"{0x18F0000000000000 + self._counter:x}"
 
     def _new_draft_id(self) -> str:
         self._counter += 1
@@ -1104,22 +1194,25 @@ class GoogleServer:
             return True
         return time.monotonic() - message.stored_at >= self.search_lag
 
-    def _store_message(self, box: _Mailbox, raw: bytes, labels: tuple[str, ...],
-                       thread_id: str | None) -> _StoredMessage:
+    def _store_message(
+        self, box: _Mailbox, raw: bytes, labels: tuple[str, ...], thread_id: str | None
+    ) -> _StoredMessage:
         parsed = BytesParser(policy=policy.default).parsebytes(raw)
         if parsed.get("Message-ID") is None:  # Gmail adds one, as the sending MTA would
             parsed["Message-ID"] = make_msgid(domain="mail.gmail.com")
             raw = parsed.as_bytes()
         message_id = self._new_gmail_id()
-        message = _StoredMessage(message_id, thread_id or message_id, raw, labels,
-                                int(time.time() * 1000))
+        message = _StoredMessage(
+            message_id, thread_id or message_id, raw, labels, int(time.time() * 1000)
+        )
         box.messages[message_id] = message
         return message
 
     def _send_locked(self, box: _Mailbox, draft_id: str) -> _StoredMessage:
         message = box.messages[box.drafts.pop(draft_id)]
-        sent = _StoredMessage(message.id, message.thread_id, message.raw, ("SENT",),
-                             int(time.time() * 1000))
+        sent = _StoredMessage(
+            message.id, message.thread_id, message.raw, ("SENT",), int(time.time() * 1000)
+        )
         box.messages[message.id] = sent
         return sent
 
@@ -1136,34 +1229,45 @@ class GoogleServer:
         try:
             raw = _b64decode_lenient(raw_text)
         except (binascii.Error, ValueError):
-            raise _ApiError(400, "Invalid value at 'draft.message.raw' (TYPE_BYTES)",
-                            "invalid") from None
+            raise _ApiError(
+                400, "Invalid value at 'draft.message.raw' (TYPE_BYTES)", "invalid"
+            ) from None
         with self._lock:
             box = self._mailbox(user)
             stored = self._store_message(box, raw, ("DRAFT",), message.get("threadId"))
             draft_id = self._new_draft_id()
             box.drafts[draft_id] = stored.id
-        return _Reply.json(200, {"id": draft_id, "message": {
-            "id": stored.id, "threadId": stored.thread_id, "labelIds": ["DRAFT"]}})
+        return _Reply.json(
+            200,
+            {
+                "id": draft_id,
+                "message": {"id": stored.id, "threadId": stored.thread_id, "labelIds": ["DRAFT"]},
+            },
+        )
 
     def _drafts_list(self, user: str, *, query: dict[str, list[str]], body: bytes) -> _Reply:
         terms = query.get("q", [""])[0]
         with self._lock:
             box = self._mailbox(user)
-            found = [(d, box.messages[m]) for d, m in reversed(box.drafts.items())
-                     if self._matches(box.messages[m], terms, [])
-                     and self._searchable(box.messages[m], terms)]
+            found = [
+                (d, box.messages[m])
+                for d, m in reversed(box.drafts.items())
+                if self._matches(box.messages[m], terms, [])
+                and self._searchable(box.messages[m], terms)
+            ]
         chunk, token = _page(found, query, default=100, cap=500, calendar=False)
         answer: dict[str, Any] = {"resultSizeEstimate": len(found)}
         if chunk:
-            answer["drafts"] = [{"id": d, "message": {"id": m.id, "threadId": m.thread_id}}
-                                for d, m in chunk]
+            answer["drafts"] = [
+                {"id": d, "message": {"id": m.id, "threadId": m.thread_id}} for d, m in chunk
+            ]
         if token:
             answer["nextPageToken"] = token
         return _Reply.json(200, answer)
 
-    def _drafts_get(self, user: str, draft_id: str, *, query: dict[str, list[str]],
-                    body: bytes) -> _Reply:
+    def _drafts_get(
+        self, user: str, draft_id: str, *, query: dict[str, list[str]], body: bytes
+    ) -> _Reply:
         with self._lock:
             box = self._mailbox(user)
             message_id = box.drafts.get(draft_id)
@@ -1172,8 +1276,9 @@ class GoogleServer:
             message = box.messages[message_id]
         return _Reply.json(200, {"id": draft_id, "message": _render(message, query)})
 
-    def _drafts_delete(self, user: str, draft_id: str, *, query: dict[str, list[str]],
-                       body: bytes) -> _Reply:
+    def _drafts_delete(
+        self, user: str, draft_id: str, *, query: dict[str, list[str]], body: bytes
+    ) -> _Reply:
         with self._lock:
             box = self._mailbox(user)
             message_id = box.drafts.pop(draft_id, None)
@@ -1195,8 +1300,11 @@ class GoogleServer:
         terms = query.get("q", [""])[0]
         labels = query.get("labelIds", [])
         with self._lock:
-            found = [m for m in reversed(self._mailbox(user).messages.values())
-                     if self._matches(m, terms, labels) and self._searchable(m, terms)]
+            found = [
+                m
+                for m in reversed(self._mailbox(user).messages.values())
+                if self._matches(m, terms, labels) and self._searchable(m, terms)
+            ]
         chunk, token = _page(found, query, default=100, cap=500, calendar=False)
         answer: dict[str, Any] = {"resultSizeEstimate": len(found)}
         if chunk:
@@ -1205,27 +1313,31 @@ class GoogleServer:
             answer["nextPageToken"] = token
         return _Reply.json(200, answer)
 
-    def _messages_get(self, user: str, message_id: str, *, query: dict[str, list[str]],
-                      body: bytes) -> _Reply:
+    def _messages_get(
+        self, user: str, message_id: str, *, query: dict[str, list[str]], body: bytes
+    ) -> _Reply:
         with self._lock:
             message = self._mailbox(user).messages.get(message_id)
         if message is None:
             raise self._gmail_not_found()
         return _Reply.json(200, _render(message, query))
 
-    def _threads_get(self, user: str, thread_id: str, *, query: dict[str, list[str]],
-                     body: bytes) -> _Reply:
+    def _threads_get(
+        self, user: str, thread_id: str, *, query: dict[str, list[str]], body: bytes
+    ) -> _Reply:
         fmt = query.get("format", ["full"])[0].lower()
         if fmt not in ("full", "metadata", "minimal"):  # no "raw" for threads
             raise _ApiError(400, f"Invalid value for format: {fmt}", "invalidArgument")
         with self._lock:
-            messages = [m for m in self._mailbox(user).messages.values()
-                        if m.thread_id == thread_id]
+            messages = [
+                m for m in self._mailbox(user).messages.values() if m.thread_id == thread_id
+            ]
         if not messages:
             raise self._gmail_not_found()
         rendered = [_render(m, query) for m in messages]
-        return _Reply.json(200, {"id": thread_id, "historyId": rendered[-1]["historyId"],
-                                 "messages": rendered})
+        return _Reply.json(
+            200, {"id": thread_id, "historyId": rendered[-1]["historyId"], "messages": rendered}
+        )
 
     @staticmethod
     def _matches(message: _StoredMessage, terms: str, label_ids: list[str]) -> bool:
@@ -1241,7 +1353,8 @@ class GoogleServer:
                     return False
             elif key in ("in", "label", "is"):
                 wanted = {"sent": "SENT", "draft": "DRAFT", "drafts": "DRAFT"}.get(
-                    value.lower(), value.upper())
+                    value.lower(), value.upper()
+                )
                 if wanted not in labels:
                     return False
         return True
@@ -1257,10 +1370,15 @@ class GoogleServer:
             when = event.get(edge) or {}
             if not when.get("date") and not when.get("dateTime"):
                 raise _ApiError(400, f"Missing {edge} time.", "required", rpc_status=False)
-            if when.get("dateTime") and not (_HAS_OFFSET.search(when["dateTime"])
-                                             or when.get("timeZone")):
-                raise _ApiError(400, f"Missing time zone definition for {edge} time.",
-                                "required", rpc_status=False)
+            if when.get("dateTime") and not (
+                _HAS_OFFSET.search(when["dateTime"]) or when.get("timeZone")
+            ):
+                raise _ApiError(
+                    400,
+                    f"Missing time zone definition for {edge} time.",
+                    "required",
+                    rpc_status=False,
+                )
         _check_range(event)
         with self._lock:
             events = self._calendars.setdefault(cal, {})
@@ -1268,22 +1386,36 @@ class GoogleServer:
                 while event_id is None or event_id in events:
                     event_id = base64.b32hexencode(secrets.token_bytes(10)).decode().lower()
             if event_id in events:
-                raise _ApiError(409, "The requested identifier already exists.", "duplicate",
-                                rpc_status=False)
+                raise _ApiError(
+                    409, "The requested identifier already exists.", "duplicate", rpc_status=False
+                )
             now = _rfc3339(time.time())
             owner = cal if "@" in cal else "therapist@example.com"
             stored = {
-                "kind": "calendar#event", "etag": f'"{time.time_ns() // 1000}"',
-                "id": event_id, "status": "confirmed",
+                "kind": "calendar#event",
+                "etag": f'"{time.time_ns() // 1000}"',
+                "id": event_id,
+                "status": "confirmed",
                 "htmlLink": f"https://www.google.com/calendar/event?eid={event_id}",
-                "created": now, "updated": now,
+                "created": now,
+                "updated": now,
                 "creator": {"email": owner, "self": True},
                 "organizer": {"email": owner, "self": True},
-                "iCalUID": f"{event_id}@google.com", "sequence": 0,
-                "reminders": {"useDefault": True}, "eventType": "default",
+                "iCalUID": f"{event_id}@google.com",
+                "sequence": 0,
+                "reminders": {"useDefault": True},
+                "eventType": "default",
             }
-            server_owned = {"kind", "etag", "htmlLink", "created", "updated", "creator",
-                            "organizer", "iCalUID"}
+            server_owned = {
+                "kind",
+                "etag",
+                "htmlLink",
+                "created",
+                "updated",
+                "creator",
+                "organizer",
+                "iCalUID",
+            }
             stored.update({k: v for k, v in event.items() if k not in server_owned})
             stored["id"] = event_id
             if stored.get("status") not in ("confirmed", "tentative"):
@@ -1291,16 +1423,18 @@ class GoogleServer:
             events[event_id] = stored
             return _Reply.json(200, stored)
 
-    def _events_get(self, cal: str, event_id: str, *, query: dict[str, list[str]],
-                    body: bytes) -> _Reply:
+    def _events_get(
+        self, cal: str, event_id: str, *, query: dict[str, list[str]], body: bytes
+    ) -> _Reply:
         with self._lock:
             event = self._calendars.get(cal, {}).get(event_id)
             if event is None:
                 raise _ApiError(404, "Not Found", "notFound", rpc_status=False)
             return _Reply.json(200, event)
 
-    def _events_delete(self, cal: str, event_id: str, *, query: dict[str, list[str]],
-                       body: bytes) -> _Reply:
+    def _events_delete(
+        self, cal: str, event_id: str, *, query: dict[str, list[str]], body: bytes
+    ) -> _Reply:
         with self._lock:
             event = self._calendars.get(cal, {}).get(event_id)
             if event is None:
@@ -1320,8 +1454,10 @@ class GoogleServer:
         show_deleted = query.get("showDeleted", ["false"])[0].lower() == "true"
         wanted = {
             scope: [entry.partition("=")[::2] for entry in query.get(param, [])]
-            for scope, param in (("private", "privateExtendedProperty"),
-                                 ("shared", "sharedExtendedProperty"))
+            for scope, param in (
+                ("private", "privateExtendedProperty"),
+                ("shared", "sharedExtendedProperty"),
+            )
         }
         uid = query.get("iCalUID", [None])[0]
         with self._lock:
@@ -1332,14 +1468,22 @@ class GoogleServer:
                 if uid is not None and event.get("iCalUID") != uid:
                     continue
                 props = event.get("extendedProperties") or {}
-                if all((props.get(scope) or {}).get(k) == v
-                       for scope, pairs in wanted.items() for k, v in pairs):
+                if all(
+                    (props.get(scope) or {}).get(k) == v
+                    for scope, pairs in wanted.items()
+                    for k, v in pairs
+                ):
                     found.append(copy.deepcopy(event))
         chunk, token = _page(found, query, default=250, cap=2500, calendar=True)
         answer: dict[str, Any] = {
-            "kind": "calendar#events", "etag": f'"{time.time_ns() // 1000}"', "summary": cal,
-            "updated": _rfc3339(time.time()), "timeZone": "UTC", "accessRole": "owner",
-            "defaultReminders": [{"method": "popup", "minutes": 10}], "items": chunk,
+            "kind": "calendar#events",
+            "etag": f'"{time.time_ns() // 1000}"',
+            "summary": cal,
+            "updated": _rfc3339(time.time()),
+            "timeZone": "UTC",
+            "accessRole": "owner",
+            "defaultReminders": [{"method": "popup", "minutes": 10}],
+            "items": chunk,
         }
         if token:
             answer["nextPageToken"] = token
@@ -1356,8 +1500,9 @@ def _check_range(event: dict[str, Any]) -> None:
     if (start.tzinfo is None) != (end.tzinfo is None):
         return  # mixed date/dateTime; Google rejects these differently, not worth faking
     if end < start:
-        raise _ApiError(400, "The specified time range is empty.", "timeRangeEmpty",
-                        rpc_status=False)
+        raise _ApiError(
+            400, "The specified time range is empty.", "timeRangeEmpty", rpc_status=False
+        )
 
 
 def _render_raw(message: _StoredMessage) -> dict[str, Any]:
@@ -1379,19 +1524,22 @@ def _render(message: _StoredMessage, query: dict[str, list[str]]) -> dict[str, A
         raise _ApiError(400, f"Invalid value for format: {fmt}", "invalidArgument")
     text = " ".join(message.body_text().split())
     answer: dict[str, Any] = {
-        "id": message.id, "threadId": message.thread_id,
-        "labelIds": list(message.label_ids), "snippet": text[:200],
-        "sizeEstimate": len(message.raw), "historyId": str(message.internal_date_ms),
+        "id": message.id,
+        "threadId": message.thread_id,
+        "labelIds": list(message.label_ids),
+        "snippet": text[:200],
+        "sizeEstimate": len(message.raw),
+        "historyId": str(message.internal_date_ms),
         "internalDate": str(message.internal_date_ms),
     }
     if fmt == "raw":
         answer["raw"] = _b64url(message.raw)
     elif fmt == "metadata":
         wanted = {h.lower() for h in query.get("metadataHeaders", [])}
-        headers = [{"name": n, "value": v} for n, v in message.headers
-                   if not wanted or n.lower() in wanted]
-        answer["payload"] = {"mimeType": message.email.get_content_type(),
-                             "headers": headers}
+        headers = [
+            {"name": n, "value": v} for n, v in message.headers if not wanted or n.lower() in wanted
+        ]
+        answer["payload"] = {"mimeType": message.email.get_content_type(), "headers": headers}
     elif fmt == "full":
         answer["payload"] = _payload(message.email, "")
     return answer
@@ -1400,7 +1548,8 @@ def _render(message: _StoredMessage, query: dict[str, list[str]]) -> dict[str, A
 def _payload(part: Message, part_id: str) -> dict[str, Any]:
     """Gmail's ``MessagePart`` rendering of a parsed message (format=full)."""
     answer: dict[str, Any] = {
-        "partId": part_id, "mimeType": part.get_content_type(),
+        "partId": part_id,
+        "mimeType": part.get_content_type(),
         "filename": part.get_filename() or "",
         "headers": [{"name": n, "value": str(v)} for n, v in part.items()],
     }
@@ -1408,8 +1557,10 @@ def _payload(part: Message, part_id: str) -> dict[str, Any]:
         children = part.get_payload()
         assert isinstance(children, list)
         answer["body"] = {"size": 0}
-        answer["parts"] = [_payload(child, f"{part_id}.{i}" if part_id else str(i))
-                           for i, child in enumerate(children)]
+        answer["parts"] = [
+            _payload(child, f"{part_id}.{i}" if part_id else str(i))
+            for i, child in enumerate(children)
+        ]
     else:
         data = part.get_payload(decode=True)
         data = data if isinstance(data, bytes) else b""

@@ -29,18 +29,43 @@ class Clock:
 def add(store: Store, refs: list[str], visits: list[str] = ()) -> None:
     received = (date.today() - timedelta(days=10)).isoformat()
     with store.session() as session:
-        upsert_referrals(session, [parse_referral({
-            "ref": ref, "received_on": received, "physician": "Dr. Clock",
-            "physician_email": "clock@clinic.example", "client_name": "Test Client",
-            "presenting_problem": "Synthetic", "release_on_file": "yes"}) for ref in refs],
-            Directory())
-        upsert_visits(session, [parse_visit({
-            "visited_on": date.today().isoformat(), "practice": practice,
-            "physician": f"Dr. {practice}"}) for practice in visits], Directory())
+        upsert_referrals(
+            session,
+            [
+                parse_referral(
+                    {
+                        "ref": ref,
+                        "received_on": received,
+                        "physician": "Dr. Clock",
+                        "physician_email": "clock@clinic.example",
+                        "client_name": "Test Client",
+                        "presenting_problem": "Synthetic",
+                        "release_on_file": "yes",
+                    }
+                )
+                for ref in refs
+            ],
+            Directory(),
+        )
+        upsert_visits(
+            session,
+            [
+                parse_visit(
+                    {
+                        "visited_on": date.today().isoformat(),
+                        "practice": practice,
+                        "physician": f"Dr. {practice}",
+                    }
+                )
+                for practice in visits
+            ],
+            Directory(),
+        )
 
 
 def test_clock_back_an_hour_and_forward_a_day_skips_nothing_duplicates_nothing(
-        home, db_url, monkeypatch):
+    home, db_url, monkeypatch
+):
     clock = Clock()
     monkeypatch.setattr(store_module, "now_utc", clock)  # the stamps on changed rows
     settings = configuration.load(home, environ={"FOLLOWUPD_DATABASE_URL": db_url})
@@ -69,8 +94,9 @@ def test_clock_back_an_hour_and_forward_a_day_skips_nothing_duplicates_nothing(
     assert len(revisits) == 3
     due = [r for r in rows if r.due_at <= clock.now]
     assert {r.state for r in due} == {"done"}, "something due was not delivered"
-    files = sorted(int(p.stem) for p in (home / "outbox").rglob("*") if p.suffix in
-                   (".eml", ".ics"))
+    files = sorted(
+        int(p.stem) for p in (home / "outbox").rglob("*") if p.suffix in (".eml", ".ics")
+    )
     assert files == sorted(r.id for r in rows if r.state == "done")  # one file each
     engine.close()
     store.close()

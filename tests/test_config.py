@@ -31,7 +31,9 @@ def test_the_shipped_default_is_valid(home):
     settings = configuration.load(home, environ={})
     assert settings.config.practice.timezone == "America/Chicago"
     assert [r.name for r in settings.config.rules][:2] == [
-        "referral-acknowledgement", "closing-note"]
+        "referral-acknowledgement",
+        "closing-note",
+    ]
     assert settings.database_url == f"sqlite:///{home / 'followupd.sqlite3'}"
     assert settings.outbox_dir == home / "outbox"
 
@@ -51,8 +53,9 @@ def test_every_key_of_the_default_has_a_comment():
         elif section in ("rules", "specialty_chain") or lines[index - 1].strip().startswith("- "):
             continue
         above = lines[index - 1].strip()
-        assert above.startswith("#") or (lines[index - 1].rstrip().endswith(":") and \
-            line.strip().endswith(":")), f"no comment above line {index + 1}: {line}"
+        assert above.startswith("#") or (
+            lines[index - 1].rstrip().endswith(":") and line.strip().endswith(":")
+        ), f"no comment above line {index + 1}: {line}"
 
 
 def test_bad_duration_names_file_line_key_and_fix(home):
@@ -60,7 +63,9 @@ def test_bad_duration_names_file_line_key_and_fix(home):
     [problem] = problems(home)
     assert re.fullmatch(
         r'.*followupd\.yaml:\d+: rules\[3\]\.after: "1 mnth" is not a duration '
-        r'\(try "3 days", "1 month", "2 business days"\)', problem)
+        r'\(try "3 days", "1 month", "2 business days"\)',
+        problem,
+    )
     line = int(problem.split(":")[1])
     assert "1 mnth" in (home / "followupd.yaml").read_text().splitlines()[line - 1]
 
@@ -110,8 +115,11 @@ def test_a_key_given_twice_is_an_error_not_the_last_one_silently(home):
     not silently lose to (or override) the first."""
     edit(home, "  lease: 5 minutes", "  lease: 5 minutes\n  lease: 15 seconds")
     [problem] = problems(home)
-    assert re.match(r".*followupd\.yaml:(\d+): schedule\.lease: appears twice \(also on line "
-                    r"(\d+); keep one\)", problem), problem
+    assert re.match(
+        r".*followupd\.yaml:(\d+): schedule\.lease: appears twice \(also on line "
+        r"(\d+); keep one\)",
+        problem,
+    ), problem
 
 
 def test_missing_and_empty_files(tmp_path):
@@ -142,16 +150,14 @@ def test_next_specialty_chain(home):
 
 def test_cli_exits_2_with_no_traceback(home):
     edit(home, "after: 1 month", "after: 1 mnth")
-    ran = run_cli("--home", str(home), "check", log_to=home.parent,
-                  env={"PATH": "/usr/bin:/bin"})
+    ran = run_cli("--home", str(home), "check", log_to=home.parent, env={"PATH": "/usr/bin:/bin"})
     assert ran.returncode == 2
     assert "rules[3].after" in ran.stderr
     assert "Traceback" not in ran.stderr + ran.stdout
 
 
 def test_check_passes_on_a_good_home(home):
-    ran = run_cli("check", "--home", str(home), log_to=home.parent,
-                  env={"PATH": "/usr/bin:/bin"})
+    ran = run_cli("check", "--home", str(home), log_to=home.parent, env={"PATH": "/usr/bin:/bin"})
     assert ran.returncode == 0, ran.stderr
     assert "is valid" in ran.stdout
     assert not (home / "followupd.sqlite3").exists()  # check changes nothing
@@ -165,8 +171,9 @@ def test_a_lease_shorter_than_two_call_timeouts_is_refused(home):
 
 # --- hostile or malformed YAML: refused quickly, with a line, never a traceback ------------
 
-ALIASES_REFUSED = ("YAML anchors and aliases (&name, *name) are not allowed in followupd.yaml; "
-                   "write the value out")
+ALIASES_REFUSED = (
+    "YAML anchors and aliases (&name, *name) are not allowed in followupd.yaml; write the value out"
+)
 
 
 def billion_laughs(levels: int = 9, width: int = 9) -> str:
@@ -199,19 +206,27 @@ print(json.dumps(result))
 
 def load_in_a_child(home, deadline: float = 20.0) -> dict:
     try:
-        ran = subprocess.run([sys.executable, "-c", CHILD, str(home)], capture_output=True,
-                             text=True, timeout=deadline)
+        ran = subprocess.run(
+            [sys.executable, "-c", CHILD, str(home)],
+            capture_output=True,
+            text=True,
+            timeout=deadline,
+        )
     except subprocess.TimeoutExpired:
         pytest.fail(f"config.load() was still running after {deadline:.0f} s")
     assert ran.returncode == 0, ran.stderr[-2000:]
     return json.loads(ran.stdout)
 
 
-@pytest.mark.parametrize(("text", "line"), [
-    (billion_laughs(), 1),
-    ("a: &a [*a]\n", 1),
-    ("practice:\n  therapist: x\nrules: &r\n  - *r\n", 3),
-], ids=["billion-laughs", "self-reference", "self-reference-nested"])
+@pytest.mark.parametrize(
+    ("text", "line"),
+    [
+        (billion_laughs(), 1),
+        ("a: &a [*a]\n", 1),
+        ("practice:\n  therapist: x\nrules: &r\n  - *r\n", 3),
+    ],
+    ids=["billion-laughs", "self-reference", "self-reference-nested"],
+)
 def test_yaml_aliases_are_refused_within_a_second(home, text, line):
     assert len(text.encode()) < 1024
     (home / "followupd.yaml").write_text(text)
@@ -229,18 +244,24 @@ def line_of(home, text: str) -> int:
 def test_an_anchor_or_an_alias_alone_is_refused_with_its_line(home):
     edit(home, "schedule:\n", "schedule: &times\n")
     assert problems(home) == [
-        f"{home / 'followupd.yaml'}:{line_of(home, '&times')}: {ALIASES_REFUSED}"]
+        f"{home / 'followupd.yaml'}:{line_of(home, '&times')}: {ALIASES_REFUSED}"
+    ]
 
     edit(home, "schedule: &times\n", "schedule:\n")
     edit(home, "  lease: 5 minutes\n", "  lease: 5 minutes\n  <<: *times\n")
     assert problems(home) == [
-        f"{home / 'followupd.yaml'}:{line_of(home, '*times')}: {ALIASES_REFUSED}"]
+        f"{home / 'followupd.yaml'}:{line_of(home, '*times')}: {ALIASES_REFUSED}"
+    ]
 
 
-@pytest.mark.parametrize(("old", "new", "what"), [
-    ("  - 2026-12-25", "  - 2026-02-30", "day is out of range"),
-    ("batch_size: 50", "batch_size: " + "9" * 5000, "digits"),
-], ids=["impossible-date", "huge-number"])
+@pytest.mark.parametrize(
+    ("old", "new", "what"),
+    [
+        ("  - 2026-12-25", "  - 2026-02-30", "day is out of range"),
+        ("batch_size: 50", "batch_size: " + "9" * 5000, "digits"),
+    ],
+    ids=["impossible-date", "huge-number"],
+)
 def test_a_value_yaml_cannot_read_is_refused_with_its_line(home, old, new, what):
     edit(home, old, new)
     [problem] = problems(home)

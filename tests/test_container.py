@@ -29,8 +29,11 @@ NOBODY = 65534
 def dockerfile() -> dict:
     """ENV, the pip install line, ENTRYPOINT, CMD and HEALTHCHECK of our Dockerfile."""
     text = (REPO / "Dockerfile").read_text().replace("\\\n", " ")
-    lines = [line.strip() for line in text.splitlines() if line.strip()
-             and not line.lstrip().startswith("#")]
+    lines = [
+        line.strip()
+        for line in text.splitlines()
+        if line.strip() and not line.lstrip().startswith("#")
+    ]
     found: dict = {"env": {}}
     for line in lines:
         word, _, rest = line.partition(" ")
@@ -91,21 +94,29 @@ def test_the_image_steps_start_serve_pass_health_and_stop(installed):
     if os.geteuid() == 0:
         os.chown(data, NOBODY, NOBODY)
     bin_dir = venv / "bin"
-    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", **spec["env"], "FOLLOWUPD_HOME": str(data),
-           "HOME": str(data)}
-    subprocess.run(as_unprivileged([str(bin_dir / "followupd"), "init", str(data)]),
-                   check=True, env=env, capture_output=True)
+    env = {
+        "PATH": f"{bin_dir}:/usr/bin:/bin",
+        **spec["env"],
+        "FOLLOWUPD_HOME": str(data),
+        "HOME": str(data),
+    }
+    subprocess.run(
+        as_unprivileged([str(bin_dir / "followupd"), "init", str(data)]),
+        check=True,
+        env=env,
+        capture_output=True,
+    )
     config = data / "followupd.yaml"
     config.write_text(config.read_text().replace("poll: 5 minutes", "poll: 1 second"))
     command = [str(bin_dir / spec["entrypoint"][0]), *spec["entrypoint"][1:], *spec["cmd"]]
-    daemon = subprocess.Popen(as_unprivileged(command), env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True)
+    daemon = subprocess.Popen(
+        as_unprivileged(command), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     try:
         health = [str(bin_dir / spec["healthcheck"][0]), *spec["healthcheck"][1:]]
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            check = subprocess.run(as_unprivileged(health), env=env, capture_output=True,
-                                   text=True)
+            check = subprocess.run(as_unprivileged(health), env=env, capture_output=True, text=True)
             if check.returncode == 0:
                 break
             time.sleep(0.5)

@@ -31,8 +31,12 @@ def followupd(home: Path, *args: str, env: dict) -> subprocess.CompletedProcess:
 
 def start_daemon(home: Path, env: dict, log_path: Path | None = None) -> subprocess.Popen:
     log = open(log_path or home / "daemon.log", "w")  # noqa: SIM115 - closed with the process
-    return subprocess.Popen([sys.executable, "-m", "followupd", "--home", str(home), "run"],
-                            stdout=log, stderr=log, env=env)
+    return subprocess.Popen(
+        [sys.executable, "-m", "followupd", "--home", str(home), "run"],
+        stdout=log,
+        stderr=log,
+        env=env,
+    )
 
 
 def set_poll(home: Path, poll: str = "1 second") -> None:
@@ -41,17 +45,32 @@ def set_poll(home: Path, poll: str = "1 second") -> None:
 
 
 def add_referral(home: Path, ref: str, env: dict, release: bool = True) -> None:
-    args = ["referral", "add", "--ref", ref, "--physician", "Dr. Miriam Okafor",
-            "--physician-email", "okafor@lakeside.example", "--client-name", "Imogen Ashcroft",
-            "--problem", "Panic disorder", "--received-on",
-            (date.today() - timedelta(days=10)).isoformat()]
+    args = [
+        "referral",
+        "add",
+        "--ref",
+        ref,
+        "--physician",
+        "Dr. Miriam Okafor",
+        "--physician-email",
+        "okafor@lakeside.example",
+        "--client-name",
+        "Imogen Ashcroft",
+        "--problem",
+        "Panic disorder",
+        "--received-on",
+        (date.today() - timedelta(days=10)).isoformat(),
+    ]
     ran = followupd(home, *args, *(["--release"] if release else []), env=env)
     assert ran.returncode == 0, ran.stderr
 
 
 def drafts(home: Path) -> list[Path]:
-    return sorted((home / "outbox" / "drafts").glob("*.eml")) \
-        if (home / "outbox" / "drafts").exists() else []
+    return (
+        sorted((home / "outbox" / "drafts").glob("*.eml"))
+        if (home / "outbox" / "drafts").exists()
+        else []
+    )
 
 
 def stop(proc: subprocess.Popen, timeout: float = 10) -> tuple[int, float]:
@@ -102,9 +121,13 @@ def test_a_killed_daemon_restarted_finishes_without_duplicates(home, db_url, tmp
     count = 400
     received = (date.today() - timedelta(days=10)).isoformat()
     csv_path = tmp_path / "referrals.csv"
-    csv_path.write_text("ref,received_on,physician,physician_email,client_name,release_on_file\n"
-                        + "".join(f"R-{i},{received},Dr. P{i % 9},p{i % 9}@clinic.example,"
-                                  f"Client {i},yes\n" for i in range(count)))
+    csv_path.write_text(
+        "ref,received_on,physician,physician_email,client_name,release_on_file\n"
+        + "".join(
+            f"R-{i},{received},Dr. P{i % 9},p{i % 9}@clinic.example,Client {i},yes\n"
+            for i in range(count)
+        )
+    )
     assert followupd(home, "import", "referrals", str(csv_path), env=env).returncode == 0
     daemon = start_daemon(home, env)
     assert wait_for(lambda: len(drafts(home)) >= 30, 30)
@@ -116,15 +139,20 @@ def test_a_killed_daemon_restarted_finishes_without_duplicates(home, db_url, tmp
         assert wait_for(lambda: len(drafts(home)) == count, 60), len(drafts(home))
         store = Store(db_url)
         with store.session() as session:
-            assert wait_for(lambda: {r.state for r in session.execute(
-                sa.select(FollowUp)).scalars()} == {"done"}, 10)
+            assert wait_for(
+                lambda: (
+                    {r.state for r in session.execute(sa.select(FollowUp)).scalars()} == {"done"}
+                ),
+                10,
+            )
             session.expire_all()
             rows = session.execute(sa.select(FollowUp)).scalars().all()
         store.close()
         assert len(rows) == count and {row.state for row in rows} == {"done"}
         assert sorted(int(p.stem) for p in drafts(home)) == sorted(row.id for row in rows)
-        assert [p.name for p in (home / "outbox" / "drafts").iterdir()
-                if not p.name.endswith(".eml")] == []  # no half-written file left behind
+        assert [
+            p.name for p in (home / "outbox" / "drafts").iterdir() if not p.name.endswith(".eml")
+        ] == []  # no half-written file left behind
     finally:
         stop(restarted)
 
@@ -145,8 +173,11 @@ def test_health(home, db_url):
     assert ran.returncode == 1 and "the last tick was" in ran.stderr
     assert followupd(home, "run", "--once", env=env).returncode == 0
     with store.session() as session:  # Google refused the grant
-        write_meta(session, "google_credentials",
-                   "Google sign-in expired or was revoked: run `followupd auth`")
+        write_meta(
+            session,
+            "google_credentials",
+            "Google sign-in expired or was revoked: run `followupd auth`",
+        )
     store.close()
     ran = followupd(home, "health", env={**env, "FOLLOWUPD_DELIVERY": "google"})
     assert ran.returncode == 1 and "run `followupd auth`" in ran.stderr

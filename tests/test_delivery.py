@@ -17,16 +17,44 @@ from followupd.models import FollowUp, Physician, Referral
 from followupd.store import Store
 
 PATIENT_VALUES = [value for client in SAMPLE_CLIENTS for value in client] + [
-    "Harriet Vandermolen", "1970-05-04", "Insomnia with nightmares"]
+    "Harriet Vandermolen",
+    "1970-05-04",
+    "Insomnia with nightmares",
+]
 
 
-def add_referral(cli, ref, *, release=True, physician="Dr. Miriam Okafor",
-                 email_="m.okafor@lakeside-im.example", days_ago=10, **extra):
-    args = ["referral", "add", "--ref", ref, "--physician", physician,
-            "--practice", "Lakeside Internal Medicine", "--specialty", "internal medicine",
-            "--client-name", "Harriet Vandermolen", "--client-dob", "1970-05-04",
-            "--problem", "Insomnia with nightmares", "--focus", "CBT-I",
-            "--received-on", (date.today() - timedelta(days=days_ago)).isoformat()]
+def add_referral(
+    cli,
+    ref,
+    *,
+    release=True,
+    physician="Dr. Miriam Okafor",
+    email_="m.okafor@lakeside-im.example",
+    days_ago=10,
+    **extra,
+):
+    args = [
+        "referral",
+        "add",
+        "--ref",
+        ref,
+        "--physician",
+        physician,
+        "--practice",
+        "Lakeside Internal Medicine",
+        "--specialty",
+        "internal medicine",
+        "--client-name",
+        "Harriet Vandermolen",
+        "--client-dob",
+        "1970-05-04",
+        "--problem",
+        "Insomnia with nightmares",
+        "--focus",
+        "CBT-I",
+        "--received-on",
+        (date.today() - timedelta(days=days_ago)).isoformat(),
+    ]
     if email_:
         args += ["--physician-email", email_]
     if release:
@@ -44,8 +72,9 @@ def ledger(db_url):
 
 
 def outbox_files(home):
-    return sorted(p.relative_to(home / "outbox") for p in (home / "outbox").rglob("*")
-                  if p.is_file())
+    return sorted(
+        p.relative_to(home / "outbox") for p in (home / "outbox").rglob("*") if p.is_file()
+    )
 
 
 def test_a_referral_with_a_release_gets_its_acknowledgement(cli, db_url, home):
@@ -56,8 +85,9 @@ def test_a_referral_with_a_release_gets_its_acknowledgement(cli, db_url, home):
     message = email.message_from_bytes(draft.read_bytes(), policy=email.policy.default)
     assert message["To"] == '"Dr. Miriam Okafor" <m.okafor@lakeside-im.example>'
     assert message["From"].addresses[0].addr_spec == "dana@reyes-therapy.example"
-    assert message["Message-ID"].startswith("<followupd.") and \
-        message["Message-ID"].endswith("@reyes-therapy.example>")
+    assert message["Message-ID"].startswith("<followupd.") and message["Message-ID"].endswith(
+        "@reyes-therapy.example>"
+    )
     body = message.get_content()
     assert "Dear Dr. Okafor," in body and "Insomnia with nightmares" in body and "CBT-I" in body
     assert oct(draft.stat().st_mode & 0o777) == "0o600"
@@ -65,8 +95,16 @@ def test_a_referral_with_a_release_gets_its_acknowledgement(cli, db_url, home):
 
 def test_running_twice_writes_nothing_new(cli, db_url, home):
     add_referral(cli, "R-1")
-    cli("visit", "add", "--practice", "Lakeside Internal Medicine", "--physician",
-        "Dr. Miriam Okafor", "--specialty", "internal medicine")
+    cli(
+        "visit",
+        "add",
+        "--practice",
+        "Lakeside Internal Medicine",
+        "--physician",
+        "Dr. Miriam Okafor",
+        "--specialty",
+        "internal medicine",
+    )
     assert cli("run", "--once").code == 0
     files = {p: (home / "outbox" / p).stat().st_mtime_ns for p in outbox_files(home)}
     before = {k: (r.state, r.updated_at) for k, r in ledger(db_url).items()}
@@ -106,9 +144,12 @@ def test_disabling_a_rule_cancels_its_pending_follow_ups(cli, db_url, home):
     add_referral(cli, "R-5", days_ago=0)
     cli("run", "--once")
     config = home / "followupd.yaml"
-    config.write_text(config.read_text().replace(
-        "template: acknowledgement.txt.j2\n", "template: acknowledgement.txt.j2\n"
-        "    enabled: false\n"))
+    config.write_text(
+        config.read_text().replace(
+            "template: acknowledgement.txt.j2\n",
+            "template: acknowledgement.txt.j2\n    enabled: false\n",
+        )
+    )
     cli("run", "--once")
     [row] = ledger(db_url).values()
     assert row.state == "cancelled" and "disabled" in row.reason
@@ -117,7 +158,8 @@ def test_disabling_a_rule_cancels_its_pending_follow_ups(cli, db_url, home):
 def test_an_unknown_template_variable_fails_only_that_follow_up(cli, db_url, home):
     (home / "templates").mkdir()
     (home / "templates" / "closing.txt.j2").write_text(
-        "Subject: Closing\n\nDear {{ recipient.salutation }}, {{ client.outcome_score }}\n")
+        "Subject: Closing\n\nDear {{ recipient.salutation }}, {{ client.outcome_score }}\n"
+    )
     add_referral(cli, "R-1", days_ago=30)
     add_referral(cli, "R-2", days_ago=30)
     cli("referral", "close", "R-2", "--on", (date.today() - timedelta(days=5)).isoformat())
@@ -136,8 +178,11 @@ def test_no_header_injection_from_a_physician_name(cli, db_url, home):
     add_referral(cli, "R-2", physician="Dr. Safe Person", email_="safe@clinic.example")
     store = Store(db_url)
     with store.session() as session:  # input validation would refuse this; the DB might not
-        session.execute(sa.update(Physician).where(Physician.name == "Dr. Miriam Okafor")
-                        .values(name="Dr X\r\nBcc: x@example.org"))
+        session.execute(
+            sa.update(Physician)
+            .where(Physician.name == "Dr. Miriam Okafor")
+            .values(name="Dr X\r\nBcc: x@example.org")
+        )
     store.close()
     ran = cli("run", "--once")
     assert ran.code == 1
@@ -187,8 +232,16 @@ def test_changing_a_physicians_email_releases_notes_held_for_it(cli, db_url, hom
     cli("run", "--once")
     [row] = ledger(db_url).values()
     assert row.state == "held" and "no email address" in row.reason
-    cli("physician", "add", "--name", "Dr. Miriam Okafor", "--practice",
-        "Lakeside Internal Medicine", "--email", "okafor@lakeside.example")
+    cli(
+        "physician",
+        "add",
+        "--name",
+        "Dr. Miriam Okafor",
+        "--practice",
+        "Lakeside Internal Medicine",
+        "--email",
+        "okafor@lakeside.example",
+    )
     cli("run", "--once")
     [row] = ledger(db_url).values()
     assert row.state == "done"
@@ -266,25 +319,40 @@ def test_demo_writes_drafts_and_reminders_that_read_back(demo_run):
     held = [r for r in rows.values() if r.state == "held"]
     assert {r.reason for r in held} == {
         "no release of information on file for referral R-1002",
-        "no email address for the physician of referral R-1005"}
+        "no email address for the physician of referral R-1005",
+    }
 
 
 def test_demo_keeps_patient_details_out_of_logs_calendar_and_status(demo_run):
     target, ran = demo_run
-    status = run_cli("--home", str(target), "status", log_to=target.parent,
-                     env={"PATH": "/usr/bin:/bin"})
-    status_json = run_cli("--home", str(target), "status", "--json", log_to=target.parent,
-                          env={"PATH": "/usr/bin:/bin"})
+    status = run_cli(
+        "--home", str(target), "status", log_to=target.parent, env={"PATH": "/usr/bin:/bin"}
+    )
+    status_json = run_cli(
+        "--home",
+        str(target),
+        "status",
+        "--json",
+        log_to=target.parent,
+        env={"PATH": "/usr/bin:/bin"},
+    )
     ics = "".join(p.read_text() for p in (target / "outbox" / "reminders").glob("*.ics"))
     assert "event=delivered" in ran.stderr  # the log was captured
-    haystacks = {"log": ran.stderr, "stdout": ran.stdout, "status": status.stdout,
-                 "status --json": status_json.stdout, "ics": ics}
+    haystacks = {
+        "log": ran.stderr,
+        "stdout": ran.stdout,
+        "status": status.stdout,
+        "status --json": status_json.stdout,
+        "ics": ics,
+    }
     for value in PATIENT_VALUES:
         for where, text in haystacks.items():
             assert value not in text, f"{value!r} in {where}"
     # ... while the drafts to physicians with a release do carry them
-    drafts = "".join(email.message_from_bytes(p.read_bytes(), policy=email.policy.default)
-                     .get_content() for p in (target / "outbox" / "drafts").glob("*.eml"))
+    drafts = "".join(
+        email.message_from_bytes(p.read_bytes(), policy=email.policy.default).get_content()
+        for p in (target / "outbox" / "drafts").glob("*.eml")
+    )
     assert SAMPLE_CLIENTS[0][0] in drafts
     assert SAMPLE_CLIENTS[1][0] not in drafts  # no release for R-1002
 
@@ -318,16 +386,21 @@ def test_run_once_with_a_bad_configuration_exits_2(cli, db_url, home):
     config.write_text(config.read_text().replace("after: 1 month", "after: 1 mnth"))
     ran = cli("run", "--once")
     assert ran.code == 2 and "rules[3].after" in ran.stderr
-    config.write_text(config.read_text().replace("after: 1 mnth", "after: 1 month")
-                      .replace("template: revisit.txt.j2", "template: nosuch.txt.j2"))
+    config.write_text(
+        config.read_text()
+        .replace("after: 1 mnth", "after: 1 month")
+        .replace("template: revisit.txt.j2", "template: nosuch.txt.j2")
+    )
     ran = cli("run", "--once")
     assert ran.code == 2 and "nosuch.txt.j2 not found" in ran.stderr
 
 
 def test_the_revisit_reminder_asks_for_the_next_specialty(demo_run):
     target, _ = demo_run
-    texts = [Calendar.from_ical(p.read_bytes()).walk("VEVENT")[0]
-             for p in (target / "outbox" / "reminders").glob("*.ics")]
+    texts = [
+        Calendar.from_ical(p.read_bytes()).walk("VEVENT")[0]
+        for p in (target / "outbox" / "reminders").glob("*.ics")
+    ]
     by_practice = {str(e["SUMMARY"]): str(e["DESCRIPTION"]) for e in texts}
     lakeside = by_practice["Revisit Lakeside Internal Medicine: more cards and handouts"]
     assert "Who is your favorite practice to refer to?" in lakeside

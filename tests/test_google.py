@@ -40,8 +40,13 @@ def server():
 
 
 def write_token(home, token_uri=None):
-    token = {"token": "test-token", "refresh_token": "refresh-me", "client_id": "client",
-             "client_secret": "secret", "expiry": "2099-01-01T00:00:00Z"}
+    token = {
+        "token": "test-token",
+        "refresh_token": "refresh-me",
+        "client_id": "client",
+        "client_secret": "secret",
+        "expiry": "2099-01-01T00:00:00Z",
+    }
     if token_uri:
         token["token_uri"] = token_uri
     (home / "google-token.json").write_text(json.dumps(token))
@@ -59,8 +64,11 @@ def google_home(home, server, db_url, monkeypatch):
     """A home delivering to the local server; returns a factory of engines on it."""
     write_token(home, token_uri=f"{server.base_url}/token")  # a refresh never leaves the host
     set_config(home, "timeout: 30", "timeout: 2")
-    environ = {"FOLLOWUPD_DELIVERY": "google", "FOLLOWUPD_GOOGLE_API_ENDPOINT": server.base_url,
-               "FOLLOWUPD_DATABASE_URL": db_url}
+    environ = {
+        "FOLLOWUPD_DELIVERY": "google",
+        "FOLLOWUPD_GOOGLE_API_ENDPOINT": server.base_url,
+        "FOLLOWUPD_DATABASE_URL": db_url,
+    }
     for key, value in environ.items():
         monkeypatch.setenv(key, value)
     return home
@@ -87,22 +95,37 @@ def open_engine(home, clock=None, sleep=lambda _: None):
 
 
 def add_referrals(store, count, *, release=True, start=0):
-    rows = [{"ref": f"R-{i}", "received_on": (date.today() - timedelta(days=10)).isoformat(),
-             "physician": f"Dr. Test {i % 7}", "physician_email": f"dr{i % 7}@clinic.example",
-             "specialty": "internal medicine", "practice": "Clinic",
-             "client_name": "Harriet Vandermolen", "client_dob": "1970-05-04",
-             "presenting_problem": "Insomnia with nightmares", "treatment_focus": "CBT-I",
-             "release_on_file": "yes" if release else "no"}
-            for i in range(start, start + count)]
+    rows = [
+        {
+            "ref": f"R-{i}",
+            "received_on": (date.today() - timedelta(days=10)).isoformat(),
+            "physician": f"Dr. Test {i % 7}",
+            "physician_email": f"dr{i % 7}@clinic.example",
+            "specialty": "internal medicine",
+            "practice": "Clinic",
+            "client_name": "Harriet Vandermolen",
+            "client_dob": "1970-05-04",
+            "presenting_problem": "Insomnia with nightmares",
+            "treatment_focus": "CBT-I",
+            "release_on_file": "yes" if release else "no",
+        }
+        for i in range(start, start + count)
+    ]
     with store.session() as session:
         upsert_referrals(session, [parse_referral(r) for r in rows], Directory())
 
 
 def add_visits(store, count):
-    rows = [{"visited_on": (date.today() - timedelta(days=i + 1)).isoformat(),
-             "practice": f"Practice {i}", "physician": f"Dr. Visit {i}",
-             "specialty": "internal medicine", "business_manager": "Pat"}
-            for i in range(count)]
+    rows = [
+        {
+            "visited_on": (date.today() - timedelta(days=i + 1)).isoformat(),
+            "practice": f"Practice {i}",
+            "physician": f"Dr. Visit {i}",
+            "specialty": "internal medicine",
+            "business_manager": "Pat",
+        }
+        for i in range(count)
+    ]
     with store.session() as session:
         upsert_visits(session, [parse_visit(v) for v in rows], Directory())
 
@@ -159,11 +182,15 @@ def test_referrals_and_visits_become_drafts_and_events_once(google_home, server)
     assert report.ok and len(report.delivered) == 15
     assert len(server.drafts("me")) == 12 and len(server.events("primary")) == 3
     assert_exactly_once(server, store)
-    creates = (server.stats.calls.get(("POST", "drafts.create"), 0),
-               server.stats.calls.get(("POST", "events.insert"), 0))
+    creates = (
+        server.stats.calls.get(("POST", "drafts.create"), 0),
+        server.stats.calls.get(("POST", "events.insert"), 0),
+    )
     engine.tick()
-    again = (server.stats.calls.get(("POST", "drafts.create"), 0),
-             server.stats.calls.get(("POST", "events.insert"), 0))
+    again = (
+        server.stats.calls.get(("POST", "drafts.create"), 0),
+        server.stats.calls.get(("POST", "events.insert"), 0),
+    )
     assert again == creates  # a second run makes no create call at all
     store.close()
 
@@ -187,8 +214,9 @@ def test_calendar_events_carry_no_patient_details(google_home, server):
     engine, store = open_engine(google_home)
     load_samples(store, date.today())
     engine.tick()
-    calendar_bodies = [body for method, path, body in server.requests
-                       if "/calendar/" in path and body]
+    calendar_bodies = [
+        body for method, path, body in server.requests if "/calendar/" in path and body
+    ]
     assert calendar_bodies
     for body in calendar_bodies:
         text = body.decode("utf-8", "replace")
@@ -203,8 +231,20 @@ def test_calendar_events_carry_no_patient_details(google_home, server):
 
 # Each fault at each call that makes something. "act-then-*": the server acted, then the
 # answer was lost (a dropped connection, a 500, a timeout); "401": an expired token, refreshed.
-FAULTS = ["429", "500", "502", "503", "504", "403-rate", "401", "act-then-drop",
-          "act-then-500", "drop", "slow", "act-then-slow"]
+FAULTS = [
+    "429",
+    "500",
+    "502",
+    "503",
+    "504",
+    "403-rate",
+    "401",
+    "act-then-drop",
+    "act-then-500",
+    "drop",
+    "slow",
+    "act-then-slow",
+]
 LOOKUP_FAULTS = ["429", "503", "403-rate", "401", "drop", "slow"]
 
 
@@ -265,8 +305,9 @@ def test_a_400_fails_that_follow_up_with_googles_reason(google_home, server, kin
     converge(engine, clock, server=server)
     rows = ledger(store)
     failed = [row for row in rows if row.state == "failed"]
-    assert len(failed) == 1 and failed[0].kind == ("draft" if kind == "drafts.create"
-                                                    else "reminder")
+    assert len(failed) == 1 and failed[0].kind == (
+        "draft" if kind == "drafts.create" else "reminder"
+    )
     assert failed[0].reason.startswith("Google answered 400")
     assert not any(value in failed[0].reason for value in PATIENT_VALUES)
     assert sum(row.state == "done" for row in rows) == 3
@@ -334,8 +375,7 @@ def test_batching_saves_round_trips(google_home, server):
 
 def test_a_backlog_drains_at_the_budget_with_no_429(google_home, server):
     budget = 120_000  # units a minute: 2,000 drafts of 10 units take about ten seconds
-    set_config(google_home, "gmail_units_per_minute: 6000",
-               f"gmail_units_per_minute: {budget}")
+    set_config(google_home, "gmail_units_per_minute: 6000", f"gmail_units_per_minute: {budget}")
     server.rate_limit("gmail", budget)
     engine, store = open_engine(google_home, sleep=time.sleep)
     add_referrals(store, 2000)
@@ -407,8 +447,12 @@ def token_server():
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self):
             self.rfile.read(int(self.headers.get("Content-Length", 0)))
-            body = json.dumps({"error": "invalid_grant",
-                               "error_description": "Token has been expired or revoked."})
+            body = json.dumps(
+                {
+                    "error": "invalid_grant",
+                    "error_description": "Token has been expired or revoked.",
+                }
+            )
             self.send_response(400)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(body)))
@@ -425,8 +469,9 @@ def token_server():
     httpd.shutdown()
 
 
-def test_a_revoked_grant_makes_follow_ups_wait_and_says_run_auth(google_home, server,
-                                                                 token_server, cli):
+def test_a_revoked_grant_makes_follow_ups_wait_and_says_run_auth(
+    google_home, server, token_server, cli
+):
     write_token(google_home, token_uri=token_server)
     server.valid_tokens.clear()  # Google now refuses the access token: refresh, which fails
     clock = Clock()
@@ -450,8 +495,9 @@ def test_the_token_file_is_rewritten_private_when_refreshed(google_home, server)
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self):
             self.rfile.read(int(self.headers.get("Content-Length", 0)))
-            body = json.dumps({"access_token": "fresh-token", "expires_in": 3600,
-                               "token_type": "Bearer"})
+            body = json.dumps(
+                {"access_token": "fresh-token", "expires_in": 3600, "token_type": "Bearer"}
+            )
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(body)))
@@ -463,9 +509,14 @@ def test_the_token_file_is_rewritten_private_when_refreshed(google_home, server)
 
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    token = {"token": "stale-token", "refresh_token": "r", "client_id": "c",
-             "client_secret": "s", "expiry": "2000-01-01T00:00:00Z",
-             "token_uri": f"http://127.0.0.1:{httpd.server_port}/token"}
+    token = {
+        "token": "stale-token",
+        "refresh_token": "r",
+        "client_id": "c",
+        "client_secret": "s",
+        "expiry": "2000-01-01T00:00:00Z",
+        "token_uri": f"http://127.0.0.1:{httpd.server_port}/token",
+    }
     (google_home / "google-token.json").write_text(json.dumps(token))
     server.valid_tokens.add("fresh-token")
     engine, store = open_engine(google_home)
@@ -493,7 +544,8 @@ def test_a_service_account_acts_for_the_configured_mailbox(google_home, server, 
     assert claims["sub"] == "dana@reyes-therapy.example"
     assert set(claims["scope"].split()) == {
         "https://www.googleapis.com/auth/gmail.compose",
-        "https://www.googleapis.com/auth/calendar.events"}
+        "https://www.googleapis.com/auth/calendar.events",
+    }
     store.close()
 
 
@@ -522,8 +574,11 @@ def test_a_round_of_lookups_reads_the_recent_drafts_once(google_home, server):
     clock.advance(hours=2)
     before = len(server.requests)
     engine.tick()
-    scans = [path for method, path, _ in server.requests[before:]
-             if method == "GET" and path.split("?")[0].endswith("/drafts") and "q=" not in path]
+    scans = [
+        path
+        for method, path, _ in server.requests[before:]
+        if method == "GET" and path.split("?")[0].endswith("/drafts") and "q=" not in path
+    ]
     assert len(scans) == 1
     assert {row.state for row in ledger(store)} == {"done"}
     assert_exactly_once(server, store)
@@ -556,8 +611,9 @@ def revoke(store, ref: str) -> None:
     from followupd.store import record_release
 
     with store.session() as session:
-        assert record_release(session, ref, Recipient.physician, grant=False,
-                              on=date.today(), by="cli")
+        assert record_release(
+            session, ref, Recipient.physician, grant=False, on=date.today(), by="cli"
+        )
 
 
 def test_a_revoke_deletes_the_edited_gmail_draft_exactly_once(google_home, server):
@@ -569,8 +625,9 @@ def test_a_revoke_deletes_the_edited_gmail_draft_exactly_once(google_home, serve
     add_referrals(store, 2)
     engine.tick()
     first, second = ledger(store)
-    edited = server.edit_draft("me", first.external_id.removeprefix("gmail:"),
-                               new_draft_id=True, keep_message_id=False)
+    edited = server.edit_draft(
+        "me", first.external_id.removeprefix("gmail:"), new_draft_id=True, keep_message_id=False
+    )
     revoke(store, "R-0")
     report = engine.withdraw_now()
     assert report.withdrawn == [(first.id, "withdrawn")]
@@ -579,8 +636,9 @@ def test_a_revoke_deletes_the_edited_gmail_draft_exactly_once(google_home, serve
     assert edited["id"] not in remaining and len(remaining) == 1
     rows = {row.id: row for row in ledger(store)}
     assert rows[first.id].state == "withdrawn"
-    assert rows[first.id].reason == ("withdrawn from Gmail drafts: the release of information "
-                                     "was revoked")
+    assert rows[first.id].reason == (
+        "withdrawn from Gmail drafts: the release of information was revoked"
+    )
     assert rows[second.id].state == "done"  # another client's note stays
     clock.advance(hours=2)
     engine.tick()
@@ -622,6 +680,7 @@ def test_a_note_sent_before_the_revoke_is_reported_as_disclosed(google_home, ser
     engine.withdraw_now()
     [row] = ledger(store)
     assert row.state == "sent" and row.reason.startswith(
-        "disclosed: sent before the release of information was revoked")
+        "disclosed: sent before the release of information was revoked"
+    )
     assert server.stats.count("drafts.delete") == 0
     store.close()

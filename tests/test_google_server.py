@@ -49,9 +49,15 @@ class _NoReplayConnection(httplib2.HTTPConnectionWithTimeout):
 class NoReplayHttp(httplib2.Http):
     """``httplib2.Http`` that never re-sends a POST whose answer was lost (http:// only)."""
 
-    def request(self, uri: str, method: str = "GET", body: Any = None, headers: Any = None,
-                redirections: int = httplib2.DEFAULT_MAX_REDIRECTS,
-                connection_type: Any = None) -> Any:
+    def request(
+        self,
+        uri: str,
+        method: str = "GET",
+        body: Any = None,
+        headers: Any = None,
+        redirections: int = httplib2.DEFAULT_MAX_REDIRECTS,
+        connection_type: Any = None,
+    ) -> Any:
         if connection_type is None and uri.startswith("http://"):
             connection_type = _NoReplayConnection
         return super().request(uri, method, body, headers, redirections, connection_type)
@@ -73,20 +79,32 @@ def credentials(server: GoogleServer) -> Credentials:
     return server.credentials()
 
 
-def authorized_http(server: GoogleServer, timeout: float = 5.0,
-                    base: httplib2.Http | None = None) -> google_auth_httplib2.AuthorizedHttp:
+def authorized_http(
+    server: GoogleServer, timeout: float = 5.0, base: httplib2.Http | None = None
+) -> google_auth_httplib2.AuthorizedHttp:
     return google_auth_httplib2.AuthorizedHttp(
-        credentials(server), http=base or httplib2.Http(timeout=timeout))
+        credentials(server), http=base or httplib2.Http(timeout=timeout)
+    )
 
 
 def gmail(server: GoogleServer, http: Any = None) -> Any:
-    return build("gmail", "v1", http=http or authorized_http(server), static_discovery=True,
-                 client_options={"api_endpoint": server.gmail_endpoint})
+    return build(
+        "gmail",
+        "v1",
+        http=http or authorized_http(server),
+        static_discovery=True,
+        client_options={"api_endpoint": server.gmail_endpoint},
+    )
 
 
 def calendar(server: GoogleServer, http: Any = None) -> Any:
-    return build("calendar", "v3", http=http or authorized_http(server), static_discovery=True,
-                 client_options={"api_endpoint": server.calendar_endpoint})
+    return build(
+        "calendar",
+        "v3",
+        http=http or authorized_http(server),
+        static_discovery=True,
+        client_options={"api_endpoint": server.calendar_endpoint},
+    )
 
 
 def raw_message(message_id: str = "<note-1@followupd.test>", subject: str = "Follow-up") -> str:
@@ -125,26 +143,43 @@ def test_api_endpoint_forms(server: GoogleServer) -> None:
     """api_endpoint replaces rootUrl+servicePath: Gmail wants base, Calendar base/calendar/v3/."""
     creds = credentials(server)
     for endpoint in (server.base_url, server.base_url + "/"):
-        service = build("gmail", "v1", credentials=creds, static_discovery=True,
-                        client_options={"api_endpoint": endpoint})
+        service = build(
+            "gmail",
+            "v1",
+            credentials=creds,
+            static_discovery=True,
+            client_options={"api_endpoint": endpoint},
+        )
         assert service.users().drafts().list(userId="me").execute() == {"resultSizeEstimate": 0}
-    wrong = build("calendar", "v3", credentials=creds, static_discovery=True,
-                  client_options={"api_endpoint": server.base_url + "/"})
+    wrong = build(
+        "calendar",
+        "v3",
+        credentials=creds,
+        static_discovery=True,
+        client_options={"api_endpoint": server.base_url + "/"},
+    )
     with pytest.raises(HttpError) as caught:
         wrong.events().list(calendarId="primary").execute()
     assert caught.value.resp.status == 404
     assert server.requests[-1].path.startswith("/calendars/primary/events")
     for endpoint in (server.base_url + "/calendar/v3", server.calendar_endpoint):
-        service = build("calendar", "v3", credentials=creds, static_discovery=True,
-                        client_options={"api_endpoint": endpoint})
+        service = build(
+            "calendar",
+            "v3",
+            credentials=creds,
+            static_discovery=True,
+            client_options={"api_endpoint": endpoint},
+        )
         assert service.events().list(calendarId="primary").execute()["items"] == []
 
 
 def test_unknown_path_and_method_are_404(server: GoogleServer) -> None:
     http = authorized_http(server)
-    for method, path in (("GET", "/gmail/v1/users/me/labels"),
-                         ("PUT", "/gmail/v1/users/me/drafts/x"),
-                         ("PATCH", "/calendar/v3/calendars/primary/events/abcde")):
+    for method, path in (
+        ("GET", "/gmail/v1/users/me/labels"),
+        ("PUT", "/gmail/v1/users/me/drafts/x"),
+        ("PATCH", "/calendar/v3/calendars/primary/events/abcde"),
+    ):
         resp, content = http.request(server.base_url + path, method, body=b"{}")
         assert resp.status == 404
         assert json.loads(content)["error"]["errors"][0]["reason"] == "notFound"
@@ -165,7 +200,8 @@ def test_draft_create_search_get_delete(server: GoogleServer) -> None:
         assert [d["id"] for d in found["drafts"]] == [created["id"]]
         assert found["drafts"][0]["message"]["id"] == created["message"]["id"]
     assert drafts.list(userId="me", q="rfc822msgid:<nope@x>").execute() == {
-        "resultSizeEstimate": 0}  # Gmail omits "drafts" when there are none
+        "resultSizeEstimate": 0
+    }  # Gmail omits "drafts" when there are none
 
     meta = drafts.get(userId="me", id=created["id"], format="metadata").execute()
     headers = {h["name"]: h["value"] for h in meta["message"]["payload"]["headers"]}
@@ -211,8 +247,11 @@ def test_sent_draft_is_found_among_sent_messages(server: GoogleServer) -> None:
     assert users.messages().list(userId="me", q="in:drafts").execute()["resultSizeEstimate"] == 0
     by_label = users.messages().list(userId="me", labelIds=["SENT"]).execute()
     assert by_label["resultSizeEstimate"] == 1
-    message = users.messages().get(userId="me", id=sent["id"], format="metadata",
-                                   metadataHeaders=["Message-ID"]).execute()
+    message = (
+        users.messages()
+        .get(userId="me", id=sent["id"], format="metadata", metadataHeaders=["Message-ID"])
+        .execute()
+    )
     assert message["payload"]["headers"] == [{"name": "Message-ID", "value": "<s1@x>"}]
     assert message["labelIds"] == ["SENT"]
     assert abs(int(message["internalDate"]) / 1000 - time.time()) < 60
@@ -259,20 +298,35 @@ def test_event_insert_duplicate_get_list_and_cancelled(server: GoogleServer) -> 
         events.insert(calendarId="primary", body=event_body("fud0001abc")).execute()
     assert caught.value.resp.status == 409
     assert json.loads(caught.value.content)["error"] == {
-        "code": 409, "message": "The requested identifier already exists.",
-        "errors": [{"domain": "global", "reason": "duplicate",
-                    "message": "The requested identifier already exists."}]}
+        "code": 409,
+        "message": "The requested identifier already exists.",
+        "errors": [
+            {
+                "domain": "global",
+                "reason": "duplicate",
+                "message": "The requested identifier already exists.",
+            }
+        ],
+    }
 
     assert events.get(calendarId="primary", eventId="fud0001abc").execute()["summary"]
-    listed = events.list(calendarId="primary",
-                         privateExtendedProperty=["followupd=1", "key=fud0002abc"]).execute()
+    listed = events.list(
+        calendarId="primary", privateExtendedProperty=["followupd=1", "key=fud0002abc"]
+    ).execute()
     assert [e["id"] for e in listed["items"]] == ["fud0002abc"]
-    assert len(events.list(calendarId="primary",
-                           privateExtendedProperty="followupd=1").execute()["items"]) == 2
+    assert (
+        len(
+            events.list(calendarId="primary", privateExtendedProperty="followupd=1").execute()[
+                "items"
+            ]
+        )
+        == 2
+    )
 
     server.delete_event("primary", "fud0001abc")
     assert events.get(calendarId="primary", eventId="fud0001abc").execute()["status"] == (
-        "cancelled")
+        "cancelled"
+    )
     ids = [e["id"] for e in events.list(calendarId="primary").execute()["items"]]
     assert ids == ["fud0002abc"]
     with_deleted = events.list(calendarId="primary", showDeleted=True).execute()["items"]
@@ -297,16 +351,20 @@ def test_calendar_id_with_at_sign_and_delete(server: GoogleServer) -> None:
     assert caught.value.resp.status == 410
 
 
-@pytest.mark.parametrize(("body", "status", "reason"), [
-    (event_body("UPPERCASE1"), 400, "invalid"),
-    (event_body("abcd"), 400, "invalid"),
-    (event_body("wxyz0"), 400, "invalid"),  # w..z are not base32hex
-    ({**event_body(), "end": {}}, 400, "required"),
-    ({**event_body(), "start": {"dateTime": "2030-05-01T09:00:00"}}, 400, "required"),
-    ({**event_body(), "end": {"dateTime": "2030-05-01T08:00:00+02:00"}}, 400, "timeRangeEmpty"),
-])
-def test_event_rejections(server: GoogleServer, body: dict[str, Any], status: int,
-                          reason: str) -> None:
+@pytest.mark.parametrize(
+    ("body", "status", "reason"),
+    [
+        (event_body("UPPERCASE1"), 400, "invalid"),
+        (event_body("abcd"), 400, "invalid"),
+        (event_body("wxyz0"), 400, "invalid"),  # w..z are not base32hex
+        ({**event_body(), "end": {}}, 400, "required"),
+        ({**event_body(), "start": {"dateTime": "2030-05-01T09:00:00"}}, 400, "required"),
+        ({**event_body(), "end": {"dateTime": "2030-05-01T08:00:00+02:00"}}, 400, "timeRangeEmpty"),
+    ],
+)
+def test_event_rejections(
+    server: GoogleServer, body: dict[str, Any], status: int, reason: str
+) -> None:
     with pytest.raises(HttpError) as caught:
         calendar(server).events().insert(calendarId="primary", body=body).execute()
     assert caught.value.resp.status == status and error_reason(caught.value) == reason
@@ -323,25 +381,52 @@ def test_event_without_id_gets_a_base32hex_one(server: GoogleServer) -> None:
 # --------------------------------------------------------------------------- schemas
 
 
-@pytest.mark.parametrize(("api", "body", "message"), [
-    ("calendar", {**event_body(), "foo": 1},
-     "Invalid JSON payload received. Unknown name \"foo\" at 'event': Cannot find field."),
-    ("calendar", {**event_body(), "start": {"dateTime": "2030-05-01T09:00:00Z", "tz": "x"}},
-     "Invalid JSON payload received. Unknown name \"tz\" at 'event.start': Cannot find field."),
-    ("calendar", {**event_body(), "attendees": [{"email": "a@b.c", "nmae": "x"}]},
-     "Invalid JSON payload received. Unknown name \"nmae\" at 'event.attendees[0]': "
-     "Cannot find field."),
-    ("calendar", {**event_body(), "summary": 5},
-     "Invalid value at 'event.summary' (TYPE_STRING), 5"),
-    ("calendar", {**event_body(), "extendedProperties": {"private": {"k": 1}}},
-     "Invalid value at 'event.extendedProperties.private['k']' (TYPE_STRING), 1"),
-    ("calendar", {**event_body(), "reminders": {"useDefault": "no"}},
-     "Invalid value at 'event.reminders.useDefault' (TYPE_BOOL), \"no\""),
-    ("gmail", {"message": {"raw": "eA", "rawr": "x"}},
-     "Invalid JSON payload received. Unknown name \"rawr\" at 'draft.message': Cannot find field."),
-])
+@pytest.mark.parametrize(
+    ("api", "body", "message"),
+    [
+        (
+            "calendar",
+            {**event_body(), "foo": 1},
+            "Invalid JSON payload received. Unknown name \"foo\" at 'event': Cannot find field.",
+        ),
+        (
+            "calendar",
+            {**event_body(), "start": {"dateTime": "2030-05-01T09:00:00Z", "tz": "x"}},
+            "Invalid JSON payload received. Unknown name \"tz\" at 'event.start': "
+            "Cannot find field.",
+        ),
+        (
+            "calendar",
+            {**event_body(), "attendees": [{"email": "a@b.c", "nmae": "x"}]},
+            "Invalid JSON payload received. Unknown name \"nmae\" at 'event.attendees[0]': "
+            "Cannot find field.",
+        ),
+        (
+            "calendar",
+            {**event_body(), "summary": 5},
+            "Invalid value at 'event.summary' (TYPE_STRING), 5",
+        ),
+        (
+            "calendar",
+            {**event_body(), "extendedProperties": {"private": {"k": 1}}},
+            "Invalid value at 'event.extendedProperties.private['k']' (TYPE_STRING), 1",
+        ),
+        (
+            "calendar",
+            {**event_body(), "reminders": {"useDefault": "no"}},
+            "Invalid value at 'event.reminders.useDefault' (TYPE_BOOL), \"no\"",
+        ),
+        (
+            "gmail",
+            {"message": {"raw": "eA", "rawr": "x"}},
+            "Invalid JSON payload received. Unknown name \"rawr\" at 'draft.message': "
+            "Cannot find field.",
+        ),
+    ],
+)
 def test_bodies_are_validated_against_discovery_schemas(
-        server: GoogleServer, api: str, body: dict[str, Any], message: str) -> None:
+    server: GoogleServer, api: str, body: dict[str, Any], message: str
+) -> None:
     if api == "calendar":
         request = calendar(server).events().insert(calendarId="primary", body=body)
     else:
@@ -368,8 +453,9 @@ def test_batch_of_three_draft_creates(server: GoogleServer) -> None:
 
     batch = BatchHttpRequest(callback=callback, batch_uri=server.batch_uri("gmail"))
     for n in range(3):
-        batch.add(users.drafts().create(userId="me", body=draft_body(f"<b{n}@x>")),
-                  request_id=f"note-{n}")
+        batch.add(
+            users.drafts().create(userId="me", body=draft_body(f"<b{n}@x>")), request_id=f"note-{n}"
+        )
     batch.execute(http=http)
 
     assert sorted(answers) == ["note-0", "note-1", "note-2"]
@@ -387,8 +473,9 @@ def test_batch_parts_get_their_own_errors(server: GoogleServer) -> None:
     events.insert(calendarId="primary", body=event_body("dupl1")).execute()
     server.inject("events.insert", "429", retry_after=7)
     results: list[tuple[str, Any, Any]] = []
-    batch = BatchHttpRequest(batch_uri=server.batch_uri("calendar"),
-                             callback=lambda i, r, e: results.append((i, r, e)))
+    batch = BatchHttpRequest(
+        batch_uri=server.batch_uri("calendar"), callback=lambda i, r, e: results.append((i, r, e))
+    )
     for event_id in ("limit1", "dupl1", "fresh1"):
         batch.add(events.insert(calendarId="primary", body=event_body(event_id)))
     batch.add(events.get(calendarId="primary", eventId="dupl1"))
@@ -430,19 +517,23 @@ def test_batch_act_then_drop_is_replayed_whole_by_httplib2(server: GoogleServer)
 # --------------------------------------------------------------------------- faults
 
 
-@pytest.mark.parametrize(("fault", "status", "reason"), [
-    ("429", 429, "rateLimitExceeded"),
-    ("500", 500, "backendError"),
-    ("502", 502, "backendError"),
-    ("503", 503, "backendError"),
-    ("504", 504, "deadlineExceeded"),
-    ("403-rate", 403, "userRateLimitExceeded"),
-    ("403-ratelimit", 403, "rateLimitExceeded"),
-    ("400", 400, "badRequest"),
-    ("404", 404, "notFound"),
-])
-def test_error_faults_reach_the_client(server: GoogleServer, fault: str, status: int,
-                                       reason: str) -> None:
+@pytest.mark.parametrize(
+    ("fault", "status", "reason"),
+    [
+        ("429", 429, "rateLimitExceeded"),
+        ("500", 500, "backendError"),
+        ("502", 502, "backendError"),
+        ("503", 503, "backendError"),
+        ("504", 504, "deadlineExceeded"),
+        ("403-rate", 403, "userRateLimitExceeded"),
+        ("403-ratelimit", 403, "rateLimitExceeded"),
+        ("400", 400, "badRequest"),
+        ("404", 404, "notFound"),
+    ],
+)
+def test_error_faults_reach_the_client(
+    server: GoogleServer, fault: str, status: int, reason: str
+) -> None:
     users = gmail(server).users()
     server.inject("drafts.create", fault, retry_after=3)
     with pytest.raises(HttpError) as caught:
@@ -484,8 +575,7 @@ def test_token_file_loader_ignores_token_uri(server: GoogleServer) -> None:
 
 
 def test_missing_or_revoked_credentials(server: GoogleServer) -> None:
-    resp, content = httplib2.Http(timeout=5).request(
-        server.base_url + "/gmail/v1/users/me/drafts")
+    resp, content = httplib2.Http(timeout=5).request(server.base_url + "/gmail/v1/users/me/drafts")
     assert resp.status == 401 and json.loads(content)["error"]["status"] == "UNAUTHENTICATED"
     server.revoke()
     with pytest.raises(RefreshError, match="invalid_grant"):
@@ -531,7 +621,8 @@ def test_drop_once_is_invisible_because_httplib2_replays(server: GoogleServer) -
 
 
 def test_act_then_drop_makes_httplib2_create_two_drafts(
-        server: GoogleServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    server: GoogleServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The finding that matters: one execute(), answer lost once -> TWO drafts, no error."""
     drafts = gmail(server, authorized_http(server)).users().drafts()
     server.inject("drafts.create", "act-then-drop")
@@ -658,8 +749,10 @@ def test_routes_match_the_discovery_documents(server: GoogleServer) -> None:
     same HTTP method and path (so the real client's requests land on it)."""
     from google_server import CALENDAR_KINDS, GMAIL_KINDS, _discovery
 
-    for kinds, document, prefix in ((GMAIL_KINDS, "gmail.v1", "/"),
-                                    (CALENDAR_KINDS, "calendar.v3", "/calendar/v3/")):
+    for kinds, document, prefix in (
+        (GMAIL_KINDS, "gmail.v1", "/"),
+        (CALENDAR_KINDS, "calendar.v3", "/calendar/v3/"),
+    ):
         resources = _discovery(document)["resources"]
         if document == "gmail.v1":
             resources = resources["users"]["resources"]
@@ -684,12 +777,17 @@ def test_threads_get_lists_the_threads_messages(server: GoogleServer) -> None:
     users.drafts().create(userId="me", body=reply).execute()
     users.drafts().create(userId="me", body=draft_body("<elsewhere@x>")).execute()
 
-    thread = users.threads().get(userId="me", id=thread_id, format="metadata",
-                                 metadataHeaders=["Message-ID"]).execute()
+    thread = (
+        users.threads()
+        .get(userId="me", id=thread_id, format="metadata", metadataHeaders=["Message-ID"])
+        .execute()
+    )
     assert thread["id"] == thread_id
     assert [m["labelIds"] for m in thread["messages"]] == [["SENT"], ["DRAFT"]]
     assert [m["payload"]["headers"] for m in thread["messages"]] == [
-        [{"name": "Message-ID", "value": "<t1@x>"}], [{"name": "Message-ID", "value": "<t2@x>"}]]
+        [{"name": "Message-ID", "value": "<t1@x>"}],
+        [{"name": "Message-ID", "value": "<t2@x>"}],
+    ]
     assert all(m["internalDate"] for m in thread["messages"])
     _check_schema(thread, {"$ref": "Thread"}, _discovery("gmail.v1")["schemas"], "thread")
     minimal = users.threads().get(userId="me", id=thread_id, format="minimal").execute()
@@ -709,11 +807,11 @@ def test_search_lag_hides_new_messages_from_searches_only(server: GoogleServer) 
     search = {"userId": "me", "q": "rfc822msgid:<lag@x>"}
     assert "drafts" not in users.drafts().list(**search).execute()
     assert [d["id"] for d in users.drafts().list(userId="me").execute()["drafts"]] == [
-        created["id"]]  # a listing without a search sees it at once, and so does a get
+        created["id"]
+    ]  # a listing without a search sees it at once, and so does a get
     assert users.drafts().get(userId="me", id=created["id"]).execute()["id"] == created["id"]
     time.sleep(0.35)
-    assert [d["id"] for d in users.drafts().list(**search).execute()["drafts"]] == [
-        created["id"]]
+    assert [d["id"] for d in users.drafts().list(**search).execute()["drafts"]] == [created["id"]]
     server.send_draft("me", created["id"])  # a sent message is new to the index again
     sent_search = {"userId": "me", "q": "in:sent rfc822msgid:<lag@x>"}
     assert "messages" not in users.messages().list(**sent_search).execute()
@@ -739,8 +837,9 @@ def test_edit_draft_as_the_therapist_would(server: GoogleServer) -> None:
     assert message_of(same).get_content().strip() == "Edited by hand."
     assert [d["id"] for d in server.drafts()] == [other["id"], created["id"]]  # newest last
 
-    moved = server.edit_draft("me", created["id"], new_draft_id=True, keep_message_id=False,
-                              keep_tag=False)
+    moved = server.edit_draft(
+        "me", created["id"], new_draft_id=True, keep_message_id=False, keep_tag=False
+    )
     assert moved["id"] != created["id"] and moved["message"]["threadId"] == original["threadId"]
     assert message_of(moved)["Message-ID"].endswith("@mail.gmail.com>")
     with pytest.raises(HttpError) as caught:

@@ -115,14 +115,25 @@ def deliver(backend: GoogleBackend, n: int) -> DraftRef:
     draft = make_draft(n)
     [outcome] = backend.deliver([draft])
     assert isinstance(outcome, Delivered), outcome
-    return DraftRef(n, outcome.external_id.removeprefix("gmail:"), draft.message_id, draft.tag,
-                    outcome.thread_id)
+    return DraftRef(
+        n,
+        outcome.external_id.removeprefix("gmail:"),
+        draft.message_id,
+        draft.tag,
+        outcome.thread_id,
+    )
 
 
 def again(ref: DraftRef) -> DraftRef:
     """The same ref on a later call, after an answer was lost."""
-    return DraftRef(ref.follow_up_id, ref.draft_id, ref.message_id, ref.tag, ref.thread_id,
-                    attempt=ref.attempt + 1)
+    return DraftRef(
+        ref.follow_up_id,
+        ref.draft_id,
+        ref.message_id,
+        ref.tag,
+        ref.thread_id,
+        attempt=ref.attempt + 1,
+    )
 
 
 def draft_ids(server: GoogleServer) -> list[str]:
@@ -148,7 +159,8 @@ def start_a_reply(server: GoogleServer, backend: GoogleBackend, thread_id: str) 
     reply.set_content("Thanks, see you Tuesday.")
     raw = base64.urlsafe_b64encode(reply.as_bytes()).decode()
     created = backend.drafts_api.create(
-        userId="me", body={"message": {"raw": raw, "threadId": thread_id}}).execute()
+        userId="me", body={"message": {"raw": raw, "threadId": thread_id}}
+    ).execute()
     return created["id"]
 
 
@@ -175,8 +187,11 @@ def test_a_lost_create_is_found_by_the_header_scan_while_search_lags(server, bac
     [found] = backend.deliver([make_draft(1, attempt=2)])
     assert found == Delivered(f"gmail:{stored['id']}", thread_id=stored["message"]["threadId"])
     assert server.stats.count("drafts.create") == 1 and len(server.drafts()) == 1
-    searches = [r.path for r in server.requests
-                if r.method == "GET" and r.path.split("?")[0].endswith("/drafts")]
+    searches = [
+        r.path
+        for r in server.requests
+        if r.method == "GET" and r.path.split("?")[0].endswith("/drafts")
+    ]
     assert any("q=rfc822msgid" in path for path in searches)  # searched, found nothing
     assert any("q=" not in path for path in searches)  # then read the recent drafts
 
@@ -197,11 +212,17 @@ EDITS = {
     "untouched": None,
     "edited-same-ids": {},
     "new-message-id-same-thread": {"keep_message_id": False, "keep_tag": False},
-    "new-draft-id-new-message-id-same-thread": {"new_draft_id": True, "keep_message_id": False,
-                                                "keep_tag": False},
+    "new-draft-id-new-message-id-same-thread": {
+        "new_draft_id": True,
+        "keep_message_id": False,
+        "keep_tag": False,
+    },
     "new-subject-keeps-message-id": {"keep_tag": False, "new_subject": "Re: our patient"},
-    "new-subject-keeps-only-the-tag": {"new_draft_id": True, "keep_message_id": False,
-                                       "new_subject": "Re: our patient"},
+    "new-subject-keeps-only-the-tag": {
+        "new_draft_id": True,
+        "keep_message_id": False,
+        "new_subject": "Re: our patient",
+    },
 }
 
 
@@ -229,8 +250,10 @@ def test_sent_the_usual_way_costs_a_few_calls(server, backend):
     refs = [deliver(backend, n) for n in (1, 2, 3)]
     for ref in refs:
         server.send_draft("me", ref.draft_id)
-    before = {kind: server.stats.count(kind) for kind in ("drafts.get", "drafts.list",
-                                                          "threads.get", "messages.get")}
+    before = {
+        kind: server.stats.count(kind)
+        for kind in ("drafts.get", "drafts.list", "threads.get", "messages.get")
+    }
     states = backend.draft_states(refs)
     assert {state.state for state in states.values()} == {"sent"}
     spent = {kind: server.stats.count(kind) - n for kind, n in before.items()}
@@ -262,14 +285,14 @@ def test_a_draft_saved_anew_under_another_id_is_present(server, any_backend, how
     server.search_lag = lag
     saved = server.edit_draft("me", ref.draft_id, new_draft_id=True, **RESAVES[how])
     states = any_backend.draft_states([ref, other])
-    assert states[1] == DraftState("present", draft_id=saved["id"],
-                                   thread_id=saved["message"]["threadId"])
+    assert states[1] == DraftState(
+        "present", draft_id=saved["id"], thread_id=saved["message"]["threadId"]
+    )
     assert states[2] == DraftState("present", thread_id=other.thread_id)
 
 
 @pytest.mark.parametrize("resaved", [False, True], ids=["as-made", "saved-anew-first"])
-def test_a_deleted_draft_is_deleted_or_gone_without_the_read_scope(server, any_backend,
-                                                                   resaved):
+def test_a_deleted_draft_is_deleted_or_gone_without_the_read_scope(server, any_backend, resaved):
     ref = deliver(any_backend, 1)
     kept = deliver(any_backend, 2)
     draft_id = ref.draft_id
@@ -278,8 +301,10 @@ def test_a_deleted_draft_is_deleted_or_gone_without_the_read_scope(server, any_b
     server.delete_draft("me", draft_id)
     states = any_backend.draft_states([ref, kept])
     expected = "deleted" if any_backend.read_scope else "gone"
-    assert states == {1: DraftState(expected, thread_id=ref.thread_id),
-                      2: DraftState("present", thread_id=kept.thread_id)}
+    assert states == {
+        1: DraftState(expected, thread_id=ref.thread_id),
+        2: DraftState("present", thread_id=kept.thread_id),
+    }
 
 
 def test_a_reply_begun_in_the_thread_is_not_taken_for_the_draft(server, any_backend):
@@ -295,11 +320,12 @@ def test_a_reply_begun_in_the_thread_is_not_taken_for_the_draft(server, any_back
         assert state == DraftState("gone", thread_id=ref.thread_id)
 
 
-@pytest.mark.parametrize("kind", ["drafts.get", "drafts.list", "threads.get", "messages.list",
-                                  "messages.get"])
+@pytest.mark.parametrize(
+    "kind", ["drafts.get", "drafts.list", "threads.get", "messages.list", "messages.get"]
+)
 @pytest.mark.parametrize("fault", ["503", "drop"])
 def test_a_vanished_draft_is_unknown_while_any_look_fails(server, backend, kind, fault):
-    """"Deleted" is concluded only when every look answered; a failed one says: ask again."""
+    """ "Deleted" is concluded only when every look answered; a failed one says: ask again."""
     ref = deliver(backend, 1)
     server.add_message("me", b"To: x@example.com\r\nSubject: hi\r\n\r\nhello\r\n")  # unrelated
     server.delete_draft("me", ref.draft_id)
@@ -314,7 +340,8 @@ def test_a_failed_look_does_not_hide_what_another_one_found(server, backend):
     sent = server.send_draft("me", ref.draft_id)
     server.inject("threads.get", "503", times=10)
     assert backend.draft_states([ref]) == {
-        1: DraftState("sent", sent_time(sent), thread_id=sent["threadId"])}
+        1: DraftState("sent", sent_time(sent), thread_id=sent["threadId"])
+    }
 
 
 def test_revoked_credentials_leave_every_draft_unknown(server, backend):
@@ -360,7 +387,8 @@ def test_withdraw_of_a_draft_already_sent_says_sent(server, backend, how):
 
 
 def test_withdraw_without_the_read_scope_cannot_tell_sent_from_deleted(
-        server, backend_without_read_scope):
+    server, backend_without_read_scope
+):
     backend = backend_without_read_scope
     sent, deleted = deliver(backend, 1), deliver(backend, 2)
     server.send_draft("me", sent.draft_id)
@@ -373,8 +401,7 @@ def test_withdraw_never_deletes_a_reply_in_the_thread(server, any_backend):
     ref = deliver(any_backend, 1)
     sent = server.send_draft("me", ref.draft_id)
     reply = start_a_reply(server, any_backend, ref.thread_id)
-    expected = Withdrawn("sent", sent_time(sent)) if any_backend.read_scope else \
-        Withdrawn("gone")
+    expected = Withdrawn("sent", sent_time(sent)) if any_backend.read_scope else Withdrawn("gone")
     assert any_backend.withdraw([ref]) == [expected]
     assert draft_ids(server) == [reply] and server.stats.count("drafts.delete") == 0
 
@@ -384,12 +411,18 @@ def test_withdraw_answers_each_ref_in_order(server, backend):
     kept = deliver(backend, 5)
     sent_message = server.send_draft("me", sent.draft_id)
     server.delete_draft("me", deleted.draft_id)
-    server.edit_draft("me", resaved.draft_id, new_draft_id=True, keep_message_id=False,
-                      keep_tag=False)
+    server.edit_draft(
+        "me", resaved.draft_id, new_draft_id=True, keep_message_id=False, keep_tag=False
+    )
     never_made = DraftRef(6, None, make_draft(6).message_id, make_draft(6).tag)
     outcomes = backend.withdraw([present, sent, deleted, resaved, never_made])
-    assert outcomes == [Withdrawn("withdrawn"), Withdrawn("sent", sent_time(sent_message)),
-                        Withdrawn("withdrawn"), Withdrawn("withdrawn"), Withdrawn("withdrawn")]
+    assert outcomes == [
+        Withdrawn("withdrawn"),
+        Withdrawn("sent", sent_time(sent_message)),
+        Withdrawn("withdrawn"),
+        Withdrawn("withdrawn"),
+        Withdrawn("withdrawn"),
+    ]
     assert server.stats.count("drafts.delete") == 2
     assert draft_ids(server) == [kept.draft_id]
 

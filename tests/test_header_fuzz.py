@@ -37,8 +37,19 @@ from followupd.render import RenderError, Templates, build_draft, context_for
 from followupd.resources import default_config_dir
 from followupd.store import Bundle
 
-HEADERS = Counter(["from", "to", "subject", "date", "message-id", "x-followupd-id",
-                   "mime-version", "content-type", "content-transfer-encoding"])
+HEADERS = Counter(
+    [
+        "from",
+        "to",
+        "subject",
+        "date",
+        "message-id",
+        "x-followupd-id",
+        "mime-version",
+        "content-type",
+        "content-transfer-encoding",
+    ]
+)
 NOW = datetime(2026, 11, 23, 15, 0, tzinfo=UTC)
 CHUNKS = {"shipped": (7, 10_000), "unguarded": (6, 5_000)}  # mode: (chunks, cases in each)
 FIELDS = ("ref", "physician", "email", "therapist")
@@ -47,19 +58,85 @@ FIELDS = ("ref", "physician", "email", "therapist")
 
 EVIL = "evil@attacker.example"
 PAYLOADS = [
-    f"\r\nBcc: {EVIL}", f"\nBcc: {EVIL}", f"\rBcc: {EVIL}", f"\r\nTo: {EVIL}",
-    f"\r\nCc: {EVIL}", "\r\nSubject: pwned", "\r\n\r\nbody", f"\r\n Bcc: {EVIL}",
-    f"\r\n\tTo: {EVIL}", f"\u2028Bcc: {EVIL}", f"\u2029To: {EVIL}", f"\x85Bcc: {EVIL}",
-    f"\x0bBcc: {EVIL}", f"\x0cBcc: {EVIL}", f"\x1cTo: {EVIL}", f"\x00Bcc: {EVIL}",
-    f">, {EVIL}", f'", {EVIL}', f"; {EVIL}", f"<{EVIL}>", f'"x" <{EVIL}>', f", {EVIL}",
-    f"Bcc: {EVIL}", f"To: {EVIL}", "Subject: pwned", f"group: {EVIL};", f"\\\r\nBcc: {EVIL}",
-    "?=", "=?", "\"", "<", ">", ",", ";", ":", "\\", "(", ")", "@", "Ü", "日本", "\U0001f600",
+    f"\r\nBcc: {EVIL}",
+    f"\nBcc: {EVIL}",
+    f"\rBcc: {EVIL}",
+    f"\r\nTo: {EVIL}",
+    f"\r\nCc: {EVIL}",
+    "\r\nSubject: pwned",
+    "\r\n\r\nbody",
+    f"\r\n Bcc: {EVIL}",
+    f"\r\n\tTo: {EVIL}",
+    f"\u2028Bcc: {EVIL}",
+    f"\u2029To: {EVIL}",
+    f"\x85Bcc: {EVIL}",
+    f"\x0bBcc: {EVIL}",
+    f"\x0cBcc: {EVIL}",
+    f"\x1cTo: {EVIL}",
+    f"\x00Bcc: {EVIL}",
+    f">, {EVIL}",
+    f'", {EVIL}',
+    f"; {EVIL}",
+    f"<{EVIL}>",
+    f'"x" <{EVIL}>',
+    f", {EVIL}",
+    f"Bcc: {EVIL}",
+    f"To: {EVIL}",
+    "Subject: pwned",
+    f"group: {EVIL};",
+    f"\\\r\nBcc: {EVIL}",
+    "?=",
+    "=?",
+    '"',
+    "<",
+    ">",
+    ",",
+    ";",
+    ":",
+    "\\",
+    "(",
+    ")",
+    "@",
+    "Ü",
+    "日本",
+    "\U0001f600",
 ]
-CHARSETS = ["utf-8", "UTF-8", "us-ascii", "iso-8859-1", "latin-1", "unknown-8bit", "utf-8*en",
-            "utf-16", "x-bogus", "", "utf-8?q", "*"]
+CHARSETS = [
+    "utf-8",
+    "UTF-8",
+    "us-ascii",
+    "iso-8859-1",
+    "latin-1",
+    "unknown-8bit",
+    "utf-8*en",
+    "utf-16",
+    "x-bogus",
+    "",
+    "utf-8?q",
+    "*",
+]
 ENCODINGS = ["q", "Q", "b", "B", "x", "", "qq"]
-FILLERS = ["Dr. ", "Miriam Okafor", "R-1", " ", "  ", "\t", "a", "Okafor, MD", "O'Brien",
-           "(comment)", '"quoted"', "=", "?", "_", "=0D=0A", "=0A", "=0D", "=00", "=3F=3D"]
+FILLERS = [
+    "Dr. ",
+    "Miriam Okafor",
+    "R-1",
+    " ",
+    "  ",
+    "\t",
+    "a",
+    "Okafor, MD",
+    "O'Brien",
+    "(comment)",
+    '"quoted"',
+    "=",
+    "?",
+    "_",
+    "=0D=0A",
+    "=0A",
+    "=0D",
+    "=00",
+    "=3F=3D",
+]
 CRASHER = '=?utf-8?b?~d:>=22Bcc:wF"<dw?=h=)'
 
 
@@ -87,7 +164,7 @@ def b_encode(rnd: random.Random, data: bytes) -> str:
         text = text.rstrip("=")
     elif roll < 0.4:
         at = rnd.randrange(len(text) + 1)
-        text = text[:at] + rnd.choice(['~', '"', "<", ">", ":", "=", "?", " ", "\r\n"]) + text[at:]
+        text = text[:at] + rnd.choice(["~", '"', "<", ">", ":", "=", "?", " ", "\r\n"]) + text[at:]
     return text
 
 
@@ -124,10 +201,19 @@ def fuzz_value(rnd: random.Random) -> str:
 
 def fuzz_email(rnd: random.Random) -> str:
     value = fuzz_value(rnd)
-    return rnd.choice([
-        value, f"{value}@clinic.example", f"dr@{value}", f"dr.{value}@clinic.example",
-        f"dr@clinic.example{value}", f"{value}dr@münchen.example", "dr@münchen.example",
-        f"dr@clinic.example, {EVIL}", "m.okafor@lakeside-im.example"])
+    return rnd.choice(
+        [
+            value,
+            f"{value}@clinic.example",
+            f"dr@{value}",
+            f"dr.{value}@clinic.example",
+            f"dr@clinic.example{value}",
+            f"{value}dr@münchen.example",
+            "dr@münchen.example",
+            f"dr@clinic.example, {EVIL}",
+            "m.okafor@lakeside-im.example",
+        ]
+    )
 
 
 @dataclass
@@ -171,20 +257,29 @@ def render_case(drafting, case: Case):
     settings, templates, rule = drafting
     if case.therapist is not None:
         practice = settings.config.practice.model_copy(update={"therapist": case.therapist})
-        settings = replace(settings, config=settings.config.model_copy(
-            update={"practice": practice}))
+        settings = replace(
+            settings, config=settings.config.model_copy(update={"practice": practice})
+        )
     # Plain stand-ins for the rows (what context_for reads): SQLModel rows cost a third of
     # a case's time.
     follow_up = SimpleNamespace(id=7, rule=rule.name)
     doctor = SimpleNamespace(name=case.physician, email=case.email, fax=None, specialty=None)
-    referral = SimpleNamespace(ref=case.ref, received_on=date(2026, 11, 2), closed_on=None,
-                               release_on=None, client_name="Test Client", client_dob=None,
-                               presenting_problem=None, treatment_focus=None,
-                               closing_summary=None)
+    referral = SimpleNamespace(
+        ref=case.ref,
+        received_on=date(2026, 11, 2),
+        closed_on=None,
+        release_on=None,
+        client_name="Test Client",
+        client_dob=None,
+        presenting_problem=None,
+        treatment_focus=None,
+        closing_summary=None,
+    )
     bundle = Bundle(follow_up, referral=referral, physician=doctor)
     context = context_for(settings, rule, bundle, release=True)
-    return build_draft(templates, rule, context, follow_up_id=7, settings=settings,
-                       installation="0" * 32, now=NOW), settings
+    return build_draft(
+        templates, rule, context, follow_up_id=7, settings=settings, installation="0" * 32, now=NOW
+    ), settings
 
 
 def intended(address: str) -> str | None:
@@ -197,12 +292,18 @@ def intended(address: str) -> str | None:
 def injection(raw: bytes, to: str | None, sender: str) -> str | None:
     """What is wrong with an accepted draft's bytes, judged without followupd's own check."""
     head = raw.split(b"\r\n\r\n", 1)[0]
-    names = Counter(line.split(b":", 1)[0].decode("ascii", "replace").lower()
-                    for line in head.split(b"\r\n") if line and not line[:1].isspace())
+    names = Counter(
+        line.split(b":", 1)[0].decode("ascii", "replace").lower()
+        for line in head.split(b"\r\n")
+        if line and not line[:1].isspace()
+    )
     if names != HEADERS:
         return f"header lines {sorted(names)}"
-    lenient = Counter(line.split(b":", 1)[0].decode("ascii", "replace").lower()
-                      for line in head.splitlines() if line and not line[:1].isspace())
+    lenient = Counter(
+        line.split(b":", 1)[0].decode("ascii", "replace").lower()
+        for line in head.splitlines()
+        if line and not line[:1].isspace()
+    )
     if lenient != HEADERS:  # a reader that breaks lines at a bare CR or LF
         return f"header lines split leniently {sorted(lenient)}"
     parsed = BytesParser(policy=default_policy).parsebytes(raw, headersonly=True)
@@ -230,8 +331,9 @@ def run_case(drafting, case: Case, tally: Tally) -> None:
         tally.crashes.append((case, f"{type(exc).__name__}: {exc}"))
         return
     tally.accepted += 1
-    wrong = injection(draft.as_bytes(), intended(case.email),
-                      intended(settings.config.practice.email))
+    wrong = injection(
+        draft.as_bytes(), intended(case.email), intended(settings.config.practice.email)
+    )
     if wrong:
         tally.injections.append((case, wrong, draft.as_bytes()[:600]))
 
@@ -239,12 +341,13 @@ def run_case(drafting, case: Case, tally: Tally) -> None:
 def fixed_cases() -> list[Case]:
     """The reported ones, in each field."""
     values = ["=?utf-8?q?a=0D=0ABcc:_evil@attacker.example?=", CRASHER]
-    return [Case(**{name: value}) for value in values for name in ("ref", "physician",
-                                                                  "therapist")]
+    return [Case(**{name: value}) for value in values for name in ("ref", "physician", "therapist")]
 
 
-@pytest.mark.parametrize(("mode", "chunk"), [(mode, chunk) for mode, (chunks, _) in
-                                             CHUNKS.items() for chunk in range(chunks)])
+@pytest.mark.parametrize(
+    ("mode", "chunk"),
+    [(mode, chunk) for mode, (chunks, _) in CHUNKS.items() for chunk in range(chunks)],
+)
 def test_encoded_words_never_inject_a_header(drafting, monkeypatch, mode, chunk):
     if mode == "unguarded":
         monkeypatch.setattr(render, "ENCODED_WORD", re.compile(r"(?!)"))
@@ -256,11 +359,19 @@ def test_encoded_words_never_inject_a_header(drafting, monkeypatch, mode, chunk)
     for _ in range(CHUNKS[mode][1]):
         run_case(drafting, Case.make(rnd), tally)
     seconds = time.perf_counter() - started
-    trust.record("injection", cases=tally.cases, injections=len(tally.injections),
-                 accepted=tally.accepted, refused=tally.refused, crashes=len(tally.crashes))
-    print(f"header fuzz {mode}/{chunk}: {tally.cases} cases, {tally.refused} refused, "
-          f"{tally.accepted} accepted, {len(tally.injections)} injections, "
-          f"{len(tally.crashes)} crashes, {seconds:.1f} s")
+    trust.record(
+        "injection",
+        cases=tally.cases,
+        injections=len(tally.injections),
+        accepted=tally.accepted,
+        refused=tally.refused,
+        crashes=len(tally.crashes),
+    )
+    print(
+        f"header fuzz {mode}/{chunk}: {tally.cases} cases, {tally.refused} refused, "
+        f"{tally.accepted} accepted, {len(tally.injections)} injections, "
+        f"{len(tally.crashes)} crashes, {seconds:.1f} s"
+    )
     assert not tally.crashes, tally.crashes[:3]
     assert not tally.injections, tally.injections[:3]
     assert not tally.echoed, tally.echoed[:3]
@@ -269,11 +380,21 @@ def test_encoded_words_never_inject_a_header(drafting, monkeypatch, mode, chunk)
 
 def test_ordinary_names_and_addresses_are_accepted(drafting):
     """Refusing is safe but not free: real names, punctuation and IDNA domains go through."""
-    cases = [Case(physician="Miriam Okafor, MD"), Case(physician="Dr. Seán O'Brien-Ng"),
-             Case(physician="Dr. 山田 太郎"), Case(physician='Dr. "Mo" Ali (IM)'),
-             Case(email="dr@münchen.example"), Case(ref="R-2026/11 #4; urgent?"),
-             Case(therapist="Dana Reyes-Ünal"), Case(ref="x" * 300)]
+    cases = [
+        Case(physician="Miriam Okafor, MD"),
+        Case(physician="Dr. Seán O'Brien-Ng"),
+        Case(physician="Dr. 山田 太郎"),
+        Case(physician='Dr. "Mo" Ali (IM)'),
+        Case(email="dr@münchen.example"),
+        Case(ref="R-2026/11 #4; urgent?"),
+        Case(therapist="Dana Reyes-Ünal"),
+        Case(ref="x" * 300),
+    ]
     for case in cases:
         draft, settings = render_case(drafting, case)
-        assert injection(draft.as_bytes(), intended(case.email),
-                         intended(settings.config.practice.email)) is None, case
+        assert (
+            injection(
+                draft.as_bytes(), intended(case.email), intended(settings.config.practice.email)
+            )
+            is None
+        ), case

@@ -16,12 +16,20 @@ from followupd.store import Store
 
 def referral_row(ref: str, /, **changes: str) -> dict[str, str]:
     row = {
-        "ref": ref, "received_on": "2026-11-16", "physician": "Dr. Miriam Okafor",
-        "physician_email": "m.okafor@lakeside-im.example", "physician_fax": "",
-        "specialty": "internal medicine", "practice": "Lakeside Internal Medicine",
-        "client_name": "Harriet Vandermolen", "client_dob": "1970-05-04",
-        "presenting_problem": "Insomnia with nightmares", "treatment_focus": "CBT-I",
-        "release_on_file": "yes", "closed_on": "", "closing_summary": "",
+        "ref": ref,
+        "received_on": "2026-11-16",
+        "physician": "Dr. Miriam Okafor",
+        "physician_email": "m.okafor@lakeside-im.example",
+        "physician_fax": "",
+        "specialty": "internal medicine",
+        "practice": "Lakeside Internal Medicine",
+        "client_name": "Harriet Vandermolen",
+        "client_dob": "1970-05-04",
+        "presenting_problem": "Insomnia with nightmares",
+        "treatment_focus": "CBT-I",
+        "release_on_file": "yes",
+        "closed_on": "",
+        "closing_summary": "",
     }
     row.update(changes)
     return row
@@ -79,17 +87,21 @@ def test_missing_required_column_refuses_the_whole_file(cli, db_url, tmp_path):
     assert referrals(db_url) == {}
 
 
-@pytest.mark.parametrize(("column", "value", "expected"), [
-    ("received_on", "16/11/2026", "is not a date"),
-    ("received_on", "2026-02-30", "is not a calendar date"),
-    ("release_on_file", "perhaps", "must be yes or no"),
-    ("physician_email", "okafor at lakeside", "is not an email address"),
-    ("client_name", "Harriet\nVandermolen", "line break"),
-    ("ref", "", "is empty"),
-    ("client_dob", "2030-01-01", "not a plausible birth date"),
-])
+@pytest.mark.parametrize(
+    ("column", "value", "expected"),
+    [
+        ("received_on", "16/11/2026", "is not a date"),
+        ("received_on", "2026-02-30", "is not a calendar date"),
+        ("release_on_file", "perhaps", "must be yes or no"),
+        ("physician_email", "okafor at lakeside", "is not an email address"),
+        ("client_name", "Harriet\nVandermolen", "line break"),
+        ("ref", "", "is empty"),
+        ("client_dob", "2030-01-01", "not a plausible birth date"),
+    ],
+)
 def test_bad_row_is_rejected_by_line_and_column_and_the_rest_go_in(
-        cli, db_url, tmp_path, column, value, expected):
+    cli, db_url, tmp_path, column, value, expected
+):
     rows = [referral_row("R-1"), referral_row("R-2", **{column: value}), referral_row("R-3")]
     path = write_csv(tmp_path / "r.csv", rows)
     ran = cli("import", "referrals", str(path))
@@ -104,8 +116,10 @@ def test_bad_row_is_rejected_by_line_and_column_and_the_rest_go_in(
 
 
 def test_line_numbers_count_quoted_line_breaks(cli, db_url, tmp_path):
-    rows = [referral_row("R-1", presenting_problem="Line one\nline two\nline three"),
-            referral_row("R-2", received_on="yesterday")]
+    rows = [
+        referral_row("R-1", presenting_problem="Line one\nline two\nline three"),
+        referral_row("R-2", received_on="yesterday"),
+    ]
     path = write_csv(tmp_path / "r.csv", rows)
     ran = cli("import", "referrals", str(path))
     assert "line 5, column received_on" in ran.stderr
@@ -166,8 +180,9 @@ def test_unknown_columns_are_named_and_ignored(cli, db_url, tmp_path):
 def test_a_column_absent_from_the_file_is_left_alone(cli, db_url, tmp_path):
     cli("import", "referrals", str(write_csv(tmp_path / "a.csv", [referral_row("R-1")])))
     partial = [c for c in REFERRAL_COLUMNS if c not in ("presenting_problem", "client_dob")]
-    ran = cli("import", "referrals",
-              str(write_csv(tmp_path / "b.csv", [referral_row("R-1")], partial)))
+    ran = cli(
+        "import", "referrals", str(write_csv(tmp_path / "b.csv", [referral_row("R-1")], partial))
+    )
     assert "unchanged 1" in ran.stdout
     row = referrals(db_url)["R-1"]
     assert row.presenting_problem == "Insomnia with nightmares"
@@ -178,10 +193,14 @@ def test_release_revoked_on_reimport_is_kept_in_its_history(cli, db_url, tmp_pat
     cli("import", "referrals", str(write_csv(tmp_path / "a.csv", [referral_row("R-1")])))
     signed = referrals(db_url)["R-1"].release_on
     assert signed is not None
-    ran = cli("import", "referrals",
-              str(write_csv(tmp_path / "b.csv", [referral_row("R-1", release_on_file="no")])))
-    assert "updated 1" in ran.stdout and "line 2: the release for the physician revoked" in \
-        ran.stdout
+    ran = cli(
+        "import",
+        "referrals",
+        str(write_csv(tmp_path / "b.csv", [referral_row("R-1", release_on_file="no")])),
+    )
+    assert (
+        "updated 1" in ran.stdout and "line 2: the release for the physician revoked" in ran.stdout
+    )
     row = referrals(db_url)["R-1"]
     assert row.release_on_file is False and row.release_on == signed  # recorded, then revoked
     store = Store(db_url)
@@ -205,8 +224,9 @@ def test_many_rows_span_batches_and_stay_idempotent(cli, db_url, tmp_path):
 
 def test_visits_import_idempotently_by_date_practice_and_physician(cli, db_url, tmp_path):
     path = SAMPLE / "visits.csv"
-    assert "added 2, updated 0, unchanged 0, rejected 0" in cli("import", "visits",
-                                                               str(path)).stdout
+    assert (
+        "added 2, updated 0, unchanged 0, rejected 0" in cli("import", "visits", str(path)).stdout
+    )
     assert "added 0, updated 0, unchanged 2" in cli("import", "visits", str(path)).stdout
     changed = tmp_path / "v.csv"
     changed.write_text(path.read_text().replace(",10,5,Met", ",20,5,Met"))
@@ -220,8 +240,9 @@ def test_visits_import_idempotently_by_date_practice_and_physician(cli, db_url, 
 
 def test_bad_visit_count_is_rejected(cli, db_url, tmp_path):
     path = tmp_path / "v.csv"
-    path.write_text("visited_on,practice,cards_left\n2026-11-02,Lakeside,ten\n"
-                    "2026-11-03,Lakeside,10\n")
+    path.write_text(
+        "visited_on,practice,cards_left\n2026-11-02,Lakeside,ten\n2026-11-03,Lakeside,10\n"
+    )
     ran = cli("import", "visits", str(path))
     assert ran.code == 1
     assert "line 2, column cards_left: must be a whole number" in ran.stderr
@@ -245,9 +266,12 @@ def test_progress_shows_on_a_terminal(home, db_url, tmp_path):
     path = write_csv(tmp_path / "r.csv", [referral_row(f"R-{i}") for i in range(3000)])
     leader, follower = pty.openpty()
     env = {"PATH": os.environ["PATH"], "FOLLOWUPD_DATABASE_URL": db_url, "COLUMNS": "100"}
-    proc = subprocess.Popen([sys.executable, "-m", "followupd", "--home", str(home), "import",
-                             "referrals", str(path)], stdout=subprocess.PIPE,
-                            stderr=follower, env=env)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "followupd", "--home", str(home), "import", "referrals", str(path)],
+        stdout=subprocess.PIPE,
+        stderr=follower,
+        env=env,
+    )
     os.close(follower)
     shown = b""
     while True:

@@ -40,12 +40,26 @@ SEED = int(os.environ.get("FOLLOWUPD_TEST_KILL_SEED") or random.SystemRandom().r
 
 def add_work(store: Store, cycle: int, referrals: int, visits: int) -> None:
     received = (date.today() - timedelta(days=10)).isoformat()
-    rows = [{"ref": f"R-{cycle}-{i}", "received_on": received, "physician": f"Dr. K{i % 5}",
-             "physician_email": f"k{i % 5}@clinic.example", "client_name": "Kim Patient",
-             "presenting_problem": "Worry", "release_on_file": "yes"} for i in range(referrals)]
-    places = [{"visited_on": (date.today() - timedelta(days=cycle % 300)).isoformat(),
-               "practice": f"Office {cycle}-{i}", "physician": f"Dr. V{cycle}-{i}"}
-              for i in range(visits)]
+    rows = [
+        {
+            "ref": f"R-{cycle}-{i}",
+            "received_on": received,
+            "physician": f"Dr. K{i % 5}",
+            "physician_email": f"k{i % 5}@clinic.example",
+            "client_name": "Kim Patient",
+            "presenting_problem": "Worry",
+            "release_on_file": "yes",
+        }
+        for i in range(referrals)
+    ]
+    places = [
+        {
+            "visited_on": (date.today() - timedelta(days=cycle % 300)).isoformat(),
+            "practice": f"Office {cycle}-{i}",
+            "physician": f"Dr. V{cycle}-{i}",
+        }
+        for i in range(visits)
+    ]
     with store.session() as session:
         upsert_referrals(session, [parse_referral(r) for r in rows], Directory())
         upsert_visits(session, [parse_visit(v) for v in places], Directory())
@@ -69,8 +83,12 @@ class Snapshot:
 
 def snapshot(store: Store, made: set[int], partial: int = 0) -> Snapshot:
     rows = ledger(store)
-    return Snapshot(frozenset(made), frozenset(r.id for r in rows if r.state == "done"),
-                    frozenset(r.claimed_by for r in rows if r.state == "claimed"), partial)
+    return Snapshot(
+        frozenset(made),
+        frozenset(r.id for r in rows if r.state == "done"),
+        frozenset(r.claimed_by for r in rows if r.state == "claimed"),
+        partial,
+    )
 
 
 class Harness:
@@ -83,8 +101,16 @@ class Harness:
     committed, during a write, and in start-up and planning.
     """
 
-    def __init__(self, home: Path, env: dict, seed: int, *, progress: Callable[[], int],
-                 look: Callable[[], Snapshot], busy: Callable[[], int] = lambda: 0):
+    def __init__(
+        self,
+        home: Path,
+        env: dict,
+        seed: int,
+        *,
+        progress: Callable[[], int],
+        look: Callable[[], Snapshot],
+        busy: Callable[[], int] = lambda: 0,
+    ):
         self.home, self.env = home, env
         self.rng = random.Random(seed)
         self.seed = seed
@@ -102,7 +128,10 @@ class Harness:
         with self.log.open("a") as log:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "followupd", "--home", str(self.home), "run", "--once"],
-                env=self.env, stdout=log, stderr=log)
+                env=self.env,
+                stdout=log,
+                stderr=log,
+            )
         before = self.look()
         give_up = time.monotonic() + 30
         while proc.poll() is None and self.progress() < target and time.monotonic() < give_up:
@@ -140,20 +169,29 @@ class Harness:
             time.sleep(0.01)
         for _ in range(6):
             with store.session() as session:  # and the settle time of dead runs' claims
-                session.execute(sa.update(FollowUp).where(FollowUp.state == "waiting")
-                                .values(next_attempt_at=sa.func.current_timestamp()))
-                session.execute(sa.update(FollowUp).where(FollowUp.state == "claimed")
-                                .values(lease_until=sa.func.current_timestamp()))
-            ran = run_cli("--home", str(self.home), "run", "--once", log_to=self.home.parent,
-                          env=self.env)
+                session.execute(
+                    sa.update(FollowUp)
+                    .where(FollowUp.state == "waiting")
+                    .values(next_attempt_at=sa.func.current_timestamp())
+                )
+                session.execute(
+                    sa.update(FollowUp)
+                    .where(FollowUp.state == "claimed")
+                    .values(lease_until=sa.func.current_timestamp())
+                )
+            ran = run_cli(
+                "--home", str(self.home), "run", "--once", log_to=self.home.parent, env=self.env
+            )
             states = Counter(row.state for row in ledger(store))
             if not set(states) - {"done"}:
                 return
         raise AssertionError(f"seed {self.seed}: did not finish: {states}; {ran.stderr[-2000:]}")
 
     def report(self, what: str, cycles: int, started: float) -> None:
-        print(f"kill harness ({what}): seed {self.seed}, {cycles} cycles, {self.kills} kills in "
-              f"{time.monotonic() - started:.0f} s; what they interrupted: {dict(self.phases)}")
+        print(
+            f"kill harness ({what}): seed {self.seed}, {cycles} cycles, {self.kills} kills in "
+            f"{time.monotonic() - started:.0f} s; what they interrupted: {dict(self.phases)}"
+        )
 
 
 class DraftTags:
@@ -179,10 +217,12 @@ def kill_home(home, tmp_path):
     db_url = f"sqlite:///{tmp_path / 'kill.sqlite3'}"
     config = home / "followupd.yaml"
     text = config.read_text()
-    for old, new in (("batch_size: 50", "batch_size: 4"), ("timeout: 30", "timeout: 5"),
-                     ("gmail_units_per_minute: 6000", "gmail_units_per_minute: 10000000"),
-                     ("calendar_requests_per_minute: 600",
-                      "calendar_requests_per_minute: 1000000")):
+    for old, new in (
+        ("batch_size: 50", "batch_size: 4"),
+        ("timeout: 30", "timeout: 5"),
+        ("gmail_units_per_minute: 6000", "gmail_units_per_minute: 10000000"),
+        ("calendar_requests_per_minute: 600", "calendar_requests_per_minute: 1000000"),
+    ):
         assert old in text, old
         text = text.replace(old, new)
     config.write_text(text)
@@ -195,21 +235,38 @@ GOOGLE_KILLS, OUTBOX_KILLS = 30, 25  # together at least 50 in every CI run
 
 def test_kills_against_google_leave_exactly_one_of_each(kill_home):
     home, env, db_url = kill_home
-    (home / "google-token.json").write_text(json.dumps({
-        "token": "test-token", "refresh_token": "r", "client_id": "c", "client_secret": "s",
-        "expiry": "2099-01-01T00:00:00Z"}))
+    (home / "google-token.json").write_text(
+        json.dumps(
+            {
+                "token": "test-token",
+                "refresh_token": "r",
+                "client_id": "c",
+                "client_secret": "s",
+                "expiry": "2099-01-01T00:00:00Z",
+            }
+        )
+    )
     store = Store(db_url)
     with running_server(delay=0.04) as server:
         tags = DraftTags(server)
 
         def look() -> Snapshot:
-            events = {int(event["extendedProperties"]["private"]["followupd"]
-                          .split("@")[0].rsplit("-", 1)[1])
-                      for event in server.events("primary")}
+            events = {
+                int(
+                    event["extendedProperties"]["private"]["followupd"]
+                    .split("@")[0]
+                    .rsplit("-", 1)[1]
+                )
+                for event in server.events("primary")
+            }
             return snapshot(store, set(tags()) | events)
 
-        env = {**env, "FOLLOWUPD_DELIVERY": "google",
-               "FOLLOWUPD_GOOGLE_API_ENDPOINT": server.base_url}
+        env = {
+            **env,
+            "FOLLOWUPD_DELIVERY": "google",
+            "FOLLOWUPD_GOOGLE_API_ENDPOINT": server.base_url,
+        }
+
         def creates() -> int:  # lookups come first after a kill: count what makes things
             calls = server.stats.calls
             return calls.get(("POST", "drafts.create"), 0) + calls.get(("POST", "events.insert"), 0)
@@ -231,7 +288,8 @@ def test_kills_against_google_leave_exactly_one_of_each(kill_home):
     reminders_done = [row for row in rows if row.kind == "reminder" and row.state == "done"]
     duplicates = sum(n - 1 for n in made.values())
     lost = len(drafts_done - set(made)) + sum(
-        row.external_id.removeprefix("calendar:") not in events for row in reminders_done)
+        row.external_id.removeprefix("calendar:") not in events for row in reminders_done
+    )
     trust.record("kill", kills=harness.kills, duplicates=duplicates, lost=lost)
     assert harness.kills >= GOOGLE_KILLS, f"seed {SEED}: only {harness.kills} kills"
     assert duplicates == 0 and lost == 0, f"seed {SEED}"
@@ -239,8 +297,9 @@ def test_kills_against_google_leave_exactly_one_of_each(kill_home):
     assert set(made) == drafts_done and len(events) == len(reminders_done)
     assert all(row.external_id.startswith("gmail:") for row in rows if row.kind == "draft")
     # the kills landed inside delivery, not only in start-up
-    assert harness.phases["during a call"] and harness.phases["after a call, before its commit"], \
+    assert harness.phases["during a call"] and harness.phases["after a call, before its commit"], (
         f"seed {SEED}: {dict(harness.phases)}"
+    )
     store.close()
 
 
@@ -269,18 +328,21 @@ def test_kills_during_outbox_writes_leave_whole_files_only(kill_home):
                 continue
             message = email.message_from_bytes(path.read_bytes(), policy=email.policy.default)
             assert message["X-Followupd-Id"].endswith(f".{path.stem}"), f"seed {SEED}: {path}"
-            assert message.get_content().rstrip().endswith("dana@reyes-therapy.example"), \
+            assert message.get_content().rstrip().endswith("dana@reyes-therapy.example"), (
                 f"seed {SEED}: {path} is not whole"
+            )
             checked.add(path.name)
     harness.report("outbox", cycle, started)
     harness.finish(store)
     rows = ledger(store)
-    files = {int(p.stem) for p in drafts.glob("*.eml")} | \
-        {int(p.stem) for p in (outbox / "reminders").glob("*.ics")}
+    files = {int(p.stem) for p in drafts.glob("*.eml")} | {
+        int(p.stem) for p in (outbox / "reminders").glob("*.ics")
+    }
     leftovers = [p.name for p in outbox.rglob(".*")]
     lost = len({row.id for row in rows} - files)
-    trust.record("kill", kills=harness.kills, duplicates=len(files - {r.id for r in rows}),
-                 lost=lost)
+    trust.record(
+        "kill", kills=harness.kills, duplicates=len(files - {r.id for r in rows}), lost=lost
+    )
     assert harness.kills >= OUTBOX_KILLS, f"seed {SEED}: only {harness.kills} kills"
     assert lost == 0 and files == {row.id for row in rows}, f"seed {SEED}"
     assert leftovers == [], f"seed {SEED}: {leftovers}"

@@ -31,10 +31,19 @@ RECEIVED = (date.today() - timedelta(days=10)).isoformat()
 
 
 def referral_row(ref: str, **changes: str) -> dict[str, str]:
-    row = {"ref": ref, "received_on": RECEIVED, "physician": "Dr. Miriam Okafor",
-           "physician_email": "m.okafor@lakeside-im.example", "specialty": "internal medicine",
-           "practice": "Lakeside Internal Medicine", "client_name": CLIENT, "client_dob": DOB,
-           "presenting_problem": PROBLEM, "treatment_focus": "CBT", "release_on_file": "yes"}
+    row = {
+        "ref": ref,
+        "received_on": RECEIVED,
+        "physician": "Dr. Miriam Okafor",
+        "physician_email": "m.okafor@lakeside-im.example",
+        "specialty": "internal medicine",
+        "practice": "Lakeside Internal Medicine",
+        "client_name": CLIENT,
+        "client_dob": DOB,
+        "presenting_problem": PROBLEM,
+        "treatment_focus": "CBT",
+        "release_on_file": "yes",
+    }
     row.update(changes)
     return row
 
@@ -85,16 +94,31 @@ def locked(home, tmp_path, monkeypatch):
 
 def test_a_locked_database_is_one_line_without_patient_values(cli, locked):
     env = {"FOLLOWUPD_DATABASE_URL": locked}
-    ran = cli("referral", "add", "--ref", "R-1", "--physician", "Dr. Miriam Okafor",
-              "--client-name", CLIENT, "--client-dob", DOB, "--problem", PROBLEM, env=env)
+    ran = cli(
+        "referral",
+        "add",
+        "--ref",
+        "R-1",
+        "--physician",
+        "Dr. Miriam Okafor",
+        "--client-name",
+        CLIENT,
+        "--client-dob",
+        DOB,
+        "--problem",
+        PROBLEM,
+        env=env,
+    )
     assert ran.code == 2
     assert ran.stderr.count("\n") == 1 and "Traceback" not in ran.stderr
-    assert ran.stderr.startswith("database: the database is busy") and "try it again" in \
-        ran.stderr
+    assert ran.stderr.startswith("database: the database is busy") and "try it again" in ran.stderr
     no_patient_value(ran.stderr, ran.stdout)
-    for args in (("referral", "close", "R-1", "--summary", PROBLEM),
-                 ("visit", "add", "--practice", "Lakeside Internal Medicine"),
-                 ("physician", "add", "--name", "Dr. Ann Lee"), ("run", "--once")):
+    for args in (
+        ("referral", "close", "R-1", "--summary", PROBLEM),
+        ("visit", "add", "--practice", "Lakeside Internal Medicine"),
+        ("physician", "add", "--name", "Dr. Ann Lee"),
+        ("run", "--once"),
+    ):
         ran = cli(*args, env=env)
         assert ran.code in (1, 2) and "Traceback" not in ran.stderr, args
         assert len(ran.stderr.strip().splitlines()) <= 1, (args, ran.stderr)
@@ -108,18 +132,30 @@ def test_engines_hide_statement_parameters(db_url):
     Store(db_url).close()
     stamp = datetime.now(UTC)
     with pytest.raises(sa.exc.IntegrityError) as raised, engine.begin() as connection:
-        connection.execute(sa.insert(Referral.__table__), {
-            "ref": "R-1", "received_on": date(2026, 11, 2), "physician_id": 999,
-            "client_name": CLIENT, "release_on_file": False,
-            "prescriber_release_on_file": False, "created_at": stamp, "updated_at": stamp})
+        connection.execute(
+            sa.insert(Referral.__table__),
+            {
+                "ref": "R-1",
+                "received_on": date(2026, 11, 2),
+                "physician_id": 999,
+                "client_name": CLIENT,
+                "release_on_file": False,
+                "prescriber_release_on_file": False,
+                "created_at": stamp,
+                "updated_at": stamp,
+            },
+        )
     assert CLIENT not in str(raised.value) and "parameters hidden" in str(raised.value)
     engine.dispose()
 
 
 def test_a_malformed_database_url_never_shows_its_password(cli):
     secret = "s3cr3t-pw"
-    for url in (f"postgresql+psycopg://user:{secret}@db:notaport/x",
-                f"nonsense://user:{secret}@host/x", f"user:{secret}@host"):
+    for url in (
+        f"postgresql+psycopg://user:{secret}@db:notaport/x",
+        f"nonsense://user:{secret}@host/x",
+        f"user:{secret}@host",
+    ):
         for args in (("check",), ("status",)):
             ran = cli(*args, env={"FOLLOWUPD_DATABASE_URL": url})
             assert ran.code == 2, (url, args, ran.stderr)
@@ -130,9 +166,16 @@ def test_a_malformed_database_url_never_shows_its_password(cli):
 def test_six_first_commands_at_once_on_a_new_home_all_work(home, tmp_path):
     """The migration is serialised: none fails with "table ... already exists"."""
     env = {**os.environ, "FOLLOWUPD_DATABASE_URL": f"sqlite:///{tmp_path / 'new.sqlite3'}"}
-    procs = [subprocess.Popen([sys.executable, "-m", "followupd", "--home", str(home), "status"],
-                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for _ in range(6)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "followupd", "--home", str(home), "status"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(6)
+    ]
     results = [(p.wait(timeout=120), p.stderr.read()) for p in procs]
     for proc in procs:
         proc.stdout.close()
@@ -144,12 +187,15 @@ def test_six_first_commands_at_once_on_a_new_home_all_work(home, tmp_path):
 # --- dates given on the command line ------------------------------------------------------------
 
 
-@pytest.mark.parametrize("args", [
-    ("referral", "close", "R-1", "--on", "2026-99-99"),
-    ("referral", "close", "R-1", "--on", "2026/12/01"),
-    ("referral", "release", "R-1", "--on", "12/01/2026"),
-    ("referral", "release", "R-1", "--revoke", "--on", "tomorrow"),
-])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("referral", "close", "R-1", "--on", "2026-99-99"),
+        ("referral", "close", "R-1", "--on", "2026/12/01"),
+        ("referral", "release", "R-1", "--on", "12/01/2026"),
+        ("referral", "release", "R-1", "--revoke", "--on", "tomorrow"),
+    ],
+)
 def test_a_bad_date_option_is_exit_2_naming_the_option(cli, args):
     ran = cli(*args)
     assert ran.code == 2 and ran.stderr.startswith("--on: ") and "Traceback" not in ran.stderr
@@ -161,8 +207,9 @@ def test_a_bad_date_option_is_exit_2_naming_the_option(cli, args):
 def test_a_csv_without_a_header_row_names_no_cell(cli, tmp_path):
     path = tmp_path / "noheader.csv"
     with open(path, "w", newline="", encoding="utf-8") as handle:
-        csv.writer(handle).writerows([list(referral_row("R-1").values()),
-                                      list(referral_row("R-2").values())])
+        csv.writer(handle).writerows(
+            [list(referral_row("R-1").values()), list(referral_row("R-2").values())]
+        )
     ran = cli("import", "referrals", str(path))
     assert ran.code == 1 and "line 1 is not a header row" in ran.stderr
     no_patient_value(ran.stderr, ran.stdout)
@@ -175,9 +222,14 @@ def test_a_csv_without_a_header_row_names_no_cell(cli, tmp_path):
 
 def test_a_field_over_the_limit_stops_the_import_there(cli, db_url, tmp_path):
     """csv would resynchronise mid-field and read the rest of a huge cell as rows."""
-    rows = [referral_row("R-1"), referral_row("R-2", presenting_problem="x" * (1 << 20) +
-                                              "\nR-9,2026-11-02,Dr. Evil,,,,,Mallory,,,,yes"),
-            referral_row("R-3")]
+    rows = [
+        referral_row("R-1"),
+        referral_row(
+            "R-2",
+            presenting_problem="x" * (1 << 20) + "\nR-9,2026-11-02,Dr. Evil,,,,,Mallory,,,,yes",
+        ),
+        referral_row("R-3"),
+    ]
     ran = cli("import", "referrals", str(write_csv(tmp_path / "big.csv", rows)))
     assert ran.code == 1
     assert "line 3: a field is longer than 1,048,576 characters" in ran.stderr
@@ -193,8 +245,13 @@ def test_a_field_over_the_limit_stops_the_import_there(cli, db_url, tmp_path):
 
 
 def test_status_shows_a_ref_that_looks_like_markup(cli, tmp_path):
-    path = write_csv(tmp_path / "r.csv", [referral_row("R-[/]", release_on_file="no"),
-                                          referral_row("R-[bold]x[/bold]", release_on_file="no")])
+    path = write_csv(
+        tmp_path / "r.csv",
+        [
+            referral_row("R-[/]", release_on_file="no"),
+            referral_row("R-[bold]x[/bold]", release_on_file="no"),
+        ],
+    )
     assert cli("import", "referrals", str(path)).code == 0
     assert cli("run", "--once").code == 0
     ran = cli("status")
@@ -210,8 +267,12 @@ def test_an_outbox_file_of_another_installation_is_not_counted_as_delivered(cli,
     drafts.mkdir(parents=True)
     foreign = drafts / "1.eml"
     foreign.write_bytes(b"From: x@y.example\r\nX-Followupd-Id: 0000000000000000.1\r\n\r\nhi\r\n")
-    assert cli("import", "referrals", str(write_csv(home.parent / "r.csv",
-                                                    [referral_row("R-1")]))).code == 0
+    assert (
+        cli(
+            "import", "referrals", str(write_csv(home.parent / "r.csv", [referral_row("R-1")]))
+        ).code
+        == 0
+    )
     ran = cli("run", "--once")
     assert ran.code == 1
     row = ledger(db_url)["referral-acknowledgement"]
@@ -245,19 +306,30 @@ def test_an_address_changed_by_an_import_holds_notes_until_confirmed(cli, db_url
 def test_a_new_address_that_looks_like_a_known_one_is_held(cli, db_url, tmp_path):
     first = write_csv(tmp_path / "a.csv", [referral_row("R-1")])
     assert cli("import", "referrals", str(first)).code == 0
-    lookalike = write_csv(tmp_path / "b.csv", [referral_row(
-        "R-2", physician="Dr. Miriam Okafor-Lee", physician_email="m.okafor@lakeslde-im.example")])
+    lookalike = write_csv(
+        tmp_path / "b.csv",
+        [
+            referral_row(
+                "R-2",
+                physician="Dr. Miriam Okafor-Lee",
+                physician_email="m.okafor@lakeslde-im.example",
+            )
+        ],
+    )
     ran = cli("import", "referrals", str(lookalike))
     assert "looks like m.okafor@lakeside-im.example (physician 1)" in ran.stdout
-    other = write_csv(tmp_path / "c.csv", [referral_row(
-        "R-3", physician="Dr. Ann Lee", physician_email="ann.lee@northloop.example")])
+    other = write_csv(
+        tmp_path / "c.csv",
+        [referral_row("R-3", physician="Dr. Ann Lee", physician_email="ann.lee@northloop.example")],
+    )
     assert "address held" not in cli("import", "referrals", str(other)).stdout
     assert cli("run", "--once").code == 0
     store = Store(db_url)
     with store.session() as session:
         refs = dict(session.execute(sa.select(Referral.id, Referral.ref)).all())
-        states = {refs[r.subject_id]: r.state for r in session.execute(
-            sa.select(FollowUp)).scalars()}
+        states = {
+            refs[r.subject_id]: r.state for r in session.execute(sa.select(FollowUp)).scalars()
+        }
         checks = dict(session.execute(sa.select(Physician.name, Physician.email_check)).all())
     store.close()
     assert states == {"R-1": "done", "R-2": "held", "R-3": "done"}
@@ -270,8 +342,10 @@ def test_a_new_address_that_looks_like_a_known_one_is_held(cli, db_url, tmp_path
 
 def test_a_revoke_withdraws_the_outbox_draft_and_records_it(cli, db_url, home, tmp_path):
     trust.record("revoke", cases=1)
-    assert cli("import", "referrals", str(write_csv(tmp_path / "r.csv",
-                                                    [referral_row("R-1")]))).code == 0
+    assert (
+        cli("import", "referrals", str(write_csv(tmp_path / "r.csv", [referral_row("R-1")]))).code
+        == 0
+    )
     assert cli("run", "--once").code == 0
     [draft] = draft_files(home)
     assert CLIENT in draft.read_text()
@@ -309,21 +383,28 @@ def test_reimporting_the_same_sheet_does_not_undo_a_revoke(cli, db_url, home, tm
     with store.session() as session:
         history = session.execute(sa.select(Release).order_by(Release.id)).scalars().all()
     store.close()
-    assert [(r.granted_by, r.revoked_by) for r in history] == [("import", "cli"),
-                                                               ("import", None)]
+    assert [(r.granted_by, r.revoked_by) for r in history] == [("import", "cli"), ("import", None)]
 
 
 def test_the_physicians_release_does_not_cover_the_prescriber(cli, db_url, home, tmp_path):
     trust.record("revoke", cases=1)
-    row = referral_row("R-1", release_on=RECEIVED, prescriber="Dr. Lena Marsh",
-                       prescriber_email="lmarsh@uptown-psych.example")
+    row = referral_row(
+        "R-1",
+        release_on=RECEIVED,
+        prescriber="Dr. Lena Marsh",
+        prescriber_email="lmarsh@uptown-psych.example",
+    )
     assert cli("import", "referrals", str(write_csv(tmp_path / "r.csv", [row]))).code == 0
     assert cli("run", "--once").code == 0
     rows = ledger(db_url)
     assert rows["referral-acknowledgement"].state == "done"
     assert "prescriber-introduction" not in rows  # no release names the prescriber: no event
-    recipients = {email.message_from_bytes(p.read_bytes(), policy=email.policy.default)["To"]
-                  .addresses[0].addr_spec for p in draft_files(home)}
+    recipients = {
+        email.message_from_bytes(p.read_bytes(), policy=email.policy.default)["To"]
+        .addresses[0]
+        .addr_spec
+        for p in draft_files(home)
+    }
     assert recipients == {"m.okafor@lakeside-im.example"}
     # the prescriber's own release, as its own column
     row["prescriber_release_on_file"], row["prescriber_release_on"] = "yes", RECEIVED
@@ -340,8 +421,10 @@ def test_the_physicians_release_does_not_cover_the_prescriber(cli, db_url, home,
 
 
 def test_the_prescribers_release_without_a_prescriber_is_refused(cli, tmp_path):
-    assert cli("import", "referrals", str(write_csv(tmp_path / "r.csv",
-                                                    [referral_row("R-1")]))).code == 0
+    assert (
+        cli("import", "referrals", str(write_csv(tmp_path / "r.csv", [referral_row("R-1")]))).code
+        == 0
+    )
     ran = cli("referral", "release", "R-1", "--prescriber")
     assert ran.code == 1 and "names no prescriber" in ran.stderr
 
@@ -354,10 +437,13 @@ def test_init_writes_private_files_under_any_umask(home, tmp_path):
     target = tmp_path / "fresh"
     target.mkdir(mode=0o777)
     os.chmod(target, 0o777)
-    script = ("import os, sys; os.umask(0); from followupd.cli import main; "
-              "sys.argv = ['followupd', 'init', sys.argv[1]]; main()")
-    ran = subprocess.run([sys.executable, "-c", script, str(target)], capture_output=True,
-                         text=True)
+    script = (
+        "import os, sys; os.umask(0); from followupd.cli import main; "
+        "sys.argv = ['followupd', 'init', sys.argv[1]]; main()"
+    )
+    ran = subprocess.run(
+        [sys.executable, "-c", script, str(target)], capture_output=True, text=True
+    )
     keep_output(tmp_path, ran.stderr)
     assert ran.returncode == 0, ran.stderr
     for path in [target, target / "templates", *target.rglob("*")]:
@@ -374,14 +460,25 @@ def test_claims_of_a_dead_process_wait_out_the_settle_time(tmp_path):
     store = Store(f"sqlite:///{tmp_path / 'claims.sqlite3'}")
     now = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
     with store.session() as session:
-        session.add(FollowUp(rule="r", subject_type="referral", subject_id=1, kind="draft",
-                             state="claimed", due_at=now, claimed_by="host:4242",
-                             lease_until=now + timedelta(minutes=5)))
+        session.add(
+            FollowUp(
+                rule="r",
+                subject_type="referral",
+                subject_id=1,
+                kind="draft",
+                state="claimed",
+                due_at=now,
+                claimed_by="host:4242",
+                lease_until=now + timedelta(minutes=5),
+            )
+        )
     with store.session() as session:
-        assert expire_dead_claims(session, "host", lambda pid: False, now,
-                                  timedelta(seconds=60)) == 1
-        assert expire_dead_claims(session, "host", lambda pid: False, now,
-                                  timedelta(seconds=60)) == 0  # not pushed again
+        assert (
+            expire_dead_claims(session, "host", lambda pid: False, now, timedelta(seconds=60)) == 1
+        )
+        assert (
+            expire_dead_claims(session, "host", lambda pid: False, now, timedelta(seconds=60)) == 0
+        )  # not pushed again
         [row] = session.execute(sa.select(FollowUp)).scalars()
         assert row.lease_until == now + timedelta(seconds=60)  # not now: Google may finish
     store.close()
@@ -389,8 +486,9 @@ def test_claims_of_a_dead_process_wait_out_the_settle_time(tmp_path):
 
 def test_a_message_domain_that_is_no_domain_stops_start_up(cli, home):
     config = home / "followupd.yaml"
-    config.write_text(config.read_text().replace("mail_domain: null",
-                                                 'mail_domain: "x@y.example\\nBcc: z"'))
+    config.write_text(
+        config.read_text().replace("mail_domain: null", 'mail_domain: "x@y.example\\nBcc: z"')
+    )
     ran = cli("check")
     assert ran.code == 2 and "practice.mail_domain" in ran.stderr and "Traceback" not in ran.stderr
 
@@ -402,14 +500,18 @@ def test_a_template_error_names_no_value_in_log_status_json_or_preview(cli, home
     (home / "templates" / "acknowledgement.txt.j2").write_text(
         "Subject: Your referral (our ref {{ referral.ref }})\n\n"
         '{% set focus_names = {"cbt": "CBT"} %}\n'
-        "Focus: {{ focus_names[client.focus] }}\n")
+        "Focus: {{ focus_names[client.focus] }}\n"
+    )
     row = referral_row("R-1", treatment_focus=focus)
     assert cli("import", "referrals", str(write_csv(tmp_path / "r.csv", [row]))).code == 0
     ran = cli("run", "--once")
     assert ran.code == 1
-    reports = {"log": ran.stderr, "status": cli("status").stdout,
-               "status --json": cli("status", "--json").stdout,
-               "preview": cli("preview", "1").stderr}
+    reports = {
+        "log": ran.stderr,
+        "status": cli("status").stdout,
+        "status --json": cli("status", "--json").stdout,
+        "preview": cli("preview", "1").stderr,
+    }
     for where, text in reports.items():
         assert "acknowledgement.txt.j2:4" in text, (where, text)
         assert "taken from the data" in text, (where, text)

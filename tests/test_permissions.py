@@ -42,8 +42,10 @@ def with_templates(home):
 
 
 def line(path, mode: int, how: str, fix: int) -> str:
-    return (f"{path}: {how} by other users (mode {mode:04o}); "
-            f"fix it with: chmod {fix:o} {shlex.quote(str(path))}")
+    return (
+        f"{path}: {how} by other users (mode {mode:04o}); "
+        f"fix it with: chmod {fix:o} {shlex.quote(str(path))}"
+    )
 
 
 CASES = [
@@ -59,8 +61,9 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize(("name", "mode", "how", "fix"), CASES,
-                         ids=[f"{name}-{mode:o}" for name, mode, _, _ in CASES])
+@pytest.mark.parametrize(
+    ("name", "mode", "how", "fix"), CASES, ids=[f"{name}-{mode:o}" for name, mode, _, _ in CASES]
+)
 def test_a_file_others_may_read_or_write_is_refused_with_its_chmod(home, name, mode, how, fix):
     trust.record("permission", cases=1)
     with_templates(home)
@@ -117,8 +120,13 @@ def test_every_problem_is_reported_at_once_and_before_parsing(home):
     (home / "followupd.yaml").write_text("practice: [unclosed\n")
     (home / ".env").write_text("FOLLOWUPD_OUTBOX=elsewhere\n")
     template = folder / "closing.txt.j2"
-    for path, mode in ((home / "followupd.yaml", 0o644), (home / ".env", 0o644),
-                       (folder, 0o755), (template, 0o666), (home, 0o777)):
+    for path, mode in (
+        (home / "followupd.yaml", 0o644),
+        (home / ".env", 0o644),
+        (folder, 0o755),
+        (template, 0o666),
+        (home, 0o777),
+    ):
         os.chmod(path, mode)
     try:
         found = problems(home)
@@ -149,8 +157,7 @@ def test_the_shipped_templates_belong_to_the_installation_and_are_not_checked(ho
 def test_check_exits_2_naming_the_file_and_the_fix(home):
     trust.record("permission", cases=1)
     os.chmod(home / "followupd.yaml", 0o644)
-    ran = run_cli("--home", str(home), "check", log_to=home.parent,
-                  env={"PATH": "/usr/bin:/bin"})
+    ran = run_cli("--home", str(home), "check", log_to=home.parent, env={"PATH": "/usr/bin:/bin"})
     assert ran.returncode == 2, ran.stdout + ran.stderr
     shown = home / "followupd.yaml"
     assert line(shown, 0o644, "readable", 0o600) in ran.stderr.splitlines()

@@ -11,23 +11,47 @@ from followupd.planning import Calendar, Existing, Subject, desired, reconcile
 
 NY = ZoneInfo("America/New_York")
 CAL = Calendar(NY, frozenset({date(2026, 11, 26)}))
-ACK = Rule(name="ack", event="referral.received", after="1 business day", at="08:00",
-           make="draft", template="acknowledgement.txt.j2", when={"referral": "open"})
-CLOSE = Rule(name="close", event="referral.closed", after="0 days", make="draft",
-             template="closing.txt.j2")
-REVISIT = Rule(name="revisit", event="visit.logged", after="1 month", at="10:00",
-               make="reminder", template="revisit.txt.j2")
-PCP_ONLY = Rule(name="pcp", event="referral.received", after="3 days", make="draft",
-                template="acknowledgement.txt.j2",
-                when={"specialty": ["internal medicine", "family medicine"]})
+ACK = Rule(
+    name="ack",
+    event="referral.received",
+    after="1 business day",
+    at="08:00",
+    make="draft",
+    template="acknowledgement.txt.j2",
+    when={"referral": "open"},
+)
+CLOSE = Rule(
+    name="close", event="referral.closed", after="0 days", make="draft", template="closing.txt.j2"
+)
+REVISIT = Rule(
+    name="revisit",
+    event="visit.logged",
+    after="1 month",
+    at="10:00",
+    make="reminder",
+    template="revisit.txt.j2",
+)
+PCP_ONLY = Rule(
+    name="pcp",
+    event="referral.received",
+    after="3 days",
+    make="draft",
+    template="acknowledgement.txt.j2",
+    when={"specialty": ["internal medicine", "family medicine"]},
+)
 GATED = frozenset({"ack", "close", "pcp"})
 
 
 def referral(release: bool = True, **kw) -> Subject:
-    base = {"type": "referral", "id": 7, "label": "referral R-7", "specialty": "Internist",
-            "releases": {"physician": release, "prescriber": release},
-            "recipients": {"physician": None},
-            "events": {"referral.received": date(2026, 11, 25)}}
+    base = {
+        "type": "referral",
+        "id": 7,
+        "label": "referral R-7",
+        "specialty": "Internist",
+        "releases": {"physician": release, "prescriber": release},
+        "recipients": {"physician": None},
+        "events": {"referral.received": date(2026, 11, 25)},
+    }
     base.update(kw)
     return Subject(**base)
 
@@ -59,8 +83,10 @@ def test_reminder_is_due_at_once_and_dated_a_month_on():
 def test_conditions_specialty_and_open_referral():
     assert [d.rule for d in desired(referral(), [PCP_ONLY], CAL)] == ["pcp"]
     assert desired(referral(specialty="dermatology"), [PCP_ONLY], CAL) == []
-    closed = referral(closed=True, events={"referral.received": date(2026, 11, 2),
-                                           "referral.closed": date(2026, 11, 20)})
+    closed = referral(
+        closed=True,
+        events={"referral.received": date(2026, 11, 2), "referral.closed": date(2026, 11, 20)},
+    )
     assert [d.rule for d in desired(closed, [ACK, CLOSE], CAL, GATED)] == ["close"]
 
 
@@ -78,9 +104,20 @@ def test_prescriber_rule_needs_a_prescriber():
 
 
 def existing_from(wanted, state=State.planned, **kw):
-    return [Existing(i + 1, d.rule, d.subject_type, d.subject_id, kw.get("state", state),
-                     d.due_at, d.remind_at, kw.get("reason", d.hold), kw.get("external_id"))
-            for i, d in enumerate(wanted)]
+    return [
+        Existing(
+            i + 1,
+            d.rule,
+            d.subject_type,
+            d.subject_id,
+            kw.get("state", state),
+            d.due_at,
+            d.remind_at,
+            kw.get("reason", d.hold),
+            kw.get("external_id"),
+        )
+        for i, d in enumerate(wanted)
+    ]
 
 
 def test_planning_the_same_state_twice_changes_nothing():
@@ -112,8 +149,10 @@ def test_release_revoked_cancels_a_planned_note_and_a_new_release_revives_it():
 
 def test_a_note_that_no_longer_applies_is_cancelled_but_delivered_ones_are_left_alone():
     open_ = referral()
-    closed = referral(closed=True, events={"referral.received": date(2026, 11, 25),
-                                           "referral.closed": date(2026, 11, 30)})
+    closed = referral(
+        closed=True,
+        events={"referral.received": date(2026, 11, 25), "referral.closed": date(2026, 11, 30)},
+    )
     before = desired(open_, [ACK], CAL, GATED)
     after = desired(closed, [ACK], CAL, GATED)
     changes = reconcile(after, existing_from(before), [("referral", 7)])
@@ -124,8 +163,7 @@ def test_a_note_that_no_longer_applies_is_cancelled_but_delivered_ones_are_left_
 
 def test_a_corrected_date_moves_a_pending_note():
     before = desired(referral(), [ACK], CAL, GATED)
-    later = desired(referral(events={"referral.received": date(2026, 11, 30)}), [ACK], CAL,
-                    GATED)
+    later = desired(referral(events={"referral.received": date(2026, 11, 30)}), [ACK], CAL, GATED)
     changes = reconcile(later, existing_from(before), [("referral", 7)])
     assert changes.updates == [(1, {"due_at": later[0].due_at})]
     assert later[0].due_at > datetime(2026, 11, 30, tzinfo=UTC)
@@ -133,29 +171,42 @@ def test_a_corrected_date_moves_a_pending_note():
 
 # --- releases name their recipient; a revoke takes back what went out -----------------------
 
-RX = Rule(name="rx", event="release.recorded", after="2 business days", at="08:00",
-          make="draft", to="prescriber", template="prescriber.txt.j2",
-          when={"release": "required"})
+RX = Rule(
+    name="rx",
+    event="release.recorded",
+    after="2 business days",
+    at="08:00",
+    make="draft",
+    to="prescriber",
+    template="prescriber.txt.j2",
+    when={"release": "required"},
+)
 BOTH = {"physician": None, "prescriber": None}
 
 
 def test_the_referring_physicians_release_does_not_cover_the_prescriber():
     """The defect: the prescriber's introduction (patient details) went out on the referring
     physician's release alone."""
-    only_physician = referral(releases={"physician": True, "prescriber": False},
-                              recipients=BOTH,
-                              release_dates={"physician": date(2026, 11, 20)})
+    only_physician = referral(
+        releases={"physician": True, "prescriber": False},
+        recipients=BOTH,
+        release_dates={"physician": date(2026, 11, 20)},
+    )
     assert desired(only_physician, [RX], CAL, frozenset({"rx"})) == []  # no event: no release
-    both = referral(releases={"physician": True, "prescriber": True}, recipients=BOTH,
-                    release_dates={"physician": date(2026, 11, 20),
-                                   "prescriber": date(2026, 11, 23)})
+    both = referral(
+        releases={"physician": True, "prescriber": True},
+        recipients=BOTH,
+        release_dates={"physician": date(2026, 11, 20), "prescriber": date(2026, 11, 23)},
+    )
     [rx] = desired(both, [RX], CAL, frozenset({"rx"}))
     assert rx.hold is None and rx.recipient == "prescriber"
     # two business days after the prescriber's own release (the physician's: the 24th)
     assert rx.due_at.astimezone(NY) == datetime(2026, 11, 25, 8, 0, tzinfo=NY)
-    revoked = referral(releases={"physician": True, "prescriber": False}, recipients=BOTH,
-                       release_dates={"physician": date(2026, 11, 20),
-                                      "prescriber": date(2026, 11, 23)})
+    revoked = referral(
+        releases={"physician": True, "prescriber": False},
+        recipients=BOTH,
+        release_dates={"physician": date(2026, 11, 20), "prescriber": date(2026, 11, 23)},
+    )
     [held] = desired(revoked, [RX], CAL, frozenset({"rx"}))
     assert held.hold == "no release of information on file for the prescriber of referral R-7"
 
@@ -175,11 +226,14 @@ def test_a_revoke_withdraws_an_unsent_note_and_marks_a_sent_one_disclosed():
         [(_, update)] = reconcile(revoked, row, [("referral", 7)]).updates
         assert update["state"] == State.withdraw and update["attempts"] == 0
         assert update["reason"] == "to withdraw: release of information revoked for referral R-7"
-    sent = existing_from(released, state=State.sent, external_id="gmail:d1",
-                         reason="sent 2026-11-27 09:00 UTC")
+    sent = existing_from(
+        released, state=State.sent, external_id="gmail:d1", reason="sent 2026-11-27 09:00 UTC"
+    )
     [(_, update)] = reconcile(revoked, sent, [("referral", 7)]).updates
-    assert update == {"reason": "disclosed: sent before the release of information was revoked "
-                                "(sent 2026-11-27 09:00 UTC)"}
+    assert update == {
+        "reason": "disclosed: sent before the release of information was revoked "
+        "(sent 2026-11-27 09:00 UTC)"
+    }
     marked = existing_from(released, state=State.sent, reason=update["reason"])
     assert not reconcile(revoked, marked, [("referral", 7)])  # said once
 
@@ -192,8 +246,9 @@ def test_a_note_without_patient_details_is_not_withdrawn():
 
 def test_a_release_granted_again_makes_a_withdrawn_note_anew_looking_first():
     released = desired(referral(), [ACK], CAL, GATED)
-    withdrawn = existing_from(released, state=State.withdrawn, external_id="gmail:d1",
-                              reason="withdrawn")
+    withdrawn = existing_from(
+        released, state=State.withdrawn, external_id="gmail:d1", reason="withdrawn"
+    )
     [(_, update)] = reconcile(released, withdrawn, [("referral", 7)]).updates
     assert update["state"] == State.planned and update["external_id"] is None
     assert update["attempts"] == 1  # the next claim makes it 2: look before creating

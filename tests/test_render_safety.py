@@ -35,8 +35,17 @@ MARK = "Qzx"  # patient values are fenced with this, to look for them in reasons
 INJECTION = "=?utf-8?q?a=0D=0ABcc:_evil@attacker.example?="
 CRASHER = '=?utf-8?b?~d:>=22Bcc:wF"<dw?=h=)'  # UnicodeEncodeError in as_bytes() (3.11.7)
 NOW = datetime(2026, 11, 23, 15, 0, tzinfo=UTC)
-HEADERS = {"from", "to", "subject", "date", "message-id", "x-followupd-id", "mime-version",
-           "content-type", "content-transfer-encoding"}
+HEADERS = {
+    "from",
+    "to",
+    "subject",
+    "date",
+    "message-id",
+    "x-followupd-id",
+    "mime-version",
+    "content-type",
+    "content-transfer-encoding",
+}
 
 
 def load(home, **practice: str) -> configuration.Settings:
@@ -53,30 +62,63 @@ def rule_of(settings, name: str):
     return next(r for r in settings.config.rules if r.name == name)
 
 
-def draft(settings, *, rule="referral-acknowledgement", ref="R-1", physician="Dr. Miriam Okafor",
-          email_="m.okafor@lakeside-im.example", focus="CBT-I", templates=None):
+def draft(
+    settings,
+    *,
+    rule="referral-acknowledgement",
+    ref="R-1",
+    physician="Dr. Miriam Okafor",
+    email_="m.okafor@lakeside-im.example",
+    focus="CBT-I",
+    templates=None,
+):
     rule = rule_of(settings, rule)
-    follow_up = FollowUp(id=7, rule=rule.name, subject_type="referral", subject_id=1,
-                         kind="draft", state="claimed", attempts=1)
+    follow_up = FollowUp(
+        id=7,
+        rule=rule.name,
+        subject_type="referral",
+        subject_id=1,
+        kind="draft",
+        state="claimed",
+        attempts=1,
+    )
     doctor = Physician(id=1, key="k", name=physician, email=email_)
-    referral = Referral(id=1, ref=ref, received_on=date(2026, 11, 2), physician_id=1,
-                        client_name=f"{MARK}Harriet Vandermolen{MARK}",
-                        client_dob=date(1970, 5, 4),
-                        presenting_problem=f"{MARK}Insomnia{MARK}",
-                        treatment_focus=focus, release_on_file=True,
-                        closed_on=date(2026, 11, 20), closing_summary=f"{MARK}Better{MARK}")
-    context = context_for(settings, rule, Bundle(follow_up, referral=referral, physician=doctor),
-                          release=True)
-    return build_draft(templates or Templates(settings.templates_dir), rule, context,
-                       follow_up_id=7, settings=settings, installation="0" * 32, now=NOW)
+    referral = Referral(
+        id=1,
+        ref=ref,
+        received_on=date(2026, 11, 2),
+        physician_id=1,
+        client_name=f"{MARK}Harriet Vandermolen{MARK}",
+        client_dob=date(1970, 5, 4),
+        presenting_problem=f"{MARK}Insomnia{MARK}",
+        treatment_focus=focus,
+        release_on_file=True,
+        closed_on=date(2026, 11, 20),
+        closing_summary=f"{MARK}Better{MARK}",
+    )
+    context = context_for(
+        settings, rule, Bundle(follow_up, referral=referral, physician=doctor), release=True
+    )
+    return build_draft(
+        templates or Templates(settings.templates_dir),
+        rule,
+        context,
+        follow_up_id=7,
+        settings=settings,
+        installation="0" * 32,
+        now=NOW,
+    )
 
 
 def header_names(raw: bytes) -> list[str]:
     """The header lines' names, split the strict way: at CRLF; a line that does not start
     with white space starts a header of its own."""
     head = raw.split(b"\r\n\r\n", 1)[0]
-    return [line.split(b":", 1)[0].decode().lower() for line in head.split(b"\r\n")
-            if line and not line[:1].isspace()]
+    return [
+        line.split(b":", 1)[0].decode().lower()
+        for line in head.split(b"\r\n")
+        if line and not line[:1].isspace()
+    ]
 
 
 def refused(settings, **kw) -> str:
@@ -160,9 +202,18 @@ def test_one_bad_physician_name_fails_that_follow_up_and_the_batch_of_50_goes(ho
     assert settings.config.delivery.backend == "outbox"
     store = Store(url)
     received = (date.today() - timedelta(days=10)).isoformat()
-    rows = [{"ref": f"B-{n}", "received_on": received, "physician": f"Dr. Batch {n}",
-             "physician_email": f"batch{n}@clinic.example", "client_name": "Test Client",
-             "presenting_problem": "Synthetic", "release_on_file": "yes"} for n in range(50)]
+    rows = [
+        {
+            "ref": f"B-{n}",
+            "received_on": received,
+            "physician": f"Dr. Batch {n}",
+            "physician_email": f"batch{n}@clinic.example",
+            "client_name": "Test Client",
+            "presenting_problem": "Synthetic",
+            "release_on_file": "yes",
+        }
+        for n in range(50)
+    ]
     rows[17]["physician"] = CRASHER
     with store.session() as session:
         upsert_referrals(session, [parse_referral(row) for row in rows], Directory())
@@ -179,7 +230,8 @@ def test_one_bad_physician_name_fails_that_follow_up_and_the_batch_of_50_goes(ho
     assert len(report.failed) == 1 and len(report.delivered) == 49
     drafts = home / "outbox" / "drafts"
     assert sorted(p.name for p in drafts.glob("*.eml")) == sorted(
-        f"{r.id}.eml" for r in ledger.values() if r.state == "done")
+        f"{r.id}.eml" for r in ledger.values() if r.state == "done"
+    )
     assert not (drafts / f"{failed.id}.eml").exists()
 
 
@@ -188,19 +240,40 @@ def test_one_bad_physician_name_fails_that_follow_up_and_the_batch_of_50_goes(ho
 
 def visit_reminder(settings):
     rule = rule_of(settings, "office-revisit")
-    follow_up = FollowUp(id=9, rule=rule.name, subject_type="visit", subject_id=1,
-                         kind="reminder", state="claimed", attempts=1)
+    follow_up = FollowUp(
+        id=9,
+        rule=rule.name,
+        subject_type="visit",
+        subject_id=1,
+        kind="reminder",
+        state="claimed",
+        attempts=1,
+    )
     office = Practice(id=1, key="lakeside", name="Lakeside Internal Medicine")
     visit = Visit(id=1, key="v", visited_on=date(2026, 11, 2), practice_id=1)
-    context = context_for(settings, rule, Bundle(follow_up, visit=visit, practice=office),
-                          release=False)
-    return build_reminder(Templates(settings.templates_dir), rule, context, follow_up_id=9,
-                          settings=settings, installation="0" * 32, remind_at=NOW)
+    context = context_for(
+        settings, rule, Bundle(follow_up, visit=visit, practice=office), release=False
+    )
+    return build_reminder(
+        Templates(settings.templates_dir),
+        rule,
+        context,
+        follow_up_id=9,
+        settings=settings,
+        installation="0" * 32,
+        remind_at=NOW,
+    )
 
 
-@pytest.mark.parametrize("snippet", ["{{ lipsum.__globals__ }}", "{{ ''.__class__.__mro__ }}",
-                                     "{{ cycler.__init__.__globals__.os }}",
-                                     "{% set _ = practice.update({'name': 'x'}) %}"])
+@pytest.mark.parametrize(
+    "snippet",
+    [
+        "{{ lipsum.__globals__ }}",
+        "{{ ''.__class__.__mro__ }}",
+        "{{ cycler.__init__.__globals__.os }}",
+        "{% set _ = practice.update({'name': 'x'}) %}",
+    ],
+)
 def test_a_home_template_cannot_reach_python_internals(home, snippet):
     (home / "templates").mkdir()
     (home / "templates" / "revisit.txt.j2").write_text(f"Title: Revisit\n\n{snippet}\n")
@@ -227,11 +300,15 @@ ACK_HEAD = "Subject: Hello {{ referral.ref }}\n\nDear {{ recipient.salutation }}
 
 
 def test_a_missing_key_taken_from_the_data_is_not_named(home):
-    settings = with_template(home, "acknowledgement.txt.j2", ACK_HEAD + (
-        '{% set focus_names = {"cbt": "CBT"} %}{{ focus_names[client.focus] }}\n'))
+    settings = with_template(
+        home,
+        "acknowledgement.txt.j2",
+        ACK_HEAD + ('{% set focus_names = {"cbt": "CBT"} %}{{ focus_names[client.focus] }}\n'),
+    )
     reason = refused(settings, focus=f"{MARK}psychodynamic{MARK}")
-    assert reason == ("template acknowledgement.txt.j2:4: a key or attribute taken from the "
-                      "data is missing")
+    assert reason == (
+        "template acknowledgement.txt.j2:4: a key or attribute taken from the data is missing"
+    )
 
 
 def test_a_missing_variable_written_in_the_template_is_named(home):
@@ -241,10 +318,10 @@ def test_a_missing_variable_written_in_the_template_is_named(home):
 
 
 def test_a_missing_attribute_written_in_the_template_is_named(home):
-    settings = with_template(home, "acknowledgement.txt.j2",
-                             ACK_HEAD + '{{ client.outcome }} {{ client["score"] }}\n')
-    assert refused(settings) == ("template acknowledgement.txt.j2:4: no attribute or key "
-                                 "'outcome'")
+    settings = with_template(
+        home, "acknowledgement.txt.j2", ACK_HEAD + '{{ client.outcome }} {{ client["score"] }}\n'
+    )
+    assert refused(settings) == ("template acknowledgement.txt.j2:4: no attribute or key 'outcome'")
 
 
 def test_an_error_in_an_included_template_names_that_template(home):
@@ -253,12 +330,15 @@ def test_an_error_in_an_included_template_names_that_template(home):
     assert reason == "template _signature.txt.j2:2: no attribute or key 'pager'"
 
 
-@pytest.mark.parametrize(("expression", "error"), [
-    ("client.focus.format()", "KeyError"),  # KeyError('secret'): a piece of the value
-    ("client.focus + 1", "TypeError"),
-    ("1 / 0", "ZeroDivisionError"),
-    ("client.focus.index('nowhere')", "ValueError"),
-])
+@pytest.mark.parametrize(
+    ("expression", "error"),
+    [
+        ("client.focus.format()", "KeyError"),  # KeyError('secret'): a piece of the value
+        ("client.focus + 1", "TypeError"),
+        ("1 / 0", "ZeroDivisionError"),
+        ("client.focus.index('nowhere')", "ValueError"),
+    ],
+)
 def test_other_errors_while_rendering_give_the_type_only(home, expression, error):
     settings = with_template(home, "acknowledgement.txt.j2", ACK_HEAD + f"{{{{ {expression} }}}}\n")
     reason = refused(settings, focus=f"{MARK}{{secret}}{MARK}")
@@ -266,10 +346,12 @@ def test_other_errors_while_rendering_give_the_type_only(home, expression, error
 
 
 def test_an_unsafe_operation_in_a_draft_template_is_refused(home):
-    settings = with_template(home, "acknowledgement.txt.j2",
-                             ACK_HEAD + "{{ client.__class__.__mro__ }}\n")
-    assert refused(settings) == ("template acknowledgement.txt.j2:4: the template tried an "
-                                 "unsafe operation")
+    settings = with_template(
+        home, "acknowledgement.txt.j2", ACK_HEAD + "{{ client.__class__.__mro__ }}\n"
+    )
+    assert refused(settings) == (
+        "template acknowledgement.txt.j2:4: the template tried an unsafe operation"
+    )
 
 
 # --- 5. international domains -------------------------------------------------------------
@@ -320,7 +402,8 @@ def test_a_subject_folded_onto_a_second_line_reads_back_as_written(home):
 
 
 def test_a_missing_included_template_is_still_a_start_up_problem(home):
-    settings = with_template(home, "acknowledgement.txt.j2",
-                             ACK_HEAD + '{% include "_nowhere.txt.j2" %}\n')
+    settings = with_template(
+        home, "acknowledgement.txt.j2", ACK_HEAD + '{% include "_nowhere.txt.j2" %}\n'
+    )
     problems = Templates(settings.templates_dir).problems(settings.config.rules)
     assert any("_nowhere.txt.j2 not found" in p for p in problems), problems

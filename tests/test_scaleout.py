@@ -62,17 +62,23 @@ def group_config(home: Path, server, *, lease: str = "5 minutes", poll: str = "1
     """The default configuration made a three-therapist practice delivering to `server`."""
     path = home / "followupd.yaml"
     text = path.read_text()
-    for old, new in (("poll: 5 minutes", f"poll: {poll}"),
-                     ("lease: 5 minutes", f"lease: {lease}"),
-                     ("timeout: 30", "timeout: 5"),
-                     ("gmail_units_per_minute: 6000", "gmail_units_per_minute: 10000000"),
-                     ("calendar_requests_per_minute: 600",
-                      "calendar_requests_per_minute: 1000000")):
+    for old, new in (
+        ("poll: 5 minutes", f"poll: {poll}"),
+        ("lease: 5 minutes", f"lease: {lease}"),
+        ("timeout: 30", "timeout: 5"),
+        ("gmail_units_per_minute: 6000", "gmail_units_per_minute: 10000000"),
+        ("calendar_requests_per_minute: 600", "calendar_requests_per_minute: 1000000"),
+    ):
         assert old in text
         text = text.replace(old, new)
-    text = text.replace("therapists: []\n", "therapists:\n" + "".join(
-        f"  - key: {key}\n    name: \"{name}\"\n    email: {mail}\n    phone: \"{phone}\"\n"
-        for key, (name, mail, phone) in THERAPISTS.items()))
+    text = text.replace(
+        "therapists: []\n",
+        "therapists:\n"
+        + "".join(
+            f'  - key: {key}\n    name: "{name}"\n    email: {mail}\n    phone: "{phone}"\n'
+            for key, (name, mail, phone) in THERAPISTS.items()
+        ),
+    )
     path.write_text(text)
     (home / "tokens").mkdir()
     for key, (_, mail, _) in THERAPISTS.items():
@@ -80,19 +86,33 @@ def group_config(home: Path, server, *, lease: str = "5 minutes", poll: str = "1
 
 
 def group_env(db_url: str, server, **extra: str) -> dict[str, str]:
-    return {"PATH": os.environ["PATH"], "FOLLOWUPD_DATABASE_URL": db_url,
-            "FOLLOWUPD_DELIVERY": "google", "FOLLOWUPD_GOOGLE_API_ENDPOINT": server.base_url,
-            **extra}
+    return {
+        "PATH": os.environ["PATH"],
+        "FOLLOWUPD_DATABASE_URL": db_url,
+        "FOLLOWUPD_DELIVERY": "google",
+        "FOLLOWUPD_GOOGLE_API_ENDPOINT": server.base_url,
+        **extra,
+    }
 
 
 def referral_rows(count: int) -> list[dict[str, str]]:
     """`count` referrals, dealt round the therapists; every one has a release on file."""
     keys = list(THERAPISTS)
-    return [{"ref": f"G-{i}", "received_on": RECEIVED, "physician": f"Dr. Plum {i % 11}",
-             "physician_email": f"plum{i % 11}@clinic.example", "specialty": "family medicine",
-             "practice": "Northside Clinic", "client_name": "Theodora Quist",
-             "presenting_problem": "Postpartum depression", "release_on_file": "yes",
-             "therapist": keys[i % len(keys)]} for i in range(count)]
+    return [
+        {
+            "ref": f"G-{i}",
+            "received_on": RECEIVED,
+            "physician": f"Dr. Plum {i % 11}",
+            "physician_email": f"plum{i % 11}@clinic.example",
+            "specialty": "family medicine",
+            "practice": "Northside Clinic",
+            "client_name": "Theodora Quist",
+            "presenting_problem": "Postpartum depression",
+            "release_on_file": "yes",
+            "therapist": keys[i % len(keys)],
+        }
+        for i in range(count)
+    ]
 
 
 def solo_rows(count: int) -> list[dict[str, str]]:
@@ -116,8 +136,12 @@ def followupd(home: Path, *args: str, env: dict) -> subprocess.CompletedProcess:
 
 def start_replica(home: Path, name: str, env: dict) -> subprocess.Popen:
     log = open(home / f"{name}.log", "w")  # noqa: SIM115 - closed with the process
-    return subprocess.Popen([sys.executable, "-m", "followupd", "--home", str(home), "run"],
-                            stdout=log, stderr=log, env={**env, "FOLLOWUPD_REPLICA": name})
+    return subprocess.Popen(
+        [sys.executable, "-m", "followupd", "--home", str(home), "run"],
+        stdout=log,
+        stderr=log,
+        env={**env, "FOLLOWUPD_REPLICA": name},
+    )
 
 
 def ledger(url: str) -> list[FollowUp]:
@@ -141,10 +165,15 @@ def referral_therapists(url: str) -> dict[int, str]:
 def mailbox_drafts(server) -> dict[str, list[email.message.EmailMessage]]:
     import base64
 
-    return {mail: [email.message_from_bytes(base64.urlsafe_b64decode(d["message"]["raw"]),
-                                            policy=email.policy.default)
-                   for d in server.drafts(mail)]
-            for _, mail, _ in THERAPISTS.values()}
+    return {
+        mail: [
+            email.message_from_bytes(
+                base64.urlsafe_b64decode(d["message"]["raw"]), policy=email.policy.default
+            )
+            for d in server.drafts(mail)
+        ]
+        for _, mail, _ in THERAPISTS.values()
+    }
 
 
 def assert_exactly_one_draft_each_in_the_right_mailbox(server, url: str) -> Counter:
@@ -207,8 +236,9 @@ def tick_with(home: Path, rows: list[dict[str, str]] = ()) -> tuple[TickReport, 
 def test_each_therapist_gets_their_own_drafts_signed_by_them(group_home, server, cli):
     report, url = tick_with(group_home, referral_rows(9))
     assert report.ok and len(report.delivered) == 9
-    assert assert_exactly_one_draft_each_in_the_right_mailbox(
-        server, url) == {key: 3 for key in THERAPISTS}
+    assert assert_exactly_one_draft_each_in_the_right_mailbox(server, url) == {
+        key: 3 for key in THERAPISTS
+    }
     listed = [json.loads(line) for line in cli("status", "--json").stdout.splitlines()]
     assert Counter(row["therapist"] for row in listed) == {key: 3 for key in THERAPISTS}
 
@@ -233,12 +263,24 @@ def test_import_takes_the_therapist_column_and_names_a_wrong_one(group_home, tmp
     rows[2]["therapist"] = ""
     ran = cli("import", "referrals", str(write_csv(tmp_path / "r.csv", rows)))
     assert ran.code == 1
-    assert "line 3, column therapist: is not a therapist in followupd.yaml " \
-           "(one of: chen, lopez, okoro)" in ran.stderr
+    assert (
+        "line 3, column therapist: is not a therapist in followupd.yaml "
+        "(one of: chen, lopez, okoro)" in ran.stderr
+    )
     assert "line 4, column therapist: is empty" in ran.stderr
     assert "added 1" in ran.stdout
-    ran = cli("referral", "add", "--ref", "G-9", "--physician", "Dr. Plum", "--client-name",
-              "Theodora Quist", "--therapist", "okoro")
+    ran = cli(
+        "referral",
+        "add",
+        "--ref",
+        "G-9",
+        "--physician",
+        "Dr. Plum",
+        "--client-name",
+        "Theodora Quist",
+        "--therapist",
+        "okoro",
+    )
     assert ran.code == 0
 
 
@@ -250,9 +292,17 @@ def test_replicas_share_one_mailbox_quota(postgres_url):
     as one process would; with a bucket each, both would spend a full burst at once."""
     stores = [Store(postgres_url), Store(postgres_url)]
     now = [1000.0]
-    buckets = [SharedTokenBucket(s, "gmail:maria@group.example", per_minute=600, burst=100,
-                                 clock=lambda: now[0], sleep=lambda seconds: None)
-               for s in stores]
+    buckets = [
+        SharedTokenBucket(
+            s,
+            "gmail:maria@group.example",
+            per_minute=600,
+            burst=100,
+            clock=lambda: now[0],
+            sleep=lambda seconds: None,
+        )
+        for s in stores
+    ]
     buckets[0].take(100)
     assert buckets[0].waited == 0
     buckets[1].take(100)  # the bucket is empty: 100 units at (600 - 100) / 60 a second
@@ -281,8 +331,13 @@ def test_a_stale_replica_cannot_record_over_newer_work(postgres_url, home, tmp_p
             super().deliver(items)
             return [Delivered("late:from-a")] * len(items)  # A's answer, if it were kept
 
-    replica_a = Engine(settings, store_a, backend=StallingOutbox(tmp_path / "outbox-a"),
-                       clock=lambda: clock[0], owner="a:1")
+    replica_a = Engine(
+        settings,
+        store_a,
+        backend=StallingOutbox(tmp_path / "outbox-a"),
+        clock=lambda: clock[0],
+        owner="a:1",
+    )
     report_a = replica_a.tick()
     [row] = [r for r in ledger(postgres_url)]
     assert row.state == "done" and row.fence == 2  # B's claim was the second
@@ -298,8 +353,10 @@ def test_three_replicas_planning_at_once_insert_each_follow_up_once(postgres_url
     settings = configuration.load(home, environ={"FOLLOWUPD_DATABASE_URL": postgres_url})
     stores = [Store(postgres_url) for _ in range(3)]
     add_referrals(stores[0], solo_rows(600))
-    engines = [Engine(settings, store, backend=OutboxBackend(home / "outbox"),
-                      owner=f"r{i}:1") for i, store in enumerate(stores)]
+    engines = [
+        Engine(settings, store, backend=OutboxBackend(home / "outbox"), owner=f"r{i}:1")
+        for i, store in enumerate(stores)
+    ]
     errors: list[BaseException] = []
     start = threading.Barrier(3)
 
@@ -336,8 +393,15 @@ def test_a_notify_wakes_a_listener_when_a_referral_is_written(postgres_url):
         store.close()
 
 
-def run_replicas(home: Path, postgres_url: str, server, count: int, *,
-                 lease: str = "5 minutes", kill: str | None = None) -> dict:
+def run_replicas(
+    home: Path,
+    postgres_url: str,
+    server,
+    count: int,
+    *,
+    lease: str = "5 minutes",
+    kill: str | None = None,
+) -> dict:
     """Three replicas, then the referrals: NOTIFY wakes them; optionally SIGKILL one once it
     holds claims. Returns what the kill interrupted."""
     group_config(home, server, lease=lease, poll="2 seconds")
@@ -355,28 +419,41 @@ def run_replicas(home: Path, postgres_url: str, server, count: int, *,
         ran = followupd(home, "import", "referrals", str(csv_path), env=env)
         assert ran.returncode == 0, ran.stderr
         if kill:
+
             def made() -> set[int]:
-                return {int(m["X-Followupd-Id"].rsplit(".", 1)[1])
-                        for box in mailbox_drafts(server).values() for m in box}
+                return {
+                    int(m["X-Followupd-Id"].rsplit(".", 1)[1])
+                    for box in mailbox_drafts(server).values()
+                    for m in box
+                }
 
             def mid_batch() -> list[FollowUp]:
                 """The victim's claims, once Google has made some of them: its batch is
                 half done, and the rest of it will be made after the kill."""
-                held = [r for r in ledger(postgres_url) if r.state == "claimed"
-                        and (r.claimed_by or "").startswith(f"{kill}@")]
+                held = [
+                    r
+                    for r in ledger(postgres_url)
+                    if r.state == "claimed" and (r.claimed_by or "").startswith(f"{kill}@")
+                ]
                 return held if made() & {r.id for r in held} else []
+
             held = wait_for(mid_batch, 120, step=0.02)
             replicas[kill].send_signal(signal.SIGKILL)
             replicas[kill].wait(10)
-            killed = {"at": utcnow(), "held": {r.id: r.lease_until for r in held},
-                      "made": len(made() & {r.id for r in held})}
+            killed = {
+                "at": utcnow(),
+                "held": {r.id: r.lease_until for r in held},
+                "made": len(made() & {r.id for r in held}),
+            }
             server.part_delay = 0.0
 
         def finished() -> bool:
-            return all(r.state == "done" for r in ledger(postgres_url)) and \
-                len(ledger(postgres_url)) == count
-        assert wait_for(finished, 300, step=1.0), \
-            Counter(r.state for r in ledger(postgres_url))
+            return (
+                all(r.state == "done" for r in ledger(postgres_url))
+                and len(ledger(postgres_url)) == count
+            )
+
+        assert wait_for(finished, 300, step=1.0), Counter(r.state for r in ledger(postgres_url))
         for name, proc in replicas.items():
             if name != kill:
                 assert proc.poll() is None, (home / f"{name}.log").read_text()[-2000:]
@@ -399,8 +476,7 @@ def delivered_by(home: Path) -> Counter:
     return counts
 
 
-def test_three_replicas_three_therapists_3000_referrals_exactly_once(home, postgres_url,
-                                                                     server):
+def test_three_replicas_three_therapists_3000_referrals_exactly_once(home, postgres_url, server):
     started = time.monotonic()
     run_replicas(home, postgres_url, server, 3000)
     seconds = time.monotonic() - started
@@ -422,8 +498,10 @@ def test_a_replica_killed_mid_run_loses_its_claims_to_the_others(home, postgres_
         row = rows[follow_up_id]
         assert row.attempts >= 2  # claimed again after the kill ...
         assert row.updated_at >= lease_until  # ... once r2's lease had expired
-    print(f"r2 killed holding {len(killed['held'])} claims, {killed['made']} of them drafted at "
-          "Google but not recorded at the kill, the rest of its batch made after it")
+    print(
+        f"r2 killed holding {len(killed['held'])} claims, {killed['made']} of them drafted at "
+        "Google but not recorded at the kill, the rest of its batch made after it"
+    )
     trust.record("kill", kills=1, duplicates=0, lost=0)
 
 
@@ -441,8 +519,9 @@ def test_a_row_written_by_another_system_wakes_the_daemon_at_once(home, postgres
         added = time.monotonic()
         add_referrals(store, solo_rows(1))  # straight into the table, as an EHR export would
         drafts = home / "outbox" / "drafts"
-        assert wait_for(lambda: list(drafts.glob("*.eml")) if drafts.exists() else [], 10,
-                        step=0.05), (home / "r1.log").read_text()
+        assert wait_for(
+            lambda: list(drafts.glob("*.eml")) if drafts.exists() else [], 10, step=0.05
+        ), (home / "r1.log").read_text()
         assert time.monotonic() - added < 5
         assert not (home / ".followupd-wake").exists()
         store.close()
@@ -454,9 +533,15 @@ def test_a_row_written_by_another_system_wakes_the_daemon_at_once(home, postgres
 def _listening(store: Store, pid: int) -> bool:
     """The replica with this pid holds its LISTEN connection."""
     with store.session() as session:
-        return bool(session.execute(sa.text(
-            "SELECT count(*) FROM pg_stat_activity WHERE query = 'LISTEN followupd' "
-            "AND application_name LIKE :name"), {"name": f"followupd listen %:{pid}"}).scalar())
+        return bool(
+            session.execute(
+                sa.text(
+                    "SELECT count(*) FROM pg_stat_activity WHERE query = 'LISTEN followupd' "
+                    "AND application_name LIKE :name"
+                ),
+                {"name": f"followupd listen %:{pid}"},
+            ).scalar()
+        )
 
 
 def test_a_visit_reminder_goes_on_the_visiting_therapists_calendar(group_home, server, cli):
@@ -464,9 +549,20 @@ def test_a_visit_reminder_goes_on_the_visiting_therapists_calendar(group_home, s
     reminder on its own therapist's calendar."""
     on = (date.today() - timedelta(days=40)).isoformat()
     for key in ("chen", "lopez"):
-        ran = cli("visit", "add", "--practice", "Lakeside Internal Medicine", "--physician",
-                  "Dr. Ann Lee", "--specialty", "internal medicine", "--on", on,
-                  "--therapist", key)
+        ran = cli(
+            "visit",
+            "add",
+            "--practice",
+            "Lakeside Internal Medicine",
+            "--physician",
+            "Dr. Ann Lee",
+            "--specialty",
+            "internal medicine",
+            "--on",
+            on,
+            "--therapist",
+            key,
+        )
         assert ran.code == 0 and "added" in ran.stdout, ran.stderr
     report, _ = tick_with(group_home)
     assert report.ok and len(report.delivered) == 2
@@ -483,8 +579,9 @@ def test_one_service_account_acts_for_each_therapist(group_home, server, monkeyp
     monkeypatch.setenv("FOLLOWUPD_GOOGLE_SERVICE_ACCOUNT_FILE", "sa.json")
     report, url = tick_with(group_home, referral_rows(6))
     assert report.ok
-    assert {claims["sub"] for claims in server.jwt_claims} == \
-        {mail for _, mail, _ in THERAPISTS.values()}
+    assert {claims["sub"] for claims in server.jwt_claims} == {
+        mail for _, mail, _ in THERAPISTS.values()
+    }
     assert_exactly_one_draft_each_in_the_right_mailbox(server, url)
 
 
@@ -496,9 +593,16 @@ def test_a_visit_logged_before_therapists_is_the_same_visit_with_one(home, db_ur
     assert "added" in cli(*visit).stdout
     assert cli("run", "--once").code == 0
     path = home / "followupd.yaml"
-    path.write_text(path.read_text().replace("therapists: []\n", (
-        "therapists:\n  - key: lopez\n    name: Maria Lopez\n    email: maria@group.example\n"
-        "  - key: chen\n    name: Wei Chen\n    email: wei@group.example\n")))
+    path.write_text(
+        path.read_text().replace(
+            "therapists: []\n",
+            (
+                "therapists:\n  - key: lopez\n    name: Maria Lopez\n"
+                "    email: maria@group.example\n"
+                "  - key: chen\n    name: Wei Chen\n    email: wei@group.example\n"
+            ),
+        )
+    )
     ran = cli(*visit, "--therapist", "lopez")
     assert ran.code == 0 and "added" not in ran.stdout, ran.stdout
     assert cli("run", "--once").code == 0
@@ -510,19 +614,26 @@ def test_a_row_without_a_therapist_waits_with_the_fix_in_a_group(home, db_url, c
     rows = solo_rows(1)
     assert cli("import", "referrals", str(write_csv(tmp_path / "old.csv", rows))).code == 0
     path = home / "followupd.yaml"
-    path.write_text(path.read_text().replace("therapists: []\n", "therapists:\n" + "".join(
-        f"  - key: {key}\n    name: {name}\n    email: {mail}\n"
-        for key, (name, mail, _) in THERAPISTS.items())))
+    path.write_text(
+        path.read_text().replace(
+            "therapists: []\n",
+            "therapists:\n"
+            + "".join(
+                f"  - key: {key}\n    name: {name}\n    email: {mail}\n"
+                for key, (name, mail, _) in THERAPISTS.items()
+            ),
+        )
+    )
     assert cli("run", "--once").code == 0
     [row] = [json.loads(line) for line in cli("status", "--json").stdout.splitlines()]
     assert row["state"] == "waiting" and "no therapist" in row["reason"]
     assert "`therapist` column" in row["reason"]
-    assert not (home / "outbox" / "drafts").exists() or \
-        not list((home / "outbox" / "drafts").glob("*.eml"))
+    assert not (home / "outbox" / "drafts").exists() or not list(
+        (home / "outbox" / "drafts").glob("*.eml")
+    )
 
 
-def test_drafts_of_a_mailbox_that_cannot_be_checked_do_not_block_the_others(group_home,
-                                                                            server):
+def test_drafts_of_a_mailbox_that_cannot_be_checked_do_not_block_the_others(group_home, server):
     """60 of chen's drafts (more than one sync batch) and then chen's token is gone: the
     sync checks lopez's draft all the same."""
     settings = configuration.load(group_home)

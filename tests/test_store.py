@@ -67,8 +67,15 @@ def test_times_come_back_as_utc(db_url):
     store = Store(db_url)
     due = datetime(2026, 3, 8, 8, 30, tzinfo=UTC) + timedelta(hours=5)
     with store.session() as session:
-        session.add(FollowUp(rule="r", subject_type="referral", subject_id=1, kind="draft",
-                             due_at=due.astimezone(datetime.now().astimezone().tzinfo)))
+        session.add(
+            FollowUp(
+                rule="r",
+                subject_type="referral",
+                subject_id=1,
+                kind="draft",
+                due_at=due.astimezone(datetime.now().astimezone().tzinfo),
+            )
+        )
     with store.session() as session:
         row = session.execute(sa.select(FollowUp)).scalar_one()
     assert row.due_at == due and row.due_at.tzinfo == UTC
@@ -79,11 +86,13 @@ def test_ledger_is_unique_per_rule_and_subject(db_url):
     store = Store(db_url)
     due = datetime.now(UTC)
     with store.session() as session:
-        session.add(FollowUp(rule="r", subject_type="referral", subject_id=1, kind="draft",
-                             due_at=due))
+        session.add(
+            FollowUp(rule="r", subject_type="referral", subject_id=1, kind="draft", due_at=due)
+        )
     with pytest.raises(sa.exc.IntegrityError), store.session() as session:
-        session.add(FollowUp(rule="r", subject_type="referral", subject_id=1, kind="draft",
-                             due_at=due))
+        session.add(
+            FollowUp(rule="r", subject_type="referral", subject_id=1, kind="draft", due_at=due)
+        )
     store.close()
 
 
@@ -93,22 +102,41 @@ def test_status_json_is_valid_and_has_no_patient_fields(cli, db_url):
         physician = Physician(key="dr x|", name="Dr X")
         session.add(physician)
         session.flush()
-        referral = Referral(ref="R-1", received_on=date(2026, 11, 2),
-                            physician_id=physician.id, client_name="Philippa Strand",
-                            presenting_problem="Bulimia")
+        referral = Referral(
+            ref="R-1",
+            received_on=date(2026, 11, 2),
+            physician_id=physician.id,
+            client_name="Philippa Strand",
+            presenting_problem="Bulimia",
+        )
         session.add(referral)
         session.flush()
-        session.add(FollowUp(rule="referral-acknowledgement", subject_type="referral",
-                             subject_id=referral.id, kind="draft", state="held",
-                             reason="no release of information on file for referral R-1",
-                             due_at=datetime(2026, 11, 3, 14, tzinfo=UTC)))
+        session.add(
+            FollowUp(
+                rule="referral-acknowledgement",
+                subject_type="referral",
+                subject_id=referral.id,
+                kind="draft",
+                state="held",
+                reason="no release of information on file for referral R-1",
+                due_at=datetime(2026, 11, 3, 14, tzinfo=UTC),
+            )
+        )
     store.close()
     ran = cli("status", "--json")
     assert ran.code == 0
     [line] = ran.stdout.strip().splitlines()
     record = json.loads(line)
-    assert set(record) == {"id", "rule", "kind", "state", "due_at", "external_id", "attempts",
-                           "reason"}
+    assert set(record) == {
+        "id",
+        "rule",
+        "kind",
+        "state",
+        "due_at",
+        "external_id",
+        "attempts",
+        "reason",
+    }
     assert record["state"] == "held" and record["due_at"] == "2026-11-03T14:00:00+00:00"
     table = cli("status")
     assert "held" in table.stdout

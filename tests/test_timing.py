@@ -14,13 +14,18 @@ from followupd.timing import Duration, add_business_days, add_months, due_at
 NY = ZoneInfo("America/New_York")
 
 
-@pytest.mark.parametrize(("text", "expected"), [
-    ("3 days", Duration(3, "days")), ("1 month", Duration(1, "months")),
-    ("2 business days", Duration(2, "business_days")),
-    ("1 Business Day", Duration(1, "business_days")),
-    ("2 hours", Duration(2, "hours")), ("90 minutes", Duration(90, "minutes")),
-    ("1 week", Duration(1, "weeks")),
-])
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("3 days", Duration(3, "days")),
+        ("1 month", Duration(1, "months")),
+        ("2 business days", Duration(2, "business_days")),
+        ("1 Business Day", Duration(1, "business_days")),
+        ("2 hours", Duration(2, "hours")),
+        ("90 minutes", Duration(90, "minutes")),
+        ("1 week", Duration(1, "weeks")),
+    ],
+)
 def test_durations_parse_and_print_back(text, expected):
     assert Duration.parse(text) == expected
     assert Duration.parse(str(expected)) == expected
@@ -77,29 +82,36 @@ def test_a_time_inside_the_dst_gap_moves_forward():
 
 def test_at_with_elapsed_offset_is_the_next_such_time():
     start = datetime(2026, 11, 23, 17, 0, tzinfo=NY)
-    assert due_at(start, Duration(2, "hours"), NY, at=time(9)).astimezone(NY) == \
-        datetime(2026, 11, 24, 9, 0, tzinfo=NY)
+    assert due_at(start, Duration(2, "hours"), NY, at=time(9)).astimezone(NY) == datetime(
+        2026, 11, 24, 9, 0, tzinfo=NY
+    )
     start = datetime(2026, 11, 23, 5, 0, tzinfo=NY)
-    assert due_at(start, Duration(2, "hours"), NY, at=time(9)).astimezone(NY) == \
-        datetime(2026, 11, 23, 9, 0, tzinfo=NY)
+    assert due_at(start, Duration(2, "hours"), NY, at=time(9)).astimezone(NY) == datetime(
+        2026, 11, 23, 9, 0, tzinfo=NY
+    )
 
 
 def test_business_day_offset_with_at_and_holidays():
     wednesday = datetime(2026, 11, 25, 16, 0, tzinfo=NY)
-    due = due_at(wednesday, Duration(1, "business_days"), NY, at=time(8),
-                 holidays=[date(2026, 11, 26)])
+    due = due_at(
+        wednesday, Duration(1, "business_days"), NY, at=time(8), holidays=[date(2026, 11, 26)]
+    )
     assert due.astimezone(NY) == datetime(2026, 11, 27, 8, 0, tzinfo=NY)
 
 
-@given(st.dates(min_value=date(2000, 1, 1), max_value=date(2090, 12, 31)),
-       st.integers(min_value=0, max_value=40))
+@given(
+    st.dates(min_value=date(2000, 1, 1), max_value=date(2090, 12, 31)),
+    st.integers(min_value=0, max_value=40),
+)
 def test_business_days_never_land_on_a_weekend(start, count):
     result = add_business_days(start, count)
     assert result.weekday() < 5 and result >= start
 
 
-@given(st.dates(min_value=date(2000, 1, 1), max_value=date(2090, 12, 31)),
-       st.integers(min_value=0, max_value=36))
+@given(
+    st.dates(min_value=date(2000, 1, 1), max_value=date(2090, 12, 31)),
+    st.integers(min_value=0, max_value=36),
+)
 def test_months_land_in_the_right_month(start, months):
     result = add_months(start, months)
     assert (result.year * 12 + result.month) - (start.year * 12 + start.month) == months

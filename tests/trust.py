@@ -35,13 +35,15 @@ def summary(directory: Path) -> str:
             kind = entry.pop("kind")
             for name, value in entry.items():
                 totals[f"{kind}.{name}"] += value
-    return (f"trust: {totals['kill.kills']} kills, {totals['kill.duplicates']} duplicates, "
-            f"{totals['kill.lost']} lost; {totals['fault.converged']}/{totals['fault.tried']} "
-            f"faults converged; {totals['fuzz.inputs']} fuzz inputs, {totals['fuzz.crashes']} "
-            f"crashes; {totals['phi.hits']} patient values in {totals['phi.files']} files "
-            f"written; {totals['injection.cases']} header injection cases, "
-            f"{totals['injection.injections']} injections; {totals['revoke.cases']} revoke "
-            f"cases; {totals['permission.cases']} permission cases")
+    return (
+        f"trust: {totals['kill.kills']} kills, {totals['kill.duplicates']} duplicates, "
+        f"{totals['kill.lost']} lost; {totals['fault.converged']}/{totals['fault.tried']} "
+        f"faults converged; {totals['fuzz.inputs']} fuzz inputs, {totals['fuzz.crashes']} "
+        f"crashes; {totals['phi.hits']} patient values in {totals['phi.files']} files "
+        f"written; {totals['injection.cases']} header injection cases, "
+        f"{totals['injection.injections']} injections; {totals['revoke.cases']} revoke "
+        f"cases; {totals['permission.cases']} permission cases"
+    )
 
 
 if __name__ == "__main__":

@@ -64,9 +64,15 @@ class DeliveryError(Exception):
     a later tick. `systemic` ones (credentials revoked) stop the tick: every call would fail.
     `maybe_done`: the call may have taken effect at the far end (its answer was lost)."""
 
-    def __init__(self, reason: str, *, permanent: bool = False,
-                 retry_after: float | None = None, systemic: bool = False,
-                 maybe_done: bool = False):
+    def __init__(
+        self,
+        reason: str,
+        *,
+        permanent: bool = False,
+        retry_after: float | None = None,
+        systemic: bool = False,
+        maybe_done: bool = False,
+    ):
         super().__init__(reason)
         self.reason = reason
         self.permanent = permanent

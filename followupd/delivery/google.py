@@ -60,8 +60,15 @@ from followupd.delivery.googleapi import (
 )
 from followupd.pacing import TokenBucket
 
-GMAIL_COST = {"drafts.create": 10, "drafts.list": 5, "drafts.get": 5, "drafts.delete": 10,
-              "messages.list": 5, "messages.get": 5, "threads.get": 10}
+GMAIL_COST = {
+    "drafts.create": 10,
+    "drafts.list": 5,
+    "drafts.get": 5,
+    "drafts.delete": 10,
+    "messages.list": 5,
+    "messages.get": 5,
+    "threads.get": 10,
+}
 RECENT_DRAFTS = 100  # how far back a lost draft is looked for by its headers
 RECENT_SENT = 100  # how far back a sent draft is looked for by its headers
 IDENTITY = ["Message-ID", "X-Followupd-Id"]
@@ -123,8 +130,13 @@ Step = Callable[[list[DraftRef], dict[int, Any], dict[int, CallError], Collectio
 class GoogleBackend:
     name = "google"
 
-    def __init__(self, settings: Settings, sleep: Callable[[float], None] = time.sleep,
-                 transport: Transport | None = None, bucket: BucketFactory | None = None):
+    def __init__(
+        self,
+        settings: Settings,
+        sleep: Callable[[float], None] = time.sleep,
+        transport: Transport | None = None,
+        bucket: BucketFactory | None = None,
+    ):
         google = settings.config.google
         self.settings = settings
         self.endpoint = google.api_endpoint
@@ -150,13 +162,21 @@ class GoogleBackend:
         self.events_api = calendar.events()
         quota = google.quota
         if bucket is None:
+
             def bucket(name: str, per_minute: float, burst: float) -> TokenBucket:
                 return TokenBucket(per_minute, burst=burst, sleep=sleep)
+
         mailbox = settings.config.practice.email  # one bucket per mailbox and per calendar
-        self.gmail_bucket = bucket(f"gmail:{mailbox}", quota.gmail_units_per_minute,
-                                   GMAIL_COST["drafts.create"] * self.batch_size)
-        self.calendar_bucket = bucket(f"calendar:{mailbox}:{self.calendar_id}",
-                                      quota.calendar_requests_per_minute, self.batch_size)
+        self.gmail_bucket = bucket(
+            f"gmail:{mailbox}",
+            quota.gmail_units_per_minute,
+            GMAIL_COST["drafts.create"] * self.batch_size,
+        )
+        self.calendar_bucket = bucket(
+            f"calendar:{mailbox}:{self.calendar_id}",
+            quota.calendar_requests_per_minute,
+            self.batch_size,
+        )
         self.counters = Counters()
         # Recent drafts by header, read once a round (see _recent_drafts), and the drafts
         # this round has tried to create: a lost answer among those needs a fresh read.
@@ -187,21 +207,25 @@ class GoogleBackend:
     def _gmail_calls(self, kind: str, calls: list[tuple[str, Any]]) -> dict[str, Any]:
         results: dict[str, Any] = {}
         for start in range(0, len(calls), self.batch_size):
-            chunk = calls[start:start + self.batch_size]
+            chunk = calls[start : start + self.batch_size]
             self.gmail_bucket.take(GMAIL_COST[kind] * len(chunk))
             self.counters.add(kind, len(chunk))
-            results.update(run_calls(batch_uri("gmail", self.endpoint), self.transport, chunk,
-                                     use_batch=True))
+            results.update(
+                run_calls(batch_uri("gmail", self.endpoint), self.transport, chunk, use_batch=True)
+            )
         return results
 
     def _calendar_calls(self, kind: str, calls: list[tuple[str, Any]]) -> dict[str, Any]:
         results: dict[str, Any] = {}
         for start in range(0, len(calls), self.batch_size):
-            chunk = calls[start:start + self.batch_size]
+            chunk = calls[start : start + self.batch_size]
             self.calendar_bucket.take(len(chunk))
             self.counters.add(kind, len(chunk))
-            results.update(run_calls(batch_uri("calendar", self.endpoint), self.transport,
-                                     chunk, use_batch=True))
+            results.update(
+                run_calls(
+                    batch_uri("calendar", self.endpoint), self.transport, chunk, use_batch=True
+                )
+            )
         return results
 
     # --- drafts -----------------------------------------------------------------------
@@ -220,8 +244,9 @@ class GoogleBackend:
             if lookups:
                 found, unknown = self._find_drafts(lookups)
                 for follow_up_id, draft in found.items():
-                    done[follow_up_id] = Delivered(f"gmail:{draft.draft_id}",
-                                                   thread_id=draft.thread_id)
+                    done[follow_up_id] = Delivered(
+                        f"gmail:{draft.draft_id}", thread_id=draft.thread_id
+                    )
                     pending.pop(follow_up_id)
                 for follow_up_id, error in unknown.items():
                     if error.systemic:
@@ -230,9 +255,16 @@ class GoogleBackend:
                     blocked.add(follow_up_id)
             creatable = [d for d in pending.values() if d.follow_up_id not in blocked]
             self._tried.update(d.follow_up_id for d in creatable)
-            results = self._gmail_calls("drafts.create", [
-                (str(d.follow_up_id), self.drafts_api.create(
-                    userId="me", body={"message": {"raw": _raw(d)}})) for d in creatable])
+            results = self._gmail_calls(
+                "drafts.create",
+                [
+                    (
+                        str(d.follow_up_id),
+                        self.drafts_api.create(userId="me", body={"message": {"raw": _raw(d)}}),
+                    )
+                    for d in creatable
+                ],
+            )
             retry_after = 0.0
             for key, result in results.items():
                 follow_up_id = int(key)
@@ -249,7 +281,8 @@ class GoogleBackend:
                         # a draft that appears a moment later. Look on a later tick instead.
                         done[follow_up_id] = DeliveryError(
                             f"{result.reason}; will look for the draft before trying again",
-                            retry_after=self.settle_seconds)
+                            retry_after=self.settle_seconds,
+                        )
                         pending.pop(follow_up_id)
                         continue
                     if result.maybe_acted:
@@ -257,8 +290,8 @@ class GoogleBackend:
                     retry_after = max(retry_after, result.retry_after or 0.0)
                     continue
                 done[follow_up_id] = Delivered(
-                    f"gmail:{result['id']}",
-                    thread_id=(result.get("message") or {}).get("threadId"))
+                    f"gmail:{result['id']}", thread_id=(result.get("message") or {}).get("threadId")
+                )
                 pending.pop(follow_up_id)
                 last.pop(follow_up_id, None)
             if pending and attempt + 1 < self.max_attempts:
@@ -266,25 +299,27 @@ class GoogleBackend:
         return self._give_up(done, pending, last)
 
     @staticmethod
-    def _give_up(done: dict[int, Outcome], pending: dict[int, Any],
-                 last: dict[int, CallError]) -> dict[int, Outcome]:
+    def _give_up(
+        done: dict[int, Outcome], pending: dict[int, Any], last: dict[int, CallError]
+    ) -> dict[int, Outcome]:
         """What is still pending after the tick's tries waits for a later tick."""
         for follow_up_id in pending:
             error = last.get(follow_up_id)
             done[follow_up_id] = DeliveryError(
                 error.reason if error else "not delivered",
-                retry_after=error.retry_after if error else None)
+                retry_after=error.retry_after if error else None,
+            )
         return done
 
     @staticmethod
-    def _stop(done: dict[int, Outcome], pending: dict[int, Any],
-              error: CallError) -> dict[int, Outcome]:
+    def _stop(
+        done: dict[int, Outcome], pending: dict[int, Any], error: CallError
+    ) -> dict[int, Outcome]:
         for follow_up_id in pending:
             done[follow_up_id] = DeliveryError(error.reason, systemic=True)
         return done
 
-    def _find_drafts(self, drafts: list[Draft]) -> tuple[dict[int, _Found],
-                                                          dict[int, CallError]]:
+    def _find_drafts(self, drafts: list[Draft]) -> tuple[dict[int, _Found], dict[int, CallError]]:
         """({follow-up id: draft} found, {follow-up id: error} for those we cannot tell)."""
         found: dict[int, _Found] = {}
         unknown: dict[int, CallError] = {}
@@ -295,9 +330,13 @@ class GoogleBackend:
                 unknown[follow_up_id] = _as_lookup_error(result)
         return found, unknown
 
-    def _search_drafts(self, items: Sequence[Draft | DraftRef], *,
-                       fresh_for: Collection[int] | None = None,
-                       dead: Collection[str] = ()) -> dict[int, _Found | CallError | None]:
+    def _search_drafts(
+        self,
+        items: Sequence[Draft | DraftRef],
+        *,
+        fresh_for: Collection[int] | None = None,
+        dead: Collection[str] = (),
+    ) -> dict[int, _Found | CallError | None]:
         """Look for drafts by Message-ID search, then (always, when the search finds nothing:
         the index lags behind new drafts) by the headers of recent drafts and by thread.
 
@@ -310,16 +349,26 @@ class GoogleBackend:
         missing = [i for i in items if i.follow_up_id not in found]
         if missing:
             self._draft_headers(missing, found, errors, dead, fresh_for=fresh_for)
-        return {i.follow_up_id: found.get(i.follow_up_id) or errors.get(i.follow_up_id)
-                for i in items}
+        return {
+            i.follow_up_id: found.get(i.follow_up_id) or errors.get(i.follow_up_id) for i in items
+        }
 
-    def _draft_search(self, items: Sequence[Draft | DraftRef], found: dict, errors: dict,
-                      dead: Collection[str]) -> None:
+    def _draft_search(
+        self, items: Sequence[Draft | DraftRef], found: dict, errors: dict, dead: Collection[str]
+    ) -> None:
         """Gmail search for each one's Message-ID among the drafts."""
-        results = self._gmail_calls("drafts.list", [
-            (str(i.follow_up_id), self.drafts_api.list(
-                userId="me", q=f"rfc822msgid:{i.message_id.strip('<>')}", maxResults=10))
-            for i in items])
+        results = self._gmail_calls(
+            "drafts.list",
+            [
+                (
+                    str(i.follow_up_id),
+                    self.drafts_api.list(
+                        userId="me", q=f"rfc822msgid:{i.message_id.strip('<>')}", maxResults=10
+                    ),
+                )
+                for i in items
+            ],
+        )
         for item in items:
             result = results[str(item.follow_up_id)]
             if isinstance(result, CallError):
@@ -328,14 +377,22 @@ class GoogleBackend:
             hits = [d for d in result.get("drafts", []) if d.get("id") not in dead]
             if hits:
                 found[item.follow_up_id] = _Found(
-                    hits[0]["id"], (hits[0].get("message") or {}).get("threadId"))
+                    hits[0]["id"], (hits[0].get("message") or {}).get("threadId")
+                )
 
-    def _draft_headers(self, items: Sequence[Draft | DraftRef], found: dict, errors: dict,
-                       dead: Collection[str], fresh_for: Collection[int] | None = None) -> None:
+    def _draft_headers(
+        self,
+        items: Sequence[Draft | DraftRef],
+        found: dict,
+        errors: dict,
+        dead: Collection[str],
+        fresh_for: Collection[int] | None = None,
+    ) -> None:
         """Among the recent drafts: one carrying its Message-ID or X-Followupd-Id, else one
         that starts its thread (a therapist's edit may have dropped both headers)."""
         scan = self._recent_drafts(
-            fresh=fresh_for is None or any(i.follow_up_id in fresh_for for i in items))
+            fresh=fresh_for is None or any(i.follow_up_id in fresh_for for i in items)
+        )
         for item in items:
             match = scan.by_header.get(item.message_id)
             if match is None and item.tag:
@@ -360,14 +417,19 @@ class GoogleBackend:
 
     def _scan_recent_drafts(self) -> _DraftScan:
         """The most recent drafts by Message-ID, X-Followupd-Id and thread."""
-        listing = self._gmail_calls("drafts.list", [("recent", self.drafts_api.list(
-            userId="me", maxResults=RECENT_DRAFTS))])["recent"]
+        listing = self._gmail_calls(
+            "drafts.list", [("recent", self.drafts_api.list(userId="me", maxResults=RECENT_DRAFTS))]
+        )["recent"]
         if isinstance(listing, CallError):
             return _DraftScan({}, {}, listing)
         listed = listing.get("drafts", [])  # newest first
-        results = self._gmail_calls("drafts.get", [
-            (entry["id"], self.drafts_api.get(userId="me", id=entry["id"], format="metadata"))
-            for entry in listed])  # (drafts.get takes no metadataHeaders: all of them come)
+        results = self._gmail_calls(
+            "drafts.get",
+            [
+                (entry["id"], self.drafts_api.get(userId="me", id=entry["id"], format="metadata"))
+                for entry in listed
+            ],
+        )  # (drafts.get takes no metadataHeaders: all of them come)
         by_header: dict[str, _Found] = {}
         by_thread: dict[str, _Found] = {}
         error = None
@@ -398,10 +460,18 @@ class GoogleBackend:
         for attempt in range(self.max_attempts):
             if not pending:
                 break
-            results = self._calendar_calls("events.insert", [
-                (str(r.follow_up_id), self.events_api.insert(
-                    calendarId=self.calendar_id, body=event_body(r), sendUpdates="none"))
-                for r in pending.values()])
+            results = self._calendar_calls(
+                "events.insert",
+                [
+                    (
+                        str(r.follow_up_id),
+                        self.events_api.insert(
+                            calendarId=self.calendar_id, body=event_body(r), sendUpdates="none"
+                        ),
+                    )
+                    for r in pending.values()
+                ],
+            )
             conflicts = []
             retry_after = 0.0
             for key, result in results.items():
@@ -421,9 +491,16 @@ class GoogleBackend:
                 done[follow_up_id] = Delivered(f"calendar:{result['id']}")
                 pending.pop(follow_up_id)
             if conflicts:
-                existing = self._calendar_calls("events.get", [
-                    (str(r.follow_up_id), self.events_api.get(
-                        calendarId=self.calendar_id, eventId=r.event_id)) for r in conflicts])
+                existing = self._calendar_calls(
+                    "events.get",
+                    [
+                        (
+                            str(r.follow_up_id),
+                            self.events_api.get(calendarId=self.calendar_id, eventId=r.event_id),
+                        )
+                        for r in conflicts
+                    ],
+                )
                 for key, result in existing.items():
                     follow_up_id = int(key)
                     if isinstance(result, CallError):
@@ -454,16 +531,20 @@ class GoogleBackend:
             result = resolved[ref.follow_up_id]
             if isinstance(result, _Found):
                 out[ref.follow_up_id] = DraftState(
-                    "present", draft_id=result.draft_id if result.draft_id != ref.draft_id
-                    else None, thread_id=result.thread_id or ref.thread_id)
+                    "present",
+                    draft_id=result.draft_id if result.draft_id != ref.draft_id else None,
+                    thread_id=result.thread_id or ref.thread_id,
+                )
             elif isinstance(result, _Sent):
-                out[ref.follow_up_id] = DraftState("sent", result.sent_at,
-                                                   thread_id=result.thread_id or ref.thread_id)
+                out[ref.follow_up_id] = DraftState(
+                    "sent", result.sent_at, thread_id=result.thread_id or ref.thread_id
+                )
             elif isinstance(result, CallError):
                 out[ref.follow_up_id] = None
             else:
-                out[ref.follow_up_id] = DraftState("deleted" if self.read_scope else "gone",
-                                                   thread_id=ref.thread_id)
+                out[ref.follow_up_id] = DraftState(
+                    "deleted" if self.read_scope else "gone", thread_id=ref.thread_id
+                )
         return out
 
     def withdraw(self, refs: Sequence[DraftRef]) -> list[Withdrawn | DeliveryError]:
@@ -483,12 +564,14 @@ class GoogleBackend:
                 if not pending:
                     break
                 resolved = self._resolve(pending, dead, look_in_drafts=look_in_drafts)
-                stop = next((r for r in resolved.values()
-                             if isinstance(r, CallError) and r.systemic), None)
+                stop = next(
+                    (r for r in resolved.values() if isinstance(r, CallError) and r.systemic), None
+                )
                 if stop is not None:
                     for ref in refs:
-                        outcomes.setdefault(ref.follow_up_id,
-                                            DeliveryError(stop.reason, systemic=True))
+                        outcomes.setdefault(
+                            ref.follow_up_id, DeliveryError(stop.reason, systemic=True)
+                        )
                     break
                 deletes: list[tuple[DraftRef, str]] = []
                 for ref in pending:
@@ -498,7 +581,8 @@ class GoogleBackend:
                     elif isinstance(result, CallError):
                         error = _as_lookup_error(result)
                         outcomes[ref.follow_up_id] = DeliveryError(
-                            error.reason, retry_after=error.retry_after)
+                            error.reason, retry_after=error.retry_after
+                        )
                     else:
                         outcomes[ref.follow_up_id] = self._not_a_draft(result)
                 pending = self._delete(deletes, outcomes, dead)
@@ -506,13 +590,20 @@ class GoogleBackend:
             self._save_token()
         return [outcomes[ref.follow_up_id] for ref in refs]
 
-    def _delete(self, deletes: list[tuple[DraftRef, str]],
-                outcomes: dict[int, Withdrawn | DeliveryError],
-                dead: set[str]) -> list[DraftRef]:
+    def _delete(
+        self,
+        deletes: list[tuple[DraftRef, str]],
+        outcomes: dict[int, Withdrawn | DeliveryError],
+        dead: set[str],
+    ) -> list[DraftRef]:
         """Send each delete once; the refs whose draft had already gone (404) are returned."""
-        results = self._gmail_calls("drafts.delete", [
-            (str(ref.follow_up_id), self.drafts_api.delete(userId="me", id=draft_id))
-            for ref, draft_id in deletes])
+        results = self._gmail_calls(
+            "drafts.delete",
+            [
+                (str(ref.follow_up_id), self.drafts_api.delete(userId="me", id=draft_id))
+                for ref, draft_id in deletes
+            ],
+        )
         gone = []
         for ref, draft_id in deletes:
             result = results[str(ref.follow_up_id)]
@@ -527,10 +618,12 @@ class GoogleBackend:
                 outcomes[ref.follow_up_id] = DeliveryError(
                     f"{result.reason}; will look for the draft before deleting again",
                     retry_after=self.settle_seconds if result.in_flight else result.retry_after,
-                    maybe_done=True)
+                    maybe_done=True,
+                )
             elif result.retryable:
-                outcomes[ref.follow_up_id] = DeliveryError(result.reason,
-                                                           retry_after=result.retry_after)
+                outcomes[ref.follow_up_id] = DeliveryError(
+                    result.reason, retry_after=result.retry_after
+                )
             else:
                 outcomes[ref.follow_up_id] = DeliveryError(result.reason, permanent=True)
         return gone
@@ -540,8 +633,9 @@ class GoogleBackend:
             return Withdrawn("sent", result.sent_at)
         return Withdrawn("withdrawn" if self.read_scope else "gone")
 
-    def _resolve(self, refs: Sequence[DraftRef], dead: Collection[str] = (),
-                 look_in_drafts: bool = True) -> dict[int, Resolution]:
+    def _resolve(
+        self, refs: Sequence[DraftRef], dead: Collection[str] = (), look_in_drafts: bool = True
+    ) -> dict[int, Resolution]:
         """Where each draft is now: found among drafts, sent, nowhere (None), or unknown.
 
         The cheap looks come first and the two reads of recent mail (a hundred calls each)
@@ -564,8 +658,9 @@ class GoogleBackend:
         if self.read_scope:
             steps.append(self._sent_headers)
         for step in steps:
-            pending = [r for r in refs
-                       if r.follow_up_id not in found and r.follow_up_id not in unknown]
+            pending = [
+                r for r in refs if r.follow_up_id not in found and r.follow_up_id not in unknown
+            ]
             if not pending or any(e.systemic for e in errors.values()):
                 break
             step(pending, found, errors, dead)
@@ -574,39 +669,57 @@ class GoogleBackend:
             for ref in refs:
                 if ref.follow_up_id not in found:
                     errors[ref.follow_up_id] = stop
-        return {r.follow_up_id: found.get(r.follow_up_id) or errors.get(r.follow_up_id)
-                for r in refs}
+        return {
+            r.follow_up_id: found.get(r.follow_up_id) or errors.get(r.follow_up_id) for r in refs
+        }
 
-    def _by_draft_id(self, refs: Sequence[DraftRef], found: dict, errors: dict,
-                     dead: Collection[str]) -> dict[int, CallError]:
+    def _by_draft_id(
+        self, refs: Sequence[DraftRef], found: dict, errors: dict, dead: Collection[str]
+    ) -> dict[int, CallError]:
         """The recorded draft id: present, or not there (404: look elsewhere); returns the
         drafts that could not be asked (a 5xx, a 429, no answer), unknown this time."""
         unknown: dict[int, CallError] = {}
         asked = [(r, r.draft_id) for r in refs if r.draft_id and r.draft_id not in dead]
-        results = self._gmail_calls("drafts.get", [
-            (str(r.follow_up_id), self.drafts_api.get(userId="me", id=draft_id,
-                                                      format="minimal"))
-            for r, draft_id in asked])
+        results = self._gmail_calls(
+            "drafts.get",
+            [
+                (
+                    str(r.follow_up_id),
+                    self.drafts_api.get(userId="me", id=draft_id, format="minimal"),
+                )
+                for r, draft_id in asked
+            ],
+        )
         for ref, draft_id in asked:
             result = results[str(ref.follow_up_id)]
             if not isinstance(result, CallError):
                 found[ref.follow_up_id] = _Found(
-                    draft_id, (result.get("message") or {}).get("threadId"))
+                    draft_id, (result.get("message") or {}).get("threadId")
+                )
             elif result.retryable:
                 unknown[ref.follow_up_id] = result
             elif result.status != 404:  # refused (a 400: a malformed id): look elsewhere,
                 errors[ref.follow_up_id] = result  # but conclude nothing from misses
         return unknown
 
-    def _sent_in_thread(self, refs: list[DraftRef], found: dict, errors: dict,
-                        dead: Collection[str]) -> None:
+    def _sent_in_thread(
+        self, refs: list[DraftRef], found: dict, errors: dict, dead: Collection[str]
+    ) -> None:
         """A sent message in its thread is this draft, sent: nothing else joins the thread of
         a draft nobody has seen (a reply the therapist began later comes after it)."""
         asked = [r for r in refs if r.thread_id]
-        results = self._gmail_calls("threads.get", [
-            (str(r.follow_up_id), self.threads_api.get(
-                userId="me", id=r.thread_id, format="metadata", metadataHeaders=IDENTITY))
-            for r in asked])
+        results = self._gmail_calls(
+            "threads.get",
+            [
+                (
+                    str(r.follow_up_id),
+                    self.threads_api.get(
+                        userId="me", id=r.thread_id, format="metadata", metadataHeaders=IDENTITY
+                    ),
+                )
+                for r in asked
+            ],
+        )
         for ref in asked:
             result = results[str(ref.follow_up_id)]
             if isinstance(result, CallError):
@@ -620,13 +733,25 @@ class GoogleBackend:
             first = ours[0] if ours else min(sent, key=lambda m: int(m.get("internalDate", 0)))
             found[ref.follow_up_id] = _Sent(_sent_at(first), result.get("id") or ref.thread_id)
 
-    def _sent_search(self, refs: list[DraftRef], found: dict, errors: dict,
-                     dead: Collection[str]) -> None:
+    def _sent_search(
+        self, refs: list[DraftRef], found: dict, errors: dict, dead: Collection[str]
+    ) -> None:
         """Gmail search for its Message-ID among sent mail (trash included: still sent)."""
-        results = self._gmail_calls("messages.list", [
-            (str(r.follow_up_id), self.messages_api.list(
-                userId="me", q=f"in:sent rfc822msgid:{r.message_id.strip('<>')}",
-                maxResults=1, includeSpamTrash=True)) for r in refs])
+        results = self._gmail_calls(
+            "messages.list",
+            [
+                (
+                    str(r.follow_up_id),
+                    self.messages_api.list(
+                        userId="me",
+                        q=f"in:sent rfc822msgid:{r.message_id.strip('<>')}",
+                        maxResults=1,
+                        includeSpamTrash=True,
+                    ),
+                )
+                for r in refs
+            ],
+        )
         hits: dict[int, dict] = {}
         for ref in refs:
             result = results[str(ref.follow_up_id)]
@@ -634,17 +759,23 @@ class GoogleBackend:
                 errors.setdefault(ref.follow_up_id, result)
             elif result.get("messages"):
                 hits[ref.follow_up_id] = result["messages"][0]
-        dates = self._gmail_calls("messages.get", [
-            (str(k), self.messages_api.get(userId="me", id=m["id"], format="minimal"))
-            for k, m in hits.items()])
+        dates = self._gmail_calls(
+            "messages.get",
+            [
+                (str(k), self.messages_api.get(userId="me", id=m["id"], format="minimal"))
+                for k, m in hits.items()
+            ],
+        )
         for follow_up_id, message in hits.items():
             answer = dates.get(str(follow_up_id))
             found[follow_up_id] = _Sent(
                 None if isinstance(answer, CallError) or not answer else _sent_at(answer),
-                message.get("threadId"))
+                message.get("threadId"),
+            )
 
-    def _sent_headers(self, refs: list[DraftRef], found: dict, errors: dict,
-                      dead: Collection[str]) -> None:
+    def _sent_headers(
+        self, refs: list[DraftRef], found: dict, errors: dict, dead: Collection[str]
+    ) -> None:
         """Among recent sent messages, one carrying its Message-ID or X-Followupd-Id: the
         search index lags behind a message just sent."""
         scan = self._scan_recent_sent()
@@ -658,16 +789,35 @@ class GoogleBackend:
                 errors.setdefault(ref.follow_up_id, scan.error)
 
     def _scan_recent_sent(self) -> _SentScan:
-        listing = self._gmail_calls("messages.list", [("recent", self.messages_api.list(
-            userId="me", labelIds=["SENT"], maxResults=RECENT_SENT,
-            includeSpamTrash=True))])["recent"]
+        listing = self._gmail_calls(
+            "messages.list",
+            [
+                (
+                    "recent",
+                    self.messages_api.list(
+                        userId="me",
+                        labelIds=["SENT"],
+                        maxResults=RECENT_SENT,
+                        includeSpamTrash=True,
+                    ),
+                )
+            ],
+        )["recent"]
         if isinstance(listing, CallError):
             return _SentScan({}, listing)
         listed = listing.get("messages", [])
-        results = self._gmail_calls("messages.get", [
-            (entry["id"], self.messages_api.get(userId="me", id=entry["id"], format="metadata",
-                                                metadataHeaders=IDENTITY))
-            for entry in listed])
+        results = self._gmail_calls(
+            "messages.get",
+            [
+                (
+                    entry["id"],
+                    self.messages_api.get(
+                        userId="me", id=entry["id"], format="metadata", metadataHeaders=IDENTITY
+                    ),
+                )
+                for entry in listed
+            ],
+        )
         by_header: dict[str, _Sent] = {}
         error = None
         for entry in listed:
@@ -690,14 +840,17 @@ class GoogleBackend:
 
 def _headers(message: dict[str, Any]) -> dict[str, str]:
     """{lower-case name: value} of a message in metadata format."""
-    return {h.get("name", "").lower(): h.get("value", "")
-            for h in (message.get("payload") or {}).get("headers", [])}
+    return {
+        h.get("name", "").lower(): h.get("value", "")
+        for h in (message.get("payload") or {}).get("headers", [])
+    }
 
 
 def _carries(message: dict[str, Any], ref: DraftRef) -> bool:
     headers = _headers(message)
-    return headers.get("message-id") == ref.message_id or \
-        (bool(ref.tag) and headers.get("x-followupd-id") == ref.tag)
+    return headers.get("message-id") == ref.message_id or (
+        bool(ref.tag) and headers.get("x-followupd-id") == ref.tag
+    )
 
 
 def _sent_at(message: dict[str, Any]) -> datetime | None:
@@ -712,8 +865,13 @@ def _raw(draft: Draft) -> str:
 
 
 def _as_lookup_error(error: CallError) -> CallError:
-    return CallError(f"could not check for an earlier draft: {error.reason}", error.status,
-                     retryable=True, retry_after=error.retry_after, systemic=error.systemic)
+    return CallError(
+        f"could not check for an earlier draft: {error.reason}",
+        error.status,
+        retryable=True,
+        retry_after=error.retry_after,
+        systemic=error.systemic,
+    )
 
 
 def event_body(reminder: Reminder) -> dict[str, Any]:
@@ -725,10 +883,13 @@ def event_body(reminder: Reminder) -> dict[str, Any]:
         "start": {"dateTime": reminder.start.isoformat(), "timeZone": reminder.timezone},
         "end": {"dateTime": reminder.end.isoformat(), "timeZone": reminder.timezone},
         "transparency": "transparent",
-        "reminders": {"useDefault": False, "overrides": [
-            {"method": "popup", "minutes": reminder.alarm_minutes},
-            {"method": "email", "minutes": 24 * 60},
-        ]},
+        "reminders": {
+            "useDefault": False,
+            "overrides": [
+                {"method": "popup", "minutes": reminder.alarm_minutes},
+                {"method": "email", "minutes": 24 * 60},
+            ],
+        },
         "extendedProperties": {"private": {"followupd": reminder.uid}},
     }
 
@@ -741,8 +902,11 @@ def check_credentials(settings: Settings) -> str:
     from followupd.delivery.googleapi import REAUTH
 
     credentials, token = load_credentials(settings)
-    what = f"token file {token.path}" if token else \
-        f"service account for {settings.config.google.subject}"
+    what = (
+        f"token file {token.path}"
+        if token
+        else f"service account for {settings.config.google.subject}"
+    )
     try:  # a refresh proves the grant is still good; the new token is not saved
         credentials.refresh(Request())
     except RefreshError:

@@ -32,8 +32,10 @@ from followupd.permissions import exposure, write_private
 SCOPE_COMPOSE = "https://www.googleapis.com/auth/gmail.compose"  # create and read drafts
 SCOPE_EVENTS = "https://www.googleapis.com/auth/calendar.events"  # create and read events
 SCOPE_READ = "https://www.googleapis.com/auth/gmail.readonly"  # opt-in: was a draft sent?
-GOOGLE_BATCH = {"gmail": "https://gmail.googleapis.com/batch/gmail/v1",
-                "calendar": "https://www.googleapis.com/batch/calendar/v3"}
+GOOGLE_BATCH = {
+    "gmail": "https://gmail.googleapis.com/batch/gmail/v1",
+    "calendar": "https://www.googleapis.com/batch/calendar/v3",
+}
 REAUTH = "Google sign-in expired or was revoked: run `followupd auth`"
 TIMEOUT = 30.0
 
@@ -69,13 +71,16 @@ class TokenFile:
         try:
             info = json.loads(path.read_text())
             credentials = user_credentials.Credentials.from_authorized_user_info(
-                info, list(wanted_scopes))
+                info, list(wanted_scopes)
+            )
         except FileNotFoundError:
             raise CredentialsProblem(
-                f"no Google token at {path}: run `followupd auth` to sign in") from None
+                f"no Google token at {path}: run `followupd auth` to sign in"
+            ) from None
         except (ValueError, AttributeError, json.JSONDecodeError) as exc:
-            raise CredentialsProblem(f"{path} is not an authorized-user token file ({exc}); "
-                                     "run `followupd auth` again") from None
+            raise CredentialsProblem(
+                f"{path} is not an authorized-user token file ({exc}); run `followupd auth` again"
+            ) from None
         # google-auth ignores the file's token_uri; honour it (an emulator, a test server)
         if info.get("token_uri"):
             credentials = credentials.with_token_uri(info["token_uri"])
@@ -95,12 +100,15 @@ def load_credentials(settings: Settings) -> tuple[Any, TokenFile | None]:
     if google.service_account_file:
         path = settings.path(google.service_account_file)
         if not google.subject:
-            raise CredentialsProblem("google.subject (FOLLOWUPD_GOOGLE_SUBJECT) must name the "
-                                     "mailbox the service account acts for")
+            raise CredentialsProblem(
+                "google.subject (FOLLOWUPD_GOOGLE_SUBJECT) must name the "
+                "mailbox the service account acts for"
+            )
         refuse_exposed(path, "Google service account key")
         try:
             creds = service_account.Credentials.from_service_account_file(
-                str(path), scopes=wanted, subject=google.subject)
+                str(path), scopes=wanted, subject=google.subject
+            )
         except FileNotFoundError:
             raise CredentialsProblem(f"no service account key at {path}") from None
         except ValueError as exc:
@@ -127,14 +135,24 @@ class Transport:
         self.timeout = timeout
         self.round_trips = 0
 
-    def request(self, uri: str, method: str = "GET", body: Any = None,
-                headers: dict | None = None, redirections: int = 5,
-                connection_type: Any = None) -> tuple[httplib2.Response, bytes]:
+    def request(
+        self,
+        uri: str,
+        method: str = "GET",
+        body: Any = None,
+        headers: dict | None = None,
+        redirections: int = 5,
+        connection_type: Any = None,
+    ) -> tuple[httplib2.Response, bytes]:
         self.round_trips += 1
-        answer = self.session.request(method, uri, data=body, headers=headers,
-                                      timeout=self.timeout, allow_redirects=False)
-        info = {k.lower(): v for k, v in answer.headers.items()
-                if k.lower() not in ("content-encoding", "transfer-encoding")}
+        answer = self.session.request(
+            method, uri, data=body, headers=headers, timeout=self.timeout, allow_redirects=False
+        )
+        info = {
+            k.lower(): v
+            for k, v in answer.headers.items()
+            if k.lower() not in ("content-encoding", "transfer-encoding")
+        }
         info["status"] = str(answer.status_code)
         response = httplib2.Response(info)
         response.reason = answer.reason
@@ -153,10 +171,15 @@ def build_service(api: str, version: str, transport: Transport, endpoint: str | 
     `api_endpoint` replaces rootUrl *and* servicePath, so Calendar's path is added back:
     requests land at {endpoint}/gmail/v1/... and {endpoint}/calendar/v3/..., as at Google.
     """
-    options = {"api_endpoint": endpoint.rstrip("/") + "/" + SERVICE_PATH[api]} \
-        if endpoint else None
-    return build(api, version, http=transport, static_discovery=True, cache_discovery=False,
-                 client_options=options)
+    options = {"api_endpoint": endpoint.rstrip("/") + "/" + SERVICE_PATH[api]} if endpoint else None
+    return build(
+        api,
+        version,
+        http=transport,
+        static_discovery=True,
+        cache_discovery=False,
+        client_options=options,
+    )
 
 
 def batch_uri(api: str, endpoint: str | None) -> str:
@@ -204,14 +227,24 @@ def classify(exc: BaseException) -> CallError:
         message = (exc.reason or "")[:200]
         after = _retry_after(exc.resp.get("retry-after"))
         if status == 429 or (status == 403 and RATE_REASONS & set(_error_reasons(exc))):
-            return CallError(f"rate limited by Google ({status})", status, retryable=True,
-                             retry_after=after)
+            return CallError(
+                f"rate limited by Google ({status})", status, retryable=True, retry_after=after
+            )
         if status in (500, 502, 503, 504):
-            return CallError(f"Google answered {status}", status, retryable=True,
-                             maybe_acted=True, retry_after=after)
+            return CallError(
+                f"Google answered {status}",
+                status,
+                retryable=True,
+                maybe_acted=True,
+                retry_after=after,
+            )
         if status == 401:
-            return CallError(f"Google refused the credentials (401): {REAUTH}", status,
-                             retryable=True, systemic=True)
+            return CallError(
+                f"Google refused the credentials (401): {REAUTH}",
+                status,
+                retryable=True,
+                systemic=True,
+            )
         return CallError(f"Google answered {status}: {message}", status)
     if isinstance(exc, google.auth.exceptions.RefreshError):
         return CallError(REAUTH, retryable=True, systemic=True)
@@ -223,8 +256,12 @@ def classify(exc: BaseException) -> CallError:
     if isinstance(exc, requests.exceptions.ConnectTimeout | requests.exceptions.SSLError):
         return CallError(f"cannot reach Google ({type(exc).__name__})", retryable=True)
     if isinstance(exc, requests.exceptions.RequestException | OSError | httplib2.HttpLib2Error):
-        return CallError(f"no answer from Google ({type(exc).__name__})", retryable=True,
-                         maybe_acted=True, in_flight=True)
+        return CallError(
+            f"no answer from Google ({type(exc).__name__})",
+            retryable=True,
+            maybe_acted=True,
+            in_flight=True,
+        )
     raise exc
 
 
@@ -233,8 +270,9 @@ def call(request: HttpRequest) -> Any:
     return request.execute(num_retries=0)
 
 
-def execute_batch(uri: str, transport: Transport,
-                  requests_by_key: Sequence[tuple[str, HttpRequest]]) -> dict[str, Any]:
+def execute_batch(
+    uri: str, transport: Transport, requests_by_key: Sequence[tuple[str, HttpRequest]]
+) -> dict[str, Any]:
     """Run requests in one HTTP batch: {key: response or CallError}.
 
     A failure of the batch as a whole (its connection, or a 5xx on the envelope) leaves
@@ -257,8 +295,9 @@ def execute_batch(uri: str, transport: Transport,
     return results
 
 
-def run_calls(uri: str, transport: Transport, calls: Sequence[tuple[str, HttpRequest]],
-              use_batch: bool) -> dict[str, Any]:
+def run_calls(
+    uri: str, transport: Transport, calls: Sequence[tuple[str, HttpRequest]], use_batch: bool
+) -> dict[str, Any]:
     """Many calls: one HTTP batch when allowed and worth it, else one request each."""
     if use_batch and len(calls) > 1:
         return execute_batch(uri, transport, calls)
@@ -274,8 +313,7 @@ def run_calls(uri: str, transport: Transport, calls: Sequence[tuple[str, HttpReq
 # --- retrying --------------------------------------------------------------------------------
 
 
-def backoff(attempt: int, retry_after: float | None, base: float = 0.5,
-            cap: float = 8.0) -> float:
+def backoff(attempt: int, retry_after: float | None, base: float = 0.5, cap: float = 8.0) -> float:
     """Exponential backoff with full jitter, never shorter than the server's Retry-After."""
-    delay = random.uniform(0, min(cap, base * 2 ** attempt))
+    delay = random.uniform(0, min(cap, base * 2**attempt))
     return max(delay, retry_after or 0.0)

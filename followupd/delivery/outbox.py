@@ -35,8 +35,9 @@ def write_atomically(path: Path, data: bytes) -> bool:
     if path.exists():
         return False
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.",
-                                     suffix=".tmp")
+    fd, temporary = tempfile.mkstemp(
+        dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp"
+    )
     try:
         with os.fdopen(fd, "wb") as handle:  # mkstemp creates it 0600
             handle.write(data)
@@ -57,10 +58,14 @@ def reminder_calendar(reminder: Reminder, stamp: datetime | None = None) -> Cale
     calendar = Calendar()
     calendar.add("prodid", "-//followupd//followupd//EN")
     calendar.add("version", "2.0")
-    calendar.add_component(Timezone.from_tzinfo(
-        reminder.start.tzinfo, tzid=reminder.timezone,
-        first_date=reminder.start.date() - timedelta(days=366),
-        last_date=reminder.start.date() + timedelta(days=366)))
+    calendar.add_component(
+        Timezone.from_tzinfo(
+            reminder.start.tzinfo,
+            tzid=reminder.timezone,
+            first_date=reminder.start.date() - timedelta(days=366),
+            last_date=reminder.start.date() + timedelta(days=366),
+        )
+    )
     event = Event()
     event.add("uid", reminder.uid)
     event.add("dtstamp", stamp or datetime.now(UTC))
@@ -123,7 +128,9 @@ class OutboxBackend:
                 return DeliveryError(
                     f"{path.relative_to(self.folder)} in the outbox is another note (another "
                     "followupd installation's?); move it away or give this one its own "
-                    "delivery.outbox folder", permanent=True)
+                    "delivery.outbox folder",
+                    permanent=True,
+                )
         except OSError as exc:
             return DeliveryError(f"cannot write to the outbox ({exc.strerror})")
         return Delivered(f"outbox:{path.relative_to(self.folder)}")
@@ -138,13 +145,18 @@ class OutboxBackend:
         """One file; whatever goes wrong with it stays with it."""
         try:
             if isinstance(item, Draft):
-                return self._write(self.draft_path(item.follow_up_id), item.as_bytes(),
-                                   _header_line("X-Followupd-Id", item.tag))
-            return self._write(self.reminder_path(item.follow_up_id),
-                               reminder_calendar(item).to_ical(), _ical_uid(item.uid))
+                return self._write(
+                    self.draft_path(item.follow_up_id),
+                    item.as_bytes(),
+                    _header_line("X-Followupd-Id", item.tag),
+                )
+            return self._write(
+                self.reminder_path(item.follow_up_id),
+                reminder_calendar(item).to_ical(),
+                _ical_uid(item.uid),
+            )
         except Exception as exc:  # one bad item must not take the batch with it
-            return DeliveryError(f"cannot write this note ({type(exc).__name__})",
-                                 permanent=True)
+            return DeliveryError(f"cannot write this note ({type(exc).__name__})", permanent=True)
 
     def draft_states(self, refs: Sequence[DraftRef]) -> dict[int, DraftState | None]:
         """An outbox cannot tell whether a file was sent: nothing to report."""

@@ -40,8 +40,10 @@ def upgrade() -> None:
     if op.get_bind().dialect.name == "postgresql":
         op.execute(NOTIFY_FUNCTION)
         for table in ("referral", "visit"):
-            op.execute(f"CREATE TRIGGER {table}_notify AFTER INSERT OR UPDATE ON {table} "
-                       "FOR EACH STATEMENT EXECUTE FUNCTION followupd_notify()")
+            op.execute(
+                f"CREATE TRIGGER {table}_notify AFTER INSERT OR UPDATE ON {table} "
+                "FOR EACH STATEMENT EXECUTE FUNCTION followupd_notify()"
+            )
 
 
 def downgrade() -> None:

@@ -33,8 +33,14 @@ def upgrade() -> None:
     )
     op.create_index("ix_release_referral_id", "release", ["referral_id"])
     with op.batch_alter_table("referral") as batch:
-        batch.add_column(sa.Column("prescriber_release_on_file", sa.Boolean(), nullable=False,
-                                   server_default=sa.false()))
+        batch.add_column(
+            sa.Column(
+                "prescriber_release_on_file",
+                sa.Boolean(),
+                nullable=False,
+                server_default=sa.false(),
+            )
+        )
         batch.add_column(sa.Column("prescriber_release_on", sa.Date(), nullable=True))
     with op.batch_alter_table("physician") as batch:
         batch.add_column(sa.Column("email_check", sa.String(length=300), nullable=True))
@@ -46,7 +52,8 @@ def upgrade() -> None:
         "INSERT INTO release (referral_id, recipient, physician_id, granted_on, granted_by, "
         "created_at, updated_at) SELECT id, 'physician', physician_id, "
         "COALESCE(release_on, received_on), 'migration', updated_at, updated_at "
-        "FROM referral WHERE release_on_file")
+        "FROM referral WHERE release_on_file"
+    )
 
 
 def downgrade() -> None:
