@@ -16,7 +16,6 @@ import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from types import SimpleNamespace
 from typing import TYPE_CHECKING
 
 from followupd import planning
@@ -31,8 +30,16 @@ from followupd.delivery import (
     Withdrawn,
 )
 from followupd.logs import Log
-from followupd.models import FollowUp, State
-from followupd.planning import Calendar, Desired, Existing, Subject
+from followupd.models import Bundle, FollowUp, State
+from followupd.planning import (
+    Calendar,
+    Desired,
+    Existing,
+    Subject,
+    bundle_subject,
+    referral_subject,
+    visit_subject,
+)
 from followupd.render import (
     RenderError,
     Templates,
@@ -43,7 +50,6 @@ from followupd.render import (
     message_id,
 )
 from followupd.store import (
-    Bundle,
     SharedTokenBucket,
     Store,
     cancel_orphans,
@@ -168,97 +174,6 @@ def rules_fingerprint(settings: Settings) -> str:
         sort_keys=True,
     )
     return hashlib.sha256(material.encode()).hexdigest()[:16]
-
-
-def _address(row, role: str, label: str) -> str | None:
-    """None if notes to this recipient may be addressed, else why not (a hold reason)."""
-    email, check = getattr(row, f"{role}_email"), getattr(row, f"{role}_email_check", None)
-    if not email:
-        return f"no email address for the {role} of {label}"
-    if check:
-        who = getattr(row, f"{role}_id", None)
-        return (
-            f"the {role}'s email address for {label} waits for confirmation ({check}): "
-            f"check it, then run `followupd physician confirm {who}`"
-        )
-    return None
-
-
-def referral_subject(row) -> Subject:
-    """Planning's view of a referral: dates and flags, no patient values."""
-    label = f"referral {row.ref}"
-    events = {"referral.received": row.received_on}
-    if row.closed_on:
-        events["referral.closed"] = row.closed_on
-    releases = {
-        "physician": bool(row.release_on_file),
-        "prescriber": bool(row.prescriber_id and row.prescriber_release_on_file),
-    }
-    dates = {
-        role: on
-        for role, on in (("physician", row.release_on), ("prescriber", row.prescriber_release_on))
-        if on
-    }
-    recipients = {"physician": _address(row, "physician", label)}
-    if row.prescriber_id:
-        recipients["prescriber"] = _address(row, "prescriber", label)
-    return Subject(
-        "referral",
-        row.id,
-        label,
-        row.specialty,
-        releases,
-        recipients,
-        events,
-        dates,
-        closed=bool(row.closed_on),
-    )
-
-
-def visit_subject(row) -> Subject:
-    label = f"visit {row.id}"
-    recipients = {"physician": _address(row, "physician", label)} if row.physician_id else {}
-    return Subject(
-        "visit", row.id, label, row.specialty, None, recipients, {"visit.logged": row.visited_on}
-    )
-
-
-def bundle_subject(bundle: Bundle) -> Subject | None:
-    """The same view, built from the rows loaded for delivery (None: the subject is gone)."""
-    if bundle.referral is not None:
-        referral, doctor, prescriber = bundle.referral, bundle.physician, bundle.prescriber
-        return referral_subject(
-            SimpleNamespace(
-                id=referral.id,
-                ref=referral.ref,
-                received_on=referral.received_on,
-                closed_on=referral.closed_on,
-                release_on_file=referral.release_on_file,
-                release_on=referral.release_on,
-                prescriber_release_on_file=referral.prescriber_release_on_file,
-                prescriber_release_on=referral.prescriber_release_on,
-                specialty=doctor.specialty if doctor else None,
-                physician_id=referral.physician_id,
-                physician_email=doctor.email if doctor else None,
-                physician_email_check=doctor.email_check if doctor else None,
-                prescriber_id=referral.prescriber_id,
-                prescriber_email=prescriber.email if prescriber else None,
-                prescriber_email_check=prescriber.email_check if prescriber else None,
-            )
-        )
-    if bundle.visit is not None:
-        visit, doctor = bundle.visit, bundle.physician
-        return visit_subject(
-            SimpleNamespace(
-                id=visit.id,
-                visited_on=visit.visited_on,
-                physician_id=visit.physician_id,
-                specialty=visit.specialty or (doctor.specialty if doctor else None),
-                physician_email=doctor.email if doctor else None,
-                physician_email_check=doctor.email_check if doctor else None,
-            )
-        )
-    return None
 
 
 def released_to(bundle: Bundle, rule: Rule) -> bool:

@@ -7,6 +7,7 @@ printed from it (status, logs, metrics) carries no patient detail.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from enum import StrEnum
 
@@ -219,3 +220,16 @@ class Cursor(SQLModel, table=True):
     position: datetime | None = Field(default=None, sa_type=UTCDateTime)
     last_id: int = 0
     updated_at: datetime = _stamp()
+
+
+@dataclass
+class Bundle:
+    """A follow-up with the rows its template may draw on (loaded by the store for delivery
+    and preview; read by planning's gate and by rendering)."""
+
+    follow_up: FollowUp
+    referral: Referral | None = None
+    visit: Visit | None = None
+    physician: Physician | None = None
+    prescriber: Physician | None = None
+    practice: Practice | None = None

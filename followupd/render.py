@@ -47,9 +47,8 @@ from jinja2.utils import missing
 
 from followupd.config import Rule, Settings
 from followupd.delivery import Draft, Reminder
-from followupd.models import Physician, Practice
+from followupd.models import Bundle, Physician, Practice
 from followupd.resources import default_templates_dir
-from followupd.store import Bundle
 
 REMINDER_MINUTES = 30  # length of a reminder's calendar slot
 PATIENT_ROOT = "client"

@@ -27,6 +27,7 @@ from sqlalchemy.orm import Session
 
 from followupd import releases
 from followupd.models import (
+    Bundle,
     Cursor,
     FollowUp,
     Meta,
@@ -1219,18 +1220,6 @@ def record_result(session: Session, follow_up_id: int, fence: int, **values) -> 
         .execution_options(synchronize_session=False)
     )
     return done.rowcount == 1
-
-
-@dataclass
-class Bundle:
-    """A follow-up with the rows its template may draw on."""
-
-    follow_up: FollowUp
-    referral: Referral | None = None
-    visit: Visit | None = None
-    physician: Physician | None = None
-    prescriber: Physician | None = None
-    practice: Practice | None = None
 
 
 def load_bundle(session: Session, follow_up_id: int) -> Bundle | None:

@@ -20,11 +20,10 @@ from hypothesis import strategies as st
 
 from followupd import config as configuration
 from followupd.config import ConfigError
-from followupd.models import FollowUp, Physician, Referral
+from followupd.models import Bundle, FollowUp, Physician, Referral
 from followupd.records import RowError, parse_referral, parse_visit
 from followupd.render import RenderError, Templates, build_draft, context_for
 from followupd.resources import default_config_dir
-from followupd.store import Bundle
 
 EXAMPLES = 300
 FUZZ = settings(

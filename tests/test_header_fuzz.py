@@ -33,9 +33,9 @@ from email_validator import EmailNotValidError, validate_email
 
 from followupd import config as configuration
 from followupd import render
+from followupd.models import Bundle
 from followupd.render import RenderError, Templates, build_draft, context_for
 from followupd.resources import default_config_dir
-from followupd.store import Bundle
 
 HEADERS = Counter(
     [

