@@ -31,15 +31,7 @@ from followupd.delivery import (
 )
 from followupd.logs import Log
 from followupd.models import Bundle, FollowUp, State
-from followupd.planning import (
-    Calendar,
-    Desired,
-    Existing,
-    Subject,
-    bundle_subject,
-    referral_subject,
-    visit_subject,
-)
+from followupd.planning import Calendar, Desired, Existing, Subject
 from followupd.render import (
     RenderError,
     Templates,
@@ -73,6 +65,7 @@ from followupd.store import (
     write_cursor,
     write_meta,
 )
+from followupd.subjects import bundle_subject, referral_subject, visit_subject
 from followupd.timing import utcnow
 
 if TYPE_CHECKING:

@@ -1,0 +1,177 @@
+"""Planning's view of referrals and visits: typed rows in, `Subject`s out, no patient values.
+
+The store's page reads give rows that satisfy `ReferralRow` / `VisitRow`; delivery, which
+decides again on freshly loaded models, builds the same rows from a `Bundle`. Either way
+planning sees dates, flags, recipients and the reasons a note must wait, never a name.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date
+from typing import Protocol
+
+from followupd.models import Bundle
+from followupd.planning import Subject
+
+
+class ReferralRow(Protocol):
+    """What planning reads of a referral and its physicians (a row of the store's query)."""
+
+    id: int
+    ref: str
+    received_on: date
+    closed_on: date | None
+    release_on_file: bool
+    release_on: date | None
+    prescriber_release_on_file: bool
+    prescriber_release_on: date | None
+    specialty: str | None
+    physician_id: int | None
+    physician_email: str | None
+    physician_email_check: str | None
+    prescriber_id: int | None
+    prescriber_email: str | None
+    prescriber_email_check: str | None
+
+
+class VisitRow(Protocol):
+    id: int
+    visited_on: date
+    specialty: str | None
+    physician_id: int | None
+    physician_email: str | None
+    physician_email_check: str | None
+
+
+@dataclass(frozen=True)
+class ReferralFacts:
+    """A `ReferralRow` built from loaded models (delivery decides again on fresh rows)."""
+
+    id: int
+    ref: str
+    received_on: date
+    closed_on: date | None
+    release_on_file: bool
+    release_on: date | None
+    prescriber_release_on_file: bool
+    prescriber_release_on: date | None
+    specialty: str | None
+    physician_id: int | None
+    physician_email: str | None
+    physician_email_check: str | None
+    prescriber_id: int | None
+    prescriber_email: str | None
+    prescriber_email_check: str | None
+
+
+@dataclass(frozen=True)
+class VisitFacts:
+    id: int
+    visited_on: date
+    specialty: str | None
+    physician_id: int | None
+    physician_email: str | None
+    physician_email_check: str | None
+
+
+def _address(
+    email: str | None, check: str | None, who: int | None, role: str, label: str
+) -> str | None:
+    """None if notes to this recipient may be addressed, else why not (a hold reason)."""
+    if not email:
+        return f"no email address for the {role} of {label}"
+    if check:
+        return (
+            f"the {role}'s email address for {label} waits for confirmation ({check}): "
+            f"check it, then run `followupd physician confirm {who}`"
+        )
+    return None
+
+
+def referral_subject(row: ReferralRow) -> Subject:
+    """Planning's view of a referral: dates and flags, no patient values."""
+    label = f"referral {row.ref}"
+    events = {"referral.received": row.received_on}
+    if row.closed_on:
+        events["referral.closed"] = row.closed_on
+    releases = {
+        "physician": bool(row.release_on_file),
+        "prescriber": bool(row.prescriber_id and row.prescriber_release_on_file),
+    }
+    dates = {
+        role: on
+        for role, on in (("physician", row.release_on), ("prescriber", row.prescriber_release_on))
+        if on
+    }
+    recipients = {
+        "physician": _address(
+            row.physician_email, row.physician_email_check, row.physician_id, "physician", label
+        )
+    }
+    if row.prescriber_id:
+        recipients["prescriber"] = _address(
+            row.prescriber_email, row.prescriber_email_check, row.prescriber_id, "prescriber", label
+        )
+    return Subject(
+        "referral",
+        row.id,
+        label,
+        row.specialty,
+        releases,
+        recipients,
+        events,
+        dates,
+        closed=bool(row.closed_on),
+    )
+
+
+def visit_subject(row: VisitRow) -> Subject:
+    label = f"visit {row.id}"
+    recipients = {}
+    if row.physician_id:
+        recipients["physician"] = _address(
+            row.physician_email, row.physician_email_check, row.physician_id, "physician", label
+        )
+    return Subject(
+        "visit", row.id, label, row.specialty, None, recipients, {"visit.logged": row.visited_on}
+    )
+
+
+def bundle_subject(bundle: Bundle) -> Subject | None:
+    """The same view, built from the rows loaded for delivery (None: the subject is gone)."""
+    doctor = bundle.physician
+    if bundle.referral is not None:
+        referral, prescriber = bundle.referral, bundle.prescriber
+        return referral_subject(
+            ReferralFacts(
+                id=referral.id,
+                ref=referral.ref,
+                received_on=referral.received_on,
+                closed_on=referral.closed_on,
+                release_on_file=referral.release_on_file,
+                release_on=referral.release_on,
+                prescriber_release_on_file=referral.prescriber_release_on_file,
+                prescriber_release_on=referral.prescriber_release_on,
+                specialty=doctor.specialty if doctor else None,
+                physician_id=referral.physician_id,
+                physician_email=doctor.email if doctor else None,
+                physician_email_check=doctor.email_check if doctor else None,
+                prescriber_id=referral.prescriber_id,
+                prescriber_email=prescriber.email if prescriber else None,
+                prescriber_email_check=prescriber.email_check if prescriber else None,
+            )
+        )
+    if bundle.visit is not None:
+        visit = bundle.visit
+        return visit_subject(
+            VisitFacts(
+                id=visit.id,
+                visited_on=visit.visited_on,
+                specialty=visit.specialty or (doctor.specialty if doctor else None),
+                physician_id=visit.physician_id,
+                physician_email=doctor.email if doctor else None,
+                physician_email_check=doctor.email_check if doctor else None,
+            )
+        )
+    return None
