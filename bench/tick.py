@@ -1,7 +1,7 @@
 """The engine tick: what one `Engine.tick()` costs with nothing new, and with 100 new
 referrals, on SQLite files holding 1,000 to 1,000,000 referrals.
 
-The promise (followupd/engine.py): planning reads only rows changed since its cursor, so an
+The promise (followupd/engine/planner.py): planning reads only rows changed since its cursor, so an
 idle tick costs the same on a thousand referrals or a million (goal: flat, at most 5 ms at a
 million). Each size gets a fresh home whose schema comes from followupd's own migrations
 (`Store(url)`); the tables are then filled with bulk SQL (INSERT ... SELECT from a recursive

@@ -13,7 +13,7 @@ import os
 import sys
 from collections import Counter
 from collections.abc import Callable
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Annotated, NoReturn
 
@@ -896,67 +896,15 @@ def demo(
 @app.command()
 def health(home: Home = None) -> None:
     """Exit 0 if the daemon is ticking and can deliver, 1 if not (a container HEALTHCHECK)."""
-    from followupd.engine import CREDENTIALS, HEARTBEAT, credentials_key
-    from followupd.store import due_backlog, read_meta, read_meta_prefix, recent_failures
+    from followupd.health import judge
 
     settings = load_settings(home)
-    now = datetime.now(UTC)
-    problems: list[str] = []
-    url = sa.make_url(settings.database_url)
-    if url.get_backend_name() == "sqlite" and url.database and not Path(url.database).exists():
-        fail(EXIT_FAILED, "unhealthy: no tick has completed yet (no database)")
-    try:
-        store = Store(settings.database_url, migrate_schema=False)
-        with store.engine.connect() as connection:
-            if schema_state(connection)[0] is None:
-                store.close()
-                fail(EXIT_FAILED, "unhealthy: no tick has completed yet (an empty database)")
-        with store.session() as session:
-            beat = read_meta(session, HEARTBEAT)
-            credentials = read_meta_prefix(session, CREDENTIALS)
-            backlog = due_backlog(session, now)
-            failures = recent_failures(session, now - timedelta(hours=24))
-        store.close()
-    except (StoreError, sa.exc.SQLAlchemyError) as exc:
-        fail(EXIT_FAILED, f"unhealthy: the database cannot be read ({_first_line(exc)})")
-    poll = settings.config.schedule.poll.as_timedelta()
-    stale_after = max(3 * poll, timedelta(seconds=60))
-    if beat is None:
-        problems.append("no tick has completed yet")
-        out.print("last good tick: never", markup=False)
-    else:
-        at = datetime.fromisoformat(json.loads(beat)["at"])
-        age = now - at
-        local = at.astimezone(settings.config.practice.zone)
-        out.print(
-            f"last good tick: {local:%Y-%m-%d %H:%M:%S} ({int(age.total_seconds())} s ago)",
-            markup=False,
-        )
-        if age > stale_after:
-            problems.append(
-                f"the last tick was {int(age.total_seconds())} s ago "
-                f"(more than {int(stale_after.total_seconds())} s)"
-            )
-    out.print(f"due backlog: {backlog}", markup=False)
-    out.print(f"failed in the last 24 hours: {failures}", markup=False)
-    if settings.config.delivery.backend == "google":
-        for key in [credentials_key(t) for t in settings.config.mailboxes()]:
-            whose = key.partition(":")[2]
-            state = credentials.get(key)
-            out.print(
-                f"google credentials{f' ({whose})' if whose else ''}: {state or 'not used yet'}",
-                markup=False,
-            )
-            if state and state != "ok":
-                problems.append(f"{whose}: {state}" if whose else state)
-    if problems:
-        fail(EXIT_FAILED, *(f"unhealthy: {problem}" for problem in problems))
+    verdict = judge(settings, datetime.now(UTC))
+    for line in verdict.lines:
+        out.print(line, markup=False)
+    if not verdict.healthy:
+        fail(EXIT_FAILED, *(f"unhealthy: {problem}" for problem in verdict.problems))
     out.print("healthy", markup=False)
-
-
-def _first_line(exc: Exception) -> str:
-    lines = str(getattr(exc, "orig", None) or exc).strip().splitlines()
-    return lines[0][:200] if lines else type(exc).__name__
 
 
 # --- status ----------------------------------------------------------------------------------

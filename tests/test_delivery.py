@@ -250,20 +250,21 @@ def test_changing_a_physicians_email_releases_notes_held_for_it(cli, db_url, hom
 def test_an_idle_plan_reads_no_rows(cli, db_url, home, monkeypatch):
     """Planning follows a changed-since cursor: rows it has planned are not read again."""
     from followupd import config, engine
+    from followupd.engine import planner
     from followupd.timing import utcnow
 
     add_referral(cli, "R-1")
     add_referral(cli, "R-2")
     cli("run", "--once")
     seen = []
-    real = engine.changed_referrals
+    real = planner.changed_referrals
 
     def spy(*args, **kwargs):
         rows = real(*args, **kwargs)
         seen.extend(row.ref for row in rows)
         return rows
 
-    monkeypatch.setattr(engine, "changed_referrals", spy)
+    monkeypatch.setattr(planner, "changed_referrals", spy)
     settings = config.load(home, environ={"FOLLOWUPD_DATABASE_URL": db_url})
     store = Store(db_url)
     later = engine.Engine(settings, store, clock=lambda: utcnow() + timedelta(minutes=2))
