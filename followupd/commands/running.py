@@ -1,0 +1,160 @@
+"""Running the engine: `followupd run`, `preview`, `demo` and `health`."""
+
+from __future__ import annotations
+
+import os
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from followupd import config as configuration
+from followupd.commands.common import (
+    EXIT_CONFIG,
+    EXIT_FAILED,
+    Home,
+    fail,
+    given_home,
+    load_settings,
+    opened_engine,
+    opened_store,
+    out,
+    setup_logging,
+    today,
+)
+from followupd.commands.ledger import print_ledger
+from followupd.delivery import Draft
+from followupd.delivery.outbox import reminder_calendar
+from followupd.engine import Engine
+from followupd.render import RenderError
+
+if TYPE_CHECKING:
+    from followupd.daemon import Daemon
+    from followupd.store import Store
+
+
+def run(
+    once: Annotated[bool, typer.Option("--once", help="Run one tick and exit.")] = False,
+    home: Home = None,
+) -> None:
+    """The daemon: plan and deliver follow-ups on a schedule (--once: one tick, then exit).
+
+    With --once the exit status is 0 if nothing failed, 1 if some follow-up failed (the
+    others were still done), 2 for a configuration that must be fixed first.
+    """
+    settings = load_settings(home)
+    setup_logging(settings)
+    if not once:
+        _run_daemon(settings, home)
+        return
+    with opened_store(settings) as store, opened_engine(settings, store) as engine:
+        try:
+            engine.check_backends()  # missing credentials: exit 2, whether or not anything is due
+            report = engine.tick()
+        except configuration.ConfigError as exc:
+            fail(EXIT_CONFIG, *exc.problems)
+    if not report.ok:
+        raise typer.Exit(EXIT_FAILED)
+
+
+def _run_daemon(settings: configuration.Settings, home: Path | None) -> None:
+    from followupd.daemon import AlreadyRunning, single_daemon_lock
+
+    try:
+        lock = single_daemon_lock(settings)
+    except AlreadyRunning as exc:
+        fail(EXIT_CONFIG, str(exc))
+    try:
+        with opened_store(settings) as store:
+            _daemon_on(settings, store, home).run()
+    finally:
+        if lock is not None:
+            os.close(lock)
+
+
+def _daemon_on(settings: configuration.Settings, store: Store, home: Path | None) -> Daemon:
+    """The daemon on `store`: its engine checks the credentials whenever it is built (at
+    start and on a reload); a configuration it refuses is exit 2."""
+    from followupd.daemon import Daemon
+
+    def make_engine(current: configuration.Settings) -> Engine:
+        engine = Engine(current, store)
+        engine.check_backends()  # fail at start (or reload) on missing credentials
+        return engine
+
+    try:
+        return Daemon(settings, make_engine, reload=lambda: configuration.load(given_home(home)))
+    except configuration.ConfigError as exc:
+        fail(EXIT_CONFIG, *exc.problems)
+
+
+def preview(
+    follow_up_id: Annotated[int, typer.Argument(metavar="ID", help="A follow-up id (status).")],
+    home: Home = None,
+) -> None:
+    """Show a follow-up exactly as it would be delivered, without delivering it."""
+    settings = load_settings(home)
+    with opened_store(settings) as store, opened_engine(settings, store) as engine:
+        try:
+            rendered, why_not = engine.preview(follow_up_id)
+        except RenderError as exc:
+            fail(EXIT_FAILED, f"follow-up {follow_up_id} would fail: {exc}")
+    if rendered is None:
+        fail(EXIT_FAILED, f"follow-up {follow_up_id} would not go out: {why_not}")
+    if isinstance(rendered, Draft):
+        # the very bytes that were checked and would be delivered
+        sys.stdout.write(rendered.as_bytes().decode("utf-8", "replace").replace("\r\n", "\n"))
+    else:
+        sys.stdout.write(reminder_calendar(rendered).to_ical().decode().replace("\r\n", "\n"))
+
+
+def demo(
+    directory: Annotated[Path, typer.Argument(help="The demo home to create.")] = Path(
+        "followupd-demo"
+    ),
+) -> None:
+    """A complete run on the embedded defaults: SQLite, a local outbox, sample data, one tick."""
+    from followupd.demo import DemoRefused, load_samples, prepare_home
+
+    try:
+        prepare_home(directory)
+    except DemoRefused as exc:
+        fail(EXIT_CONFIG, str(exc))
+    try:
+        settings = configuration.load(directory, environ={})
+    except configuration.ConfigError as exc:
+        fail(EXIT_CONFIG, *exc.problems)
+    setup_logging(settings)
+    with opened_store(settings) as store, opened_engine(settings, store) as engine:
+        load_samples(store, today(settings))
+        report = engine.tick()
+        out.print()
+        print_ledger(settings, store, title="followupd demo: one tick on sample data")
+    out.print(f"\nwrote {len(report.delivered)} files into {settings.outbox_dir}:", markup=False)
+    for _, _, external in report.delivered:
+        out.print(f"  {settings.outbox_dir / external.removeprefix('outbox:')}", markup=False)
+    out.print(
+        "\nNothing was sent: drafts wait for your review. Try:\n"
+        f"  followupd --home {directory} status\n"
+        f"  followupd --home {directory} preview {report.delivered[0][0]}\n"
+        f"  followupd --home {directory} referral release R-1002 && "
+        f"followupd --home {directory} run --once",
+        markup=False,
+    )
+    if not report.ok:
+        raise typer.Exit(EXIT_FAILED)
+
+
+def health(home: Home = None) -> None:
+    """Exit 0 if the daemon is ticking and can deliver, 1 if not (a container HEALTHCHECK)."""
+    from followupd.health import judge
+
+    settings = load_settings(home)
+    verdict = judge(settings, datetime.now(UTC))
+    for line in verdict.lines:
+        out.print(line, markup=False)
+    if not verdict.healthy:
+        fail(EXIT_FAILED, *(f"unhealthy: {problem}" for problem in verdict.problems))
+    out.print("healthy", markup=False)
