@@ -121,6 +121,7 @@ class Withdrawn:
 
 Item = Draft | Reminder
 Outcome = Delivered | DeliveryError
+Withdrawal = Withdrawn | DeliveryError  # what became of one draft that was to be taken back
 
 
 class Backend(Protocol):
@@ -140,7 +141,7 @@ class Backend(Protocol):
     def draft_states(self, refs: Sequence[DraftRef]) -> dict[int, DraftState | None]:
         """What became of these drafts, by follow-up id (None: could not tell this time)."""
 
-    def withdraw(self, refs: Sequence[DraftRef]) -> list[Withdrawn | DeliveryError]:
+    def withdraw(self, refs: Sequence[DraftRef]) -> list[Withdrawal]:
         """Take these drafts back (a release was revoked): delete each one still a draft,
         exactly once, found the way a lost create is found. One outcome per ref, in order."""
 

@@ -1,4 +1,4 @@
-"""Talking to Google safely: credentials, a transport that never re-sends, errors, retry delays.
+"""Talking to Google safely: credentials, a transport that never re-sends, errors, paced batches.
 
 googleapiclient's default transport, httplib2, re-sends a request whose connection was closed
 before an answer came, even with `RETRIES = 1`: for a POST that the server already carried
@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import google.auth.exceptions
 import httplib2
@@ -27,6 +27,7 @@ from googleapiclient.errors import HttpError
 from googleapiclient.http import BatchHttpRequest, HttpRequest
 
 from followupd.config import Settings
+from followupd.pacing import TokenBucket
 from followupd.permissions import exposure, write_private
 
 SCOPE_COMPOSE = "https://www.googleapis.com/auth/gmail.compose"  # create and read drafts
@@ -265,6 +266,18 @@ def classify(exc: BaseException) -> CallError:
     raise exc
 
 
+# The exceptions classify() knows, caught around each call; any other is a bug, not an answer
+# from Google, and goes up.
+CLASSIFIED = (
+    HttpError,
+    google.auth.exceptions.RefreshError,
+    google.auth.exceptions.TransportError,
+    requests.exceptions.RequestException,
+    OSError,
+    httplib2.HttpLib2Error,
+)
+
+
 def call(request: HttpRequest) -> Any:
     """Execute one request; never with googleapiclient's num_retries (it re-sends POSTs)."""
     return request.execute(num_retries=0)
@@ -288,7 +301,7 @@ def execute_batch(
         batch.add(request, request_id=key)
     try:
         batch.execute(http=transport)
-    except Exception as exc:  # classify() re-raises what it does not know
+    except CLASSIFIED as exc:
         failure = classify(exc)
         for key, _ in requests_by_key:
             results.setdefault(key, failure)
@@ -305,9 +318,67 @@ def run_calls(
     for key, request in calls:
         try:
             results[key] = call(request)
-        except Exception as exc:  # classify() re-raises what it does not know
+        except CLASSIFIED as exc:
             results[key] = classify(exc)
     return results
+
+
+# --- paced batches ---------------------------------------------------------------------------
+
+
+# What one API's calls go through: (kind, [(key, request)]) -> {key: response or CallError}.
+Calls = Callable[[str, Sequence[tuple[str, HttpRequest]]], dict[str, Any]]
+
+
+@dataclass
+class Counters:
+    """What this backend asked of Google (for `bench/` and the tests)."""
+
+    calls: dict[str, int] = field(default_factory=dict)
+
+    def add(self, kind: str, n: int = 1) -> None:
+        self.calls[kind] = self.calls.get(kind, 0) + n
+
+
+@dataclass
+class PacedCalls:
+    """One API's calls, in HTTP batches of up to `batch_size`, each batch paid for in the
+    API's token bucket before it goes (`costs`: quota units per call, by kind), so a backlog
+    drains at the configured budget instead of drawing 429s."""
+
+    uri: str  # the API's batch endpoint
+    transport: Transport
+    batch_size: int
+    bucket: TokenBucket
+    costs: Mapping[str, int]
+    counters: Counters
+
+    def run(self, kind: str, calls: Sequence[tuple[str, HttpRequest]]) -> dict[str, Any]:
+        results: dict[str, Any] = {}
+        for start in range(0, len(calls), self.batch_size):
+            chunk = calls[start : start + self.batch_size]
+            self.bucket.take(self.costs[kind] * len(chunk))
+            self.counters.add(kind, len(chunk))
+            results.update(run_calls(self.uri, self.transport, chunk, use_batch=True))
+        return results
+
+
+class Keyed(Protocol):
+    """What one call is made for: a draft, a reminder or a draft's ref."""
+
+    @property
+    def follow_up_id(self) -> int: ...
+
+
+K = TypeVar("K", bound=Keyed)
+
+
+def per_item(
+    calls: Calls, kind: str, items: Sequence[K], request: Callable[[K], HttpRequest]
+) -> dict[int, Any]:
+    """One call per item (a draft, a reminder, a ref): {follow-up id: response or CallError}."""
+    answers = calls(kind, [(str(item.follow_up_id), request(item)) for item in items])
+    return {int(key): answer for key, answer in answers.items()}
 
 
 # --- retrying --------------------------------------------------------------------------------
