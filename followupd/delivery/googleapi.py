@@ -355,12 +355,19 @@ class PacedCalls:
 
     def run(self, kind: str, calls: Sequence[tuple[str, HttpRequest]]) -> dict[str, Any]:
         results: dict[str, Any] = {}
-        for start in range(0, len(calls), self.batch_size):
-            chunk = calls[start : start + self.batch_size]
+        size = self.chunk_size(kind)
+        for start in range(0, len(calls), size):
+            chunk = calls[start : start + size]
             self.bucket.take(self.costs[kind] * len(chunk))
             self.counters.add(kind, len(chunk))
             results.update(run_calls(self.uri, self.transport, chunk, use_batch=True))
         return results
+
+    def chunk_size(self, kind: str) -> int:
+        """Calls per batch: `batch_size`, or fewer when a small budget's bucket cannot hold
+        a whole batch (a take larger than the bucket would go out at once, over budget)."""
+        fits = int(getattr(self.bucket, "capacity", float("inf")) // max(1, self.costs[kind]))
+        return max(1, min(self.batch_size, fits))
 
 
 class Keyed(Protocol):
