@@ -165,7 +165,7 @@ def test_a_plain_draft_carries_the_bytes_it_was_checked_with(home):
 @pytest.fixture
 def unguarded(monkeypatch):
     """The encoded-word refusal switched off: what is left is the check of the bytes."""
-    monkeypatch.setattr(render, "ENCODED_WORD", re.compile(r"(?!)"), raising=False)
+    monkeypatch.setattr(render.headers, "ENCODED_WORD", re.compile(r"(?!)"), raising=False)
 
 
 @pytest.mark.parametrize("field", ["ref", "physician"])

@@ -1,0 +1,366 @@
+"""The configuration document as pydantic models, and the value types its keys hold.
+
+Every model forbids unknown keys, so a typo is an error and never silently ignored; a value
+that does not parse is refused with what was expected (`"9am" is not a time of day (try
+"09:00" ...)`), which `errors.explain` turns into a `FILE:LINE: key: problem` line.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import date, time
+from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    EmailStr,
+    Field,
+    PlainSerializer,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
+
+from followupd.timing import DURATION_HINT, Duration
+
+EVENTS = ("referral.received", "referral.closed", "release.recorded", "visit.logged")
+
+
+# --- value types -------------------------------------------------------------------------
+
+
+def _duration(value: Any) -> Duration:
+    if isinstance(value, Duration):
+        return value
+    if not isinstance(value, str):
+        raise PydanticCustomError(
+            "duration", "{value} is not a duration (" + DURATION_HINT + ")", {"value": repr(value)}
+        )
+    try:
+        return Duration.parse(value)
+    except ValueError:
+        raise PydanticCustomError(
+            "duration", '"{value}" is not a duration (' + DURATION_HINT + ")", {"value": value}
+        ) from None
+
+
+def _time_of_day(value: Any) -> time:
+    if isinstance(value, time):
+        return value
+    if isinstance(value, int) and 0 <= value < 24 * 60:  # YAML 1.1 reads 09:00 as sexagesimal
+        return time(value // 60, value % 60)
+    match = re.fullmatch(r"([01]?\d|2[0-3]):([0-5]\d)", str(value).strip())
+    if not match:
+        raise PydanticCustomError(
+            "time_of_day",
+            '"{value}" is not a time of day (try "09:00" or "16:30")',
+            {"value": value},
+        )
+    return time(int(match.group(1)), int(match.group(2)))
+
+
+def _zone(value: Any) -> str:
+    try:
+        if not isinstance(value, str):
+            raise ValueError(value)
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: a name too long for a file
+        raise PydanticCustomError(
+            "timezone",
+            '"{value}" is not an IANA time zone (try "America/New_York" or "Europe/Berlin")',
+            {"value": value},
+        ) from None
+    return str(value)
+
+
+def _mail_domain(value: str | None) -> str | None:
+    """A Message-ID domain: a host name (a non-ASCII one must have an IDNA form)."""
+    if value is None:
+        return None
+    from email_validator import EmailNotValidError, validate_email
+
+    try:
+        validate_email(f"postmaster@{value}", check_deliverability=False)
+    except EmailNotValidError:
+        raise PydanticCustomError(
+            "mail_domain",
+            '"{value}" is not a domain name (e.g. "reyes-therapy.example")',
+            {"value": value},
+        ) from None
+    return value
+
+
+DurationField = Annotated[Duration, BeforeValidator(_duration), PlainSerializer(str)]
+TimeOfDay = Annotated[time, BeforeValidator(_time_of_day)]
+TimeZoneName = Annotated[str, BeforeValidator(_zone)]
+
+
+def normalize_specialty(name: str) -> str:
+    """Specialties compare case- and punctuation-insensitively ("OB/GYN" == "ob-gyn")."""
+    key = re.sub(r"[^a-z0-9]+", " ", name.casefold()).strip()
+    return SPECIALTY_ALIASES.get(key, key)
+
+
+SPECIALTY_ALIASES = {
+    "internist": "internal medicine",
+    "im": "internal medicine",
+    "ob gyn": "obstetrics and gynecology",
+    "obgyn": "obstetrics and gynecology",
+    "ob": "obstetrics and gynecology",
+    "gyn": "obstetrics and gynecology",
+    "obstetrics gynecology": "obstetrics and gynecology",
+    "family practice": "family medicine",
+    "fp": "family medicine",
+    "gp": "family medicine",
+    "general practice": "family medicine",
+    "peds": "pediatrics",
+}
+
+
+# --- the document ------------------------------------------------------------------------
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Practice(Strict):
+    therapist: str = Field(min_length=1)
+    credentials: str = ""
+    practice_name: str = ""
+    phone: str = ""
+    email: EmailStr
+    address: str = ""
+    timezone: TimeZoneName = "America/New_York"
+    calendar_id: str = "primary"
+    mail_domain: str | None = None
+
+    @field_validator("therapist", "credentials", "practice_name", "phone", "calendar_id")
+    @classmethod
+    def _one_line(cls, value: str) -> str:
+        if any(ch in value for ch in "\r\n"):
+            raise PydanticCustomError("one_line", "must be a single line", {})
+        return value.strip()
+
+    @field_validator("mail_domain")
+    @classmethod
+    def _domain(cls, value: str | None) -> str | None:
+        return _mail_domain(value)
+
+    @property
+    def zone(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
+
+    @property
+    def message_domain(self) -> str:
+        return self.mail_domain or self.email.rsplit("@", 1)[1]
+
+
+class Conditions(Strict):
+    specialty: list[str] | None = None
+    specialty_not: list[str] | None = None
+    release: Literal["required", "any"] = "any"
+    referral: Literal["open", "closed", "any"] = "any"
+
+
+class Rule(Strict):
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")
+    event: Literal[EVENTS]  # type: ignore[valid-type]
+    after: DurationField
+    at: TimeOfDay | None = None
+    make: Literal["draft", "reminder"]
+    to: Literal["physician", "prescriber"] = "physician"
+    template: str = Field(pattern=r"^[A-Za-z0-9_./-]+$")
+    when: Conditions = Conditions()
+    enabled: bool = True
+
+    @field_validator("event", mode="before")
+    @classmethod
+    def _known_event(cls, value: Any) -> Any:
+        if value not in EVENTS:
+            raise PydanticCustomError(
+                "event",
+                '"{value}" is not an event (one of: {events})',
+                {"value": value, "events": ", ".join(EVENTS)},
+            )
+        return value
+
+
+class Database(Strict):
+    url: str | None = None
+
+
+class Delivery(Strict):
+    backend: Literal["outbox", "google"] = "outbox"
+    outbox: str = "outbox"
+
+
+class Schedule(Strict):
+    poll: DurationField = Duration(5, "minutes")
+    sync: DurationField = Duration(15, "minutes")
+    misfire_grace: DurationField = Duration(1, "hours")
+    # How long a claim on a follow-up lasts: a replica that dies holding claims loses them
+    # after this. Longer than a batch can take (google.timeout x max_attempts).
+    lease: DurationField = Duration(5, "minutes")
+
+    @field_validator("lease")
+    @classmethod
+    def _long_enough(cls, value: Duration) -> Duration:
+        if value.as_timedelta().total_seconds() < 10:
+            raise PydanticCustomError(
+                "lease", "must be at least 10 seconds (a claim must outlast its batch)", {}
+            )
+        return value
+
+
+class Quota(Strict):
+    gmail_units_per_minute: int = Field(6000, gt=0)
+    calendar_requests_per_minute: int = Field(600, gt=0)
+
+
+class Google(Strict):
+    token_file: str = "google-token.json"
+    client_secrets_file: str = "client_secret.json"
+    service_account_file: str | None = None
+    subject: str | None = None
+    api_endpoint: str | None = None
+    read_scope: bool = False
+    batch_size: int = Field(50, ge=1, le=100)
+    timeout: float = Field(30.0, gt=0, le=600)
+    max_attempts: int = Field(5, ge=1, le=20)
+    quota: Quota = Quota()
+
+
+class Therapist(Strict):
+    """One therapist of a group practice: a mailbox, a calendar and their own signature.
+
+    Anything left out is the practice's (`practice:`); credentials are per mailbox.
+    """
+
+    key: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,39}$")  # fits meta and claim columns
+    name: str = Field(min_length=1)
+    email: EmailStr
+    credentials: str | None = None
+    practice_name: str | None = None
+    phone: str | None = None
+    address: str | None = None
+    calendar_id: str | None = None
+    mail_domain: str | None = None
+    # This mailbox's token from `followupd auth --therapist KEY` (default tokens/KEY.json),
+    # or, with google.service_account_file, the mailbox to act for (default: email).
+    token_file: str | None = None
+    subject: str | None = None
+    quota: Quota | None = None
+
+    @field_validator("mail_domain")
+    @classmethod
+    def _domain(cls, value: str | None) -> str | None:
+        return _mail_domain(value)
+
+    @field_validator("name", "credentials", "practice_name", "phone", "calendar_id")
+    @classmethod
+    def _one_line(cls, value: str | None) -> str | None:
+        if value is not None and any(ch in value for ch in "\r\n"):
+            raise PydanticCustomError("one_line", "must be a single line", {})
+        return value.strip() if value is not None else None
+
+    def practice(self, base: Practice) -> Practice:
+        """The practice settings as this therapist signs and files them."""
+        changes = {"therapist": self.name, "email": self.email}
+        for name in (
+            "credentials",
+            "practice_name",
+            "phone",
+            "address",
+            "calendar_id",
+            "mail_domain",
+        ):
+            if getattr(self, name) is not None:
+                changes[name] = getattr(self, name)
+        return base.model_copy(update=changes)
+
+    def google(self, base: Google) -> Google:
+        """Google settings for this therapist's mailbox: own token or own subject, own quota."""
+        changes: dict[str, Any] = {"quota": self.quota or base.quota}
+        if base.service_account_file:
+            changes["subject"] = self.subject or self.email
+        else:
+            changes["token_file"] = self.token_file or f"tokens/{self.key}.json"
+        return base.model_copy(update=changes)
+
+
+class Logging(Strict):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    format: Literal["logfmt", "json"] = "logfmt"
+
+    @field_validator("level", mode="before")
+    @classmethod
+    def _upper(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
+
+
+class Config(Strict):
+    practice: Practice
+    database: Database = Database()
+    delivery: Delivery = Delivery()
+    schedule: Schedule = Schedule()
+    google: Google = Google()
+    logging: Logging = Logging()
+    holidays: list[date] = []
+    specialty_chain: dict[str, str] = {}
+    therapists: list[Therapist] = []
+    rules: list[Rule] = []
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> Config:
+        for items, what in ((self.rules, "rule name"), (self.therapists, "therapist key")):
+            seen: set[str] = set()
+            for item in items:
+                name = item.name if isinstance(item, Rule) else item.key
+                if name in seen:
+                    raise PydanticCustomError(
+                        "duplicate_name",
+                        '{what} "{name}" is used twice (it must be unique)',
+                        {"what": what, "name": name},
+                    )
+                seen.add(name)
+        return self
+
+    @model_validator(mode="after")
+    def _lease_outlasts_a_call(self) -> Config:
+        lease = self.schedule.lease.as_timedelta().total_seconds()
+        if lease < 2 * self.google.timeout:
+            raise PydanticCustomError(
+                "lease",
+                "schedule.lease ({lease} s) must be at least twice google.timeout "
+                "({timeout} s): a claim must outlast the calls made under it",
+                {"lease": f"{lease:.0f}", "timeout": f"{self.google.timeout:.0f}"},
+            )
+        return self
+
+    def therapist(self, key: str | None) -> Therapist | None:
+        """The configured therapist `key` (None: the practice's own therapist)."""
+        if key is None:
+            return None
+        for therapist in self.therapists:
+            if therapist.key == key:
+                return therapist
+        raise KeyError(key)
+
+    def mailboxes(self) -> list[str | None]:
+        """Whose mailboxes deliveries go to (None: the practice's own, `practice:`)."""
+        return [t.key for t in self.therapists] or [None]
+
+    def default_therapist(self) -> str | None:
+        """Whose a row without a therapist is: the only one configured, else nobody's."""
+        return self.therapists[0].key if len(self.therapists) == 1 else None
+
+    def next_specialty(self, specialty: str | None) -> str | None:
+        """Who to ask about next: after an internist, their favourite OB/GYN."""
+        if not specialty:
+            return None
+        chain = {normalize_specialty(k): v for k, v in self.specialty_chain.items()}
+        return chain.get(normalize_specialty(specialty))
