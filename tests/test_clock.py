@@ -67,7 +67,7 @@ def test_clock_back_an_hour_and_forward_a_day_skips_nothing_duplicates_nothing(
     home, db_url, monkeypatch
 ):
     clock = Clock()
-    monkeypatch.setattr(store_module, "now_utc", clock)  # the stamps on changed rows
+    monkeypatch.setattr(store_module.stamps, "now_utc", clock)  # the stamps on changed rows
     settings = configuration.load(home, environ={"FOLLOWUPD_DATABASE_URL": db_url})
     store = Store(settings.database_url)
     engine = Engine(settings, store, clock=clock)

@@ -81,7 +81,7 @@ def no_patient_value(*texts: str) -> None:
 @pytest.fixture
 def locked(home, tmp_path, monkeypatch):
     """A SQLite home whose database another process holds write-locked."""
-    monkeypatch.setattr(store_module, "SQLITE_BUSY_TIMEOUT_MS", 200)
+    monkeypatch.setattr(store_module.database, "SQLITE_BUSY_TIMEOUT_MS", 200)
     path = tmp_path / "locked.sqlite3"
     url = f"sqlite:///{path}"
     Store(url).close()

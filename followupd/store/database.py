@@ -1,0 +1,200 @@
+"""The database: opening it safely and migrating it.
+
+SQLite (the default) runs in WAL mode with a busy timeout, in a file only its owner can read.
+Any other SQLAlchemy URL works; PostgreSQL through psycopg 3 is the scale-out path. The schema
+is Alembic's, shipped inside the package and applied when the store opens.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import re
+import stat
+from collections.abc import Iterator
+from contextlib import contextmanager
+from importlib.resources import files
+from pathlib import Path
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+_MIGRATION_LOCK = 0x466F6C6C  # PostgreSQL advisory lock id: one migrator at a time
+SCHEMA_HEAD = "0004"  # the newest migration; tests/test_store.py checks it against Alembic
+
+
+class StoreError(Exception):
+    """The database cannot be used as it is; the message says what to do."""
+
+
+def _alembic_config():
+    from alembic.config import Config as AlembicConfig
+
+    cfg = AlembicConfig()
+    cfg.set_main_option("script_location", str(files("followupd") / "migrations"))
+    return cfg
+
+
+def _sqlite_path(url: sa.URL) -> Path | None:
+    if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
+        return None
+    return Path(url.database)
+
+
+def _private_file(path: Path) -> None:
+    """Create the database file readable by its owner only (SQLite's -wal/-shm follow it)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
+    os.close(fd)
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & 0o077:
+        os.chmod(path, 0o600)
+
+
+def _on_sqlite_connect(dbapi_connection, _record) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute(f"PRAGMA busy_timeout = {int(SQLITE_BUSY_TIMEOUT_MS)}")
+    cursor.execute("PRAGMA journal_mode = WAL")
+    cursor.execute("PRAGMA synchronous = NORMAL")
+    cursor.execute("PRAGMA foreign_keys = ON")
+    cursor.close()
+
+
+def mask_url(url: str) -> str:
+    """A database URL fit to print: its password replaced, even when the URL is malformed."""
+    try:
+        return sa.make_url(url).render_as_string(hide_password=True)
+    except (sa.exc.ArgumentError, ValueError):
+        return _PASSWORD.sub(r"\1***@", url)
+
+
+_PASSWORD = re.compile(r"^((?:[^:/@\s]*://)?[^:/@\s]*:)[^@\s]*@")  # [scheme://]user:PASSWORD@
+
+
+def create_engine(url: str) -> sa.Engine:
+    """An engine for `url`; SQLite files are created private and tuned for a daemon.
+
+    Statement parameters are hidden from every error SQLAlchemy raises: they are referral
+    values, and an error's text reaches tracebacks and logs.
+    """
+    try:
+        parsed = sa.make_url(url)
+    except (sa.exc.ArgumentError, ValueError):
+        raise StoreError(
+            f"database url {mask_url(url)!r} is not a SQLAlchemy URL "
+            "(e.g. sqlite:///followupd.sqlite3 or postgresql+psycopg://host/db)"
+        ) from None
+    path = _sqlite_path(parsed)
+    if path is not None:
+        _private_file(path)
+        engine = sa.create_engine(
+            parsed, hide_parameters=True, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}
+        )
+        sa.event.listen(engine, "connect", _on_sqlite_connect)
+        return engine
+    try:
+        return sa.create_engine(parsed, pool_pre_ping=True, hide_parameters=True)
+    except ModuleNotFoundError as exc:
+        raise StoreError(
+            f"no driver for {parsed.drivername} ({exc.name} is not installed; "
+            "for PostgreSQL: pip install 'followupd[postgres]')"
+        ) from None
+
+
+def _current_revision(connection: sa.Connection) -> str | None:
+    """The revision in alembic_version, read without importing Alembic (None: no table)."""
+    if not sa.inspect(connection).has_table("alembic_version"):
+        return None
+    return connection.execute(sa.text("SELECT version_num FROM alembic_version")).scalar()
+
+
+def schema_state(connection: sa.Connection) -> tuple[str | None, str]:
+    """(revision the database is at, revision this followupd ships)."""
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+    from alembic.util.exc import CommandError
+
+    script = ScriptDirectory.from_config(_alembic_config())
+    current = MigrationContext.configure(connection).get_current_revision()
+    head = script.get_current_head()
+    if current is not None:
+        try:
+            known = script.get_revision(current)
+        except CommandError:
+            known = None
+        if known is None:
+            raise StoreError(
+                f"the database is at schema revision {current}, written by a newer followupd; "
+                "upgrade followupd (pip install -U followupd) before using this database"
+            )
+    return current, head
+
+
+def migrate(engine: sa.Engine) -> None:
+    """Bring the schema to this version's head; refuse a database from a newer version.
+
+    One migrator at a time: on PostgreSQL an advisory lock, on SQLite a lock file beside the
+    database (six first commands at once on a new home must not all create the tables).
+    """
+    with _sqlite_migration_lock(engine), engine.begin() as connection:
+        if connection.dialect.name == "postgresql":
+            connection.execute(
+                sa.text("SELECT pg_advisory_xact_lock(:id)"), {"id": _MIGRATION_LOCK}
+            )
+        if _current_revision(connection) == SCHEMA_HEAD:
+            return  # the usual case, and Alembic's import (0.2 s a command) is skipped
+        current, head = schema_state(connection)
+        if current == head:
+            return
+        from alembic import command
+
+        cfg = _alembic_config()
+        cfg.attributes["connection"] = connection
+        command.upgrade(cfg, "head")
+
+
+@contextmanager
+def _sqlite_migration_lock(engine: sa.Engine) -> Iterator[None]:
+    """Hold `<database>.migrate.lock` while checking and migrating a SQLite file."""
+    path = _sqlite_path(engine.url)
+    if path is None:
+        yield
+        return
+    fd = os.open(f"{path}.migrate.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+class Store:
+    """An open, migrated database."""
+
+    def __init__(self, url: str, *, migrate_schema: bool = True):
+        self.url = url
+        self.engine = create_engine(url)
+        try:
+            if migrate_schema:
+                migrate(self.engine)
+        except sa.exc.OperationalError as exc:
+            self.engine.dispose()
+            raise StoreError(f"cannot open the database ({_short(exc)})") from None
+        except sa.exc.SQLAlchemyError as exc:
+            self.engine.dispose()
+            raise StoreError(f"cannot open the database ({type(exc).__name__})") from None
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """One transaction: committed when the block ends, rolled back if it raises."""
+        with Session(self.engine, expire_on_commit=False) as session, session.begin():
+            yield session
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
+def _short(exc: Exception) -> str:
+    text = str(getattr(exc, "orig", exc)).strip().splitlines()
+    return text[0] if text else exc.__class__.__name__
