@@ -16,19 +16,8 @@ from pathlib import Path
 import sqlalchemy as sa
 
 from followupd.config import Settings
-from followupd.store import (
-    Store,
-    StoreError,
-    due_backlog,
-    read_meta,
-    read_meta_prefix,
-    recent_failures,
-    schema_state,
-    write_meta,
-)
-
-HEARTBEAT = "heartbeat"  # meta key: the last completed tick
-CREDENTIALS = "google_credentials"  # meta key: "ok", or why Google refused them
+from followupd.store import Store, StoreError, health_facts, schema_state, write_meta
+from followupd.store.health import CREDENTIALS, HEARTBEAT
 
 
 def credentials_key(therapist: str | None) -> str:
@@ -98,12 +87,8 @@ def _read_facts(settings: Settings, now: datetime, verdict: Verdict):
                     verdict.problems.append("no tick has completed yet (an empty database)")
                     return None
             with store.session() as session:
-                return (
-                    read_meta(session, HEARTBEAT),
-                    read_meta_prefix(session, CREDENTIALS),
-                    due_backlog(session, now),
-                    recent_failures(session, now - timedelta(hours=24)),
-                )
+                facts = health_facts(session, now)
+                return facts.heartbeat, facts.credentials, facts.backlog, facts.failures
         finally:
             store.close()
     except (StoreError, sa.exc.SQLAlchemyError) as exc:

@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Annotated, NoReturn
 
-import sqlalchemy as sa
 import typer
 
 from followupd import config as configuration
@@ -44,10 +43,11 @@ from followupd.records import (
 from followupd.store import (
     Directory,
     Store,
-    change_stamp,
+    change_referral,
     confirm_address,
     disclosed_notes,
     record_release,
+    referral_exists,
     upsert_referrals,
     upsert_visits,
 )
@@ -204,30 +204,21 @@ def referral_add(
 
 
 def _referral_exists(settings: configuration.Settings, ref: str) -> bool:
-    # TODO(store): store.referral_exists(session, ref) instead of this query.
     with session_for(settings) as session:
-        return (
-            session.execute(sa.select(Referral.id).where(Referral.ref == ref.strip())).first()
-            is not None
-        )
+        return referral_exists(session, ref)
 
 
 def _change_referral(
     settings: configuration.Settings, ref: str, change: Callable[[Referral], None]
 ) -> None:
     """Apply `change` to one referral and mark it changed, so the next tick re-plans it."""
-    # TODO(store): store.change_referral(session, ref, change) instead of this query and stamp.
-    with session_for(settings) as session:
-        referral = session.execute(
-            sa.select(Referral).where(Referral.ref == ref.strip())
-        ).scalar_one_or_none()
-        if referral is None:
-            fail(EXIT_FAILED, f"no referral {ref} (add it, or import your referral log)")
-        try:
-            change(referral)
-        except RowError as exc:
-            _bad_option(exc)
-        referral.updated_at = change_stamp(session, Referral)
+    try:
+        with session_for(settings) as session:
+            found = change_referral(session, ref, change)
+    except RowError as exc:  # a value the change refused: nothing was written
+        _bad_option(exc)
+    if not found:
+        fail(EXIT_FAILED, f"no referral {ref} (add it, or import your referral log)")
     wake(settings.home)
 
 

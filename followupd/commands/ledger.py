@@ -7,7 +7,6 @@ import json
 from collections import Counter
 from typing import Annotated
 
-import sqlalchemy as sa
 import typer
 from rich.table import Table
 from rich.text import Text
@@ -15,7 +14,7 @@ from rich.text import Text
 from followupd import config as configuration
 from followupd.commands.common import Home, load_settings, opened_store, out
 from followupd.models import FollowUp
-from followupd.store import Store
+from followupd.store import Store, ledger_listing
 
 STATUS_FIELDS = ("id", "rule", "kind", "state", "due_at", "external_id", "attempts", "reason")
 
@@ -50,12 +49,8 @@ def _status_record(row: FollowUp, group: bool) -> dict:
 
 
 def _ledger(store: Store, states: list[str] | None = None) -> list[FollowUp]:
-    # TODO(store): a store function listing the ledger (by due time, optionally by state).
     with store.session() as session:
-        query = sa.select(FollowUp).order_by(FollowUp.due_at, FollowUp.id)
-        if states:
-            query = query.where(FollowUp.state.in_(states))
-        return list(session.execute(query).scalars().all())
+        return list(ledger_listing(session, states))
 
 
 def _where(row: FollowUp) -> str | None:
