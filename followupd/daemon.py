@@ -111,7 +111,7 @@ class Daemon:
             engine = self.engine
             try:
                 report = engine.tick()
-            except Exception as exc:  # the next tick tries again; the daemon goes on
+            except Exception as exc:  # noqa: BLE001 -- the next tick tries again
                 log.error("tick failed", error=type(exc).__name__, detail=_safe(exc))
                 return
         log.info(
@@ -128,7 +128,7 @@ class Daemon:
         with self.busy:
             try:
                 self.engine.sync()
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 -- the next sync tries again
                 log.error("sync failed", error=type(exc).__name__, detail=_safe(exc))
 
     def watch(self) -> None:
@@ -178,24 +178,20 @@ class Daemon:
         seconds = max(1.0, schedule.poll.as_timedelta().total_seconds())
         sync_seconds = max(1.0, schedule.sync.as_timedelta().total_seconds())
         first = None if replace else self.engine.clock()
-        self.scheduler.add_job(
-            self.tick,
-            "interval",
-            seconds=seconds,
-            id="tick",
-            replace_existing=True,
-            misfire_grace_time=grace,
-            **({"next_run_time": first} if first else {}),
-        )
-        self.scheduler.add_job(
-            self.sync,
-            "interval",
-            seconds=sync_seconds,
-            id="sync",
-            replace_existing=True,
-            misfire_grace_time=grace,
-            next_run_time=self.engine.clock() + timedelta(seconds=seconds),
-        )
+        first_sync = self.engine.clock() + timedelta(seconds=seconds)
+        for job, every, starts in (
+            (self.tick, seconds, {"next_run_time": first} if first else {}),
+            (self.sync, sync_seconds, {"next_run_time": first_sync}),
+        ):
+            self.scheduler.add_job(
+                job,
+                "interval",
+                seconds=every,
+                id=job.__name__,
+                replace_existing=True,
+                misfire_grace_time=grace,
+                **starts,
+            )
 
     def request_stop(self, signum: int, _frame) -> None:
         self.engine.stop()

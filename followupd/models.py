@@ -228,8 +228,10 @@ class Bundle:
     and preview; read by planning's gate and by rendering)."""
 
     follow_up: FollowUp
+    # a referral's note: the referral, its physician and the client's prescriber
     referral: Referral | None = None
-    visit: Visit | None = None
     physician: Physician | None = None
     prescriber: Physician | None = None
+    # a visit's reminder: the visit and the office (the physician met, if any, above)
+    visit: Visit | None = None
     practice: Practice | None = None

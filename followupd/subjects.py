@@ -1,7 +1,7 @@
 """Planning's view of referrals and visits: typed rows in, `Subject`s out, no patient values.
 
-The store's page reads give rows that satisfy `ReferralRow` / `VisitRow`; delivery, which
-decides again on freshly loaded models, builds the same rows from a `Bundle`. Either way
+The store's page reads give rows with the attributes of `ReferralFacts` / `VisitFacts`;
+delivery, which decides again on freshly loaded models, builds those from a `Bundle`. Either way
 planning sees dates, flags, recipients and the reasons a note must wait, never a name.
 """
 
@@ -9,44 +9,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import date
-from typing import Protocol
 
 from followupd.models import Bundle
 from followupd.planning import Subject
 
 
-class ReferralRow(Protocol):
-    """What planning reads of a referral and its physicians (a row of the store's query)."""
-
-    id: int
-    ref: str
-    received_on: date
-    closed_on: date | None
-    release_on_file: bool
-    release_on: date | None
-    prescriber_release_on_file: bool
-    prescriber_release_on: date | None
-    specialty: str | None
-    physician_id: int | None
-    physician_email: str | None
-    physician_email_check: str | None
-    prescriber_id: int | None
-    prescriber_email: str | None
-    prescriber_email_check: str | None
-
-
-class VisitRow(Protocol):
-    id: int
-    visited_on: date
-    specialty: str | None
-    physician_id: int | None
-    physician_email: str | None
-    physician_email_check: str | None
-
-
 @dataclass(frozen=True)
 class ReferralFacts:
-    """A `ReferralRow` built from loaded models (delivery decides again on fresh rows)."""
+    """What planning reads of a referral and its physicians. The store's page reads yield
+    rows with these attributes; delivery, deciding again on fresh models, builds one."""
 
     id: int
     ref: str
@@ -67,6 +38,8 @@ class ReferralFacts:
 
 @dataclass(frozen=True)
 class VisitFacts:
+    """What planning reads of a visit (as for `ReferralFacts`)."""
+
     id: int
     visited_on: date
     specialty: str | None
@@ -89,7 +62,7 @@ def _address(
     return None
 
 
-def referral_subject(row: ReferralRow) -> Subject:
+def referral_subject(row: ReferralFacts) -> Subject:
     """Planning's view of a referral: dates and flags, no patient values."""
     label = f"referral {row.ref}"
     events = {"referral.received": row.received_on}
@@ -126,7 +99,7 @@ def referral_subject(row: ReferralRow) -> Subject:
     )
 
 
-def visit_subject(row: VisitRow) -> Subject:
+def visit_subject(row: VisitFacts) -> Subject:
     label = f"visit {row.id}"
     recipients = {}
     if row.physician_id:

@@ -22,7 +22,7 @@ from followupd import config as configuration
 from followupd.config import ConfigError
 from followupd.models import Bundle, FollowUp, Physician, Referral
 from followupd.records import RowError, parse_referral, parse_visit
-from followupd.render import RenderError, Templates, build_draft, context_for
+from followupd.render import RenderError, Rendering, Templates, build_draft, context_for
 from followupd.resources import default_config_dir
 
 EXAMPLES = 300
@@ -300,15 +300,8 @@ def test_any_field_renders_a_clean_draft_or_is_refused(
     bundle = Bundle(follow_up, referral=referral, physician=doctor)
     try:
         context = context_for(loaded, rule, bundle, release=True)
-        draft = build_draft(
-            templates,
-            rule,
-            context,
-            follow_up_id=7,
-            settings=loaded,
-            installation="0" * 32,
-            now=datetime(2026, 11, 23, 15, 0, tzinfo=UTC),
-        )
+        job = Rendering(templates, rule, context, 7, loaded, "0" * 32)
+        draft = build_draft(job, now=datetime(2026, 11, 23, 15, 0, tzinfo=UTC))
         raw = draft.raw  # made and checked at render time: what delivery writes
     except RenderError as exc:
         _not_leaked(str(exc), [client, problem, focus])

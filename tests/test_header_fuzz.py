@@ -34,7 +34,7 @@ from email_validator import EmailNotValidError, validate_email
 from followupd import config as configuration
 from followupd import render
 from followupd.models import Bundle
-from followupd.render import RenderError, Templates, build_draft, context_for
+from followupd.render import RenderError, Rendering, Templates, build_draft, context_for
 from followupd.resources import default_config_dir
 
 HEADERS = Counter(
@@ -277,9 +277,8 @@ def render_case(drafting, case: Case):
     )
     bundle = Bundle(follow_up, referral=referral, physician=doctor)
     context = context_for(settings, rule, bundle, release=True)
-    return build_draft(
-        templates, rule, context, follow_up_id=7, settings=settings, installation="0" * 32, now=NOW
-    ), settings
+    job = Rendering(templates, rule, context, 7, settings, "0" * 32)
+    return build_draft(job, now=NOW), settings
 
 
 def intended(address: str) -> str | None:

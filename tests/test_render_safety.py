@@ -24,6 +24,7 @@ from followupd.models import Bundle, FollowUp, Physician, Practice, Referral, Vi
 from followupd.records import parse_referral
 from followupd.render import (
     RenderError,
+    Rendering,
     Templates,
     build_draft,
     build_reminder,
@@ -99,15 +100,10 @@ def draft(
     context = context_for(
         settings, rule, Bundle(follow_up, referral=referral, physician=doctor), release=True
     )
-    return build_draft(
-        templates or Templates(settings.templates_dir),
-        rule,
-        context,
-        follow_up_id=7,
-        settings=settings,
-        installation="0" * 32,
-        now=NOW,
+    job = Rendering(
+        templates or Templates(settings.templates_dir), rule, context, 7, settings, "0" * 32
     )
+    return build_draft(job, now=NOW)
 
 
 def header_names(raw: bytes) -> list[str]:
@@ -254,15 +250,8 @@ def visit_reminder(settings):
     context = context_for(
         settings, rule, Bundle(follow_up, visit=visit, practice=office), release=False
     )
-    return build_reminder(
-        Templates(settings.templates_dir),
-        rule,
-        context,
-        follow_up_id=9,
-        settings=settings,
-        installation="0" * 32,
-        remind_at=NOW,
-    )
+    job = Rendering(Templates(settings.templates_dir), rule, context, 9, settings, "0" * 32)
+    return build_reminder(job, remind_at=NOW)
 
 
 @pytest.mark.parametrize(

@@ -24,7 +24,7 @@ from followupd.engine.core import (
 )
 from followupd.models import Bundle, FollowUp, State
 from followupd.planning import Desired
-from followupd.render import RenderError, build_draft, build_reminder, context_for
+from followupd.render import RenderError, Rendering, build_draft, build_reminder, context_for
 from followupd.store import (
     claim_due,
     installation_id,
@@ -104,7 +104,7 @@ class Deliverer(EngineCore):
                 backend.begin()  # built only now: an idle tick never touches Google
                 begun.add(therapist)
             return backend.deliver(items)
-        except Exception as exc:  # a bug in a backend must not lose the claims
+        except Exception as exc:  # noqa: BLE001 -- a backend's bug must not lose claims
             log.error("backend error", error=type(exc).__name__)
             return [DeliveryError(f"internal error ({type(exc).__name__})")] * len(items)
 
@@ -140,22 +140,14 @@ class Deliverer(EngineCore):
             return None
         stop = self.unassigned(therapist) or report.stopped_for.get(therapist)
         if stop:
-            self._record(
-                follow_up_id,
-                fence,
-                state=State.waiting,
-                reason=stop,
-                next_attempt_at=self.clock() + MAX_BACKOFF,
-                attempts=not_an_attempt,
-            )
-            report.waiting.append((follow_up_id, stop))
+            self._wait(follow_up_id, fence, stop, MAX_BACKOFF, report, attempts=not_an_attempt)
             return None
         try:
             item = self.render(bundle, rule, installation, self.view(therapist))
         except RenderError as exc:
             self._fail(follow_up_id, fence, str(exc), report, fields)
             return None
-        except Exception as exc:  # a bug must not stop the other follow-ups
+        except Exception as exc:  # noqa: BLE001 -- a bug fails this one, not the rest
             self._fail(
                 follow_up_id, fence, f"internal error ({type(exc).__name__})", report, fields
             )
@@ -207,16 +199,22 @@ class Deliverer(EngineCore):
                 timedelta(seconds=random.uniform(0, 30 * 2 ** min(fields["attempt"], 10))),
             )
         )
+        self._wait(follow_up_id, fence, reason, delay, report, session=session)
+        log.warning("waiting", reason=reason, retry_in=int(delay.total_seconds()), **fields)
+
+    def _wait(
+        self, follow_up_id: int, fence: int, reason: str, delay, report: TickReport, **values
+    ) -> None:
+        """Hand a claim back to be tried again after `delay`, saying why."""
         self._record(
             follow_up_id,
             fence,
             state=State.waiting,
             reason=reason,
             next_attempt_at=self.clock() + delay,
-            session=session,
+            **values,
         )
         report.waiting.append((follow_up_id, reason))
-        log.warning("waiting", reason=reason, retry_in=int(delay.total_seconds()), **fields)
 
     def _fail(
         self,
@@ -252,25 +250,10 @@ class Deliverer(EngineCore):
         """Render as the therapist's own note or reminder (`view`: their settings)."""
         follow_up = bundle.follow_up
         context = context_for(view, rule, bundle, release=released_to(bundle, rule))
+        job = Rendering(self.templates, rule, context, follow_up.id, view, installation)
         if rule.make == "draft":
-            return build_draft(
-                self.templates,
-                rule,
-                context,
-                follow_up_id=follow_up.id,
-                settings=view,
-                installation=installation,
-                now=self.clock(),
-            )
-        return build_reminder(
-            self.templates,
-            rule,
-            context,
-            follow_up_id=follow_up.id,
-            settings=view,
-            installation=installation,
-            remind_at=follow_up.remind_at or follow_up.due_at,
-        )
+            return build_draft(job, now=self.clock())
+        return build_reminder(job, remind_at=follow_up.remind_at or follow_up.due_at)
 
     def preview(self, follow_up_id: int) -> tuple[Draft | Reminder | None, str | None]:
         """Render one follow-up as it would be delivered now, changing nothing.

@@ -76,7 +76,7 @@ class Withdrawer(EngineCore):
                 else f"therapist {therapist!r} is not in followupd.yaml"
             )
             return [DeliveryError(problem, systemic=True)] * len(rows)
-        except Exception as exc:  # a bug must not lose the withdrawal
+        except Exception as exc:  # noqa: BLE001 -- a bug must not lose the withdrawal
             log.error("backend error", error=type(exc).__name__)
             return [DeliveryError(f"internal error ({type(exc).__name__})")] * len(rows)
 

@@ -17,10 +17,11 @@ from followupd.render.context import context_for
 from followupd.render.drafts import build_draft, draft_tag, message_id
 from followupd.render.errors import RenderError
 from followupd.render.reminders import build_reminder, event_id
-from followupd.render.templates import Templates
+from followupd.render.templates import Rendering, Templates
 
 __all__ = [
     "RenderError",
+    "Rendering",
     "Templates",
     "build_draft",
     "build_reminder",

@@ -14,7 +14,7 @@ from email.message import EmailMessage
 from email.utils import format_datetime
 from typing import Any
 
-from followupd.config import Practice, Rule, Settings
+from followupd.config import Practice, Rule
 from followupd.delivery import Draft
 from followupd.render.errors import RenderError, step
 from followupd.render.headers import (
@@ -27,7 +27,7 @@ from followupd.render.headers import (
     idna_domain,
     mailbox,
 )
-from followupd.render.templates import Templates
+from followupd.render.templates import Rendering
 
 
 def message_id(installation: str, follow_up_id: int, domain: str) -> str:
@@ -75,27 +75,19 @@ def _mailboxes(rule: Rule, context: dict[str, Any], practice: Practice) -> tuple
     return sender, mailbox(recipient.get("name"), recipient.get("email"), rule.to)
 
 
-def build_draft(
-    templates: Templates,
-    rule: Rule,
-    context: dict[str, Any],
-    *,
-    follow_up_id: int,
-    settings: Settings,
-    installation: str,
-    now: datetime,
-) -> Draft:
+def build_draft(job: Rendering, *, now: datetime) -> Draft:
     """Render a draft rule into checked RFC 5322 bytes with a fixed Message-ID.
 
     The bytes are made here, not at delivery: a value the serializer cannot write then fails
     this one follow-up instead of the whole batch it would be delivered with, and what is
     delivered is exactly what was checked.
     """
-    first, body = templates.render_text(rule.template, context)
+    rule, follow_up_id, installation = job.rule, job.follow_up_id, job.installation
+    first, body = job.templates.render_text(rule.template, job.context)
     subject = _subject(first, rule.template)
     with step("building the headers"):  # each value checked before the email package sees it
-        practice = settings.config.practice
-        sender, to = _mailboxes(rule, context, practice)
+        practice = job.settings.config.practice
+        sender, to = _mailboxes(rule, job.context, practice)
         envelope = Envelope(
             sender=sender,
             to=to,

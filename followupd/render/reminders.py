@@ -11,13 +11,11 @@ from __future__ import annotations
 import base64
 import hashlib
 from datetime import datetime, timedelta
-from typing import Any
 
-from followupd.config import Rule, Settings
 from followupd.delivery import Reminder
 from followupd.render.errors import RenderError
 from followupd.render.headers import one_line
-from followupd.render.templates import PATIENT_ROOT, Templates
+from followupd.render.templates import PATIENT_ROOT, Rendering
 
 REMINDER_MINUTES = 30  # length of a reminder's calendar slot
 
@@ -28,21 +26,13 @@ def event_id(installation: str, follow_up_id: int) -> str:
     return base64.b32hexencode(digest).decode().lower()
 
 
-def build_reminder(
-    templates: Templates,
-    rule: Rule,
-    context: dict[str, Any],
-    *,
-    follow_up_id: int,
-    settings: Settings,
-    installation: str,
-    remind_at: datetime,
-) -> Reminder:
+def build_reminder(job: Rendering, *, remind_at: datetime) -> Reminder:
     """Render a reminder rule: title and description, dated in the practice's zone."""
-    if PATIENT_ROOT in context:
+    if PATIENT_ROOT in job.context:
         raise RenderError("reminders never carry client details")
-    practice = settings.config.practice
-    first, body = templates.render_text(rule.template, context)
+    rule, follow_up_id, installation = job.rule, job.follow_up_id, job.installation
+    practice = job.settings.config.practice
+    first, body = job.templates.render_text(rule.template, job.context)
     if not first.startswith("Title:"):
         raise RenderError(f"template {rule.template}: the first line must be 'Title: ...'")
     start = remind_at.astimezone(practice.zone)

@@ -25,7 +25,7 @@ import jinja2.nodes
 from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
 from jinja2.utils import missing
 
-from followupd.config import Rule
+from followupd.config import Rule, Settings
 from followupd.render.errors import RenderError
 from followupd.resources import default_templates_dir
 
@@ -229,3 +229,17 @@ class Templates:
             except ValueError:
                 continue
         return None
+
+
+@dataclass(frozen=True)
+class Rendering:
+    """One follow-up to render: its rule (and so its template), what the template may use,
+    and the identity the result carries (follow-up id, installation, the therapist's own
+    settings)."""
+
+    templates: Templates
+    rule: Rule
+    context: dict[str, Any]
+    follow_up_id: int
+    settings: Settings
+    installation: str
