@@ -277,3 +277,11 @@ def test_yaml_nested_too_deeply_is_refused_not_a_recursion_error(home):
     [problem] = result["problems"]
     assert problem.startswith(f"{home / 'followupd.yaml'}:1: ")
     assert "nested too deeply" in problem
+
+
+def test_an_unknown_key_named_like_a_type_is_reported(home):
+    """Found by the YAML fuzzer: a top-level `date:` crashed the error report."""
+    (home / "followupd.yaml").write_text("date: null\n")
+    with pytest.raises(configuration.ConfigError) as refused:
+        configuration.load(home, environ={})
+    assert any("date: unknown key" in problem for problem in refused.value.problems)

@@ -38,7 +38,8 @@ def explain(
     problems: list[tuple[int, str]] = []
     for error in exc.errors():
         loc = tuple(part for part in error["loc"] if not str(part).startswith("function-"))
-        loc = _drop_union_tags(loc)
+        if error["type"] != "extra_forbidden":  # an unknown key may well be named "date"
+            loc = _drop_union_tags(loc)
         key = format_path(loc)
         message = _message(error, loc)
         origin = (sources or {}).get(tuple(str(p) for p in loc))
