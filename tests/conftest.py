@@ -54,19 +54,11 @@ def pytest_report_header(config):
     return "PostgreSQL tests: SKIPPED (set FOLLOWUPD_TEST_POSTGRES_URL to run them)"
 
 
-# Minutes-long tests start first, so the workers finish together rather than one of them
-# starting the kill harness when everything else is done.
-SLOW_FIRST = (
-    "test_kill.py",
-    "test_container.py",
-    "backlog_drains",
-    "3000_referrals",
-    "killed_mid_run",
-)
-
-
+# Tests marked `slow` (pyproject.toml: more than ~15 s on their own) start first, so the
+# workers finish together rather than one of them starting the kill harness when everything
+# else is done. The sort is stable: every worker collects the same order, as xdist requires.
 def pytest_collection_modifyitems(config, items):
-    items.sort(key=lambda item: not any(mark in item.nodeid for mark in SLOW_FIRST))
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
 # Files the suite leaves behind that may hold patient values by design: the database, the

@@ -87,6 +87,7 @@ def test_dockerfile_runs_as_non_root_with_a_healthcheck():
     assert "dev" not in " ".join(spec["install"])  # no development dependencies
 
 
+@pytest.mark.slow  # a fresh venv and a pip install: about a minute
 def test_the_image_steps_start_serve_pass_health_and_stop(installed):
     spec, venv, root = installed
     data = root / "data"  # the volume

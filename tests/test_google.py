@@ -373,6 +373,7 @@ def test_batching_saves_round_trips(google_home, server):
     store.close()
 
 
+@pytest.mark.slow  # 2,000 drafts paced by the quota: 13-60 s
 def test_a_backlog_drains_at_the_budget_with_no_429(google_home, server):
     budget = 120_000  # units a minute: 2,000 drafts of 10 units take about ten seconds
     set_config(google_home, "gmail_units_per_minute: 6000", f"gmail_units_per_minute: {budget}")

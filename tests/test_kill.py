@@ -35,6 +35,8 @@ from followupd.models import FollowUp
 from followupd.records import parse_referral, parse_visit
 from followupd.store import Directory, Store, upsert_referrals, upsert_visits
 
+pytestmark = pytest.mark.slow  # the kill harness: each test runs for tens of seconds
+
 SEED = int(os.environ.get("FOLLOWUPD_TEST_KILL_SEED") or random.SystemRandom().randrange(1 << 30))
 
 

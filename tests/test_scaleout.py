@@ -412,7 +412,14 @@ def run_replicas(
     replicas = {name: start_replica(home, name, env) for name in names}
     killed: dict = {}
     try:
-        time.sleep(2)  # started and listening
+        watcher = Store(postgres_url, migrate_schema=False)
+        try:  # each replica started and holding its LISTEN, so the import's NOTIFY wakes it
+            listening = wait_for(
+                lambda: all(_listening(watcher, proc.pid) for proc in replicas.values()), 60
+            )
+        finally:
+            watcher.close()
+        assert listening, {name: (home / f"{name}.log").read_text()[-2000:] for name in names}
         if kill:  # a batch's parts are made one by one over a second: a kill lands mid-batch
             server.part_delay = 0.02
         csv_path = write_csv(home / "referrals.csv", referral_rows(count))
@@ -476,6 +483,7 @@ def delivered_by(home: Path) -> Counter:
     return counts
 
 
+@pytest.mark.slow
 def test_three_replicas_three_therapists_3000_referrals_exactly_once(home, postgres_url, server):
     started = time.monotonic()
     run_replicas(home, postgres_url, server, 3000)
@@ -488,6 +496,7 @@ def test_three_replicas_three_therapists_3000_referrals_exactly_once(home, postg
     print(f"3 replicas, 3,000 drafts in {seconds:.0f} s; shares {dict(shares)}")
 
 
+@pytest.mark.slow
 def test_a_replica_killed_mid_run_loses_its_claims_to_the_others(home, postgres_url, server):
     killed = run_replicas(home, postgres_url, server, 1500, lease="15 seconds", kill="r2")
     assert killed["held"], "r2 was killed holding no claims"
@@ -515,14 +524,19 @@ def test_a_row_written_by_another_system_wakes_the_daemon_at_once(home, postgres
         store = Store(postgres_url)
         listening = wait_for(lambda: _listening(store, replica.pid), 30)
         assert listening, (home / "r1.log").read_text()
-        time.sleep(1)  # past its first tick
+        log = home / "r1.log"
+        # Past its first tick, so the referral is not simply found by it.
+        assert wait_for(lambda: " event=tick " in log.read_text(), 30), log.read_text()
         added = time.monotonic()
         add_referrals(store, solo_rows(1))  # straight into the table, as an EHR export would
         drafts = home / "outbox" / "drafts"
         assert wait_for(
-            lambda: list(drafts.glob("*.eml")) if drafts.exists() else [], 10, step=0.05
-        ), (home / "r1.log").read_text()
-        assert time.monotonic() - added < 5
+            lambda: list(drafts.glob("*.eml")) if drafts.exists() else [], 30, step=0.05
+        ), log.read_text()
+        # Woken by the NOTIFY, not by the poll of an hour: seconds, with room for a loaded
+        # 2-core machine. bench/latency.py times the same one-second watch (woken there by
+        # the wake file) and holds the figure.
+        assert time.monotonic() - added < 20
         assert not (home / ".followupd-wake").exists()
         store.close()
     finally:
