@@ -234,6 +234,10 @@ class Google(Strict):
     quota: Quota = Quota()
 
 
+# A therapist's own value for something `practice:` also says; left out, the practice's.
+FromPractice = Annotated[str | None, Field(description="left out: the practice's")]
+
+
 class Therapist(Strict):
     """One therapist of a group practice: a mailbox, a calendar and their own signature.
 
@@ -243,12 +247,12 @@ class Therapist(Strict):
     key: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,39}$")  # fits meta and claim columns
     name: str = Field(min_length=1)
     email: EmailStr
-    credentials: str | None = None
-    practice_name: str | None = None
-    phone: str | None = None
-    address: str | None = None
-    calendar_id: str | None = None
-    mail_domain: str | None = None
+    credentials: FromPractice = None
+    practice_name: FromPractice = None
+    phone: FromPractice = None
+    address: FromPractice = None
+    calendar_id: FromPractice = None
+    mail_domain: FromPractice = None
     # This mailbox's token from `followupd auth --therapist KEY` (default tokens/KEY.json),
     # or, with google.service_account_file, the mailbox to act for (default: email).
     token_file: str | None = None
