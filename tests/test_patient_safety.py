@@ -517,3 +517,20 @@ def test_a_template_error_names_no_value_in_log_status_json_or_preview(cli, home
         assert "taken from the data" in text, (where, text)
         assert focus not in text and "Qzx" not in text, where
         no_patient_value(text)
+
+
+def test_demo_writes_private_files_and_folders_under_any_umask(tmp_path):
+    trust.record("permission", cases=1)
+    target = tmp_path / "demo"
+    script = (
+        "import os, sys; os.umask(0); from followupd.cli import main; "
+        "sys.argv = ['followupd', 'demo', sys.argv[1]]; main()"
+    )
+    ran = subprocess.run(
+        [sys.executable, "-c", script, str(target)], capture_output=True, text=True
+    )
+    keep_output(tmp_path, ran.stderr)
+    assert ran.returncode == 0, ran.stderr
+    for path in [target, *target.rglob("*")]:
+        mode = stat.S_IMODE(path.stat().st_mode)
+        assert mode & 0o077 == 0, f"{path}: {mode:o}"

@@ -28,13 +28,16 @@ from followupd.delivery import (
     Reminder,
     Withdrawn,
 )
+from followupd.permissions import make_private_dir
 
 
 def write_atomically(path: Path, data: bytes) -> bool:
     """Write `data` to `path` unless it exists; True if this call wrote it."""
     if path.exists():
         return False
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if not path.parent.is_dir():  # the outbox and its folders are private, whatever the umask
+        make_private_dir(path.parent.parent)
+        make_private_dir(path.parent)
     fd, temporary = tempfile.mkstemp(
         dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp"
     )
