@@ -209,13 +209,19 @@ def test_preview_matches_what_is_delivered(cli, db_url, home):
     assert cli("status", "--json").stdout == ""  # nothing planned before a tick
     cli("run", "--once")
     [record] = [json.loads(line) for line in cli("status", "--json").stdout.splitlines()]
-    preview = cli("preview", str(record["id"]))
+    preview = cli("preview", str(record["id"]), "--raw")
     assert preview.code == 0
     delivered = (home / "outbox" / "drafts" / f"{record['id']}.eml").read_bytes()
+    assert (
+        delivered.removeprefix(b"X-Unsent: 1\r\n").replace(b"\r\n", b"\n")
+        == preview.stdout.encode()
+    )  # --raw: the very bytes, as the outbox holds them
     parsed = email.message_from_bytes(delivered, policy=email.policy.default)
-    shown = email.message_from_string(preview.stdout, policy=email.policy.default)
-    assert shown.get_content() == parsed.get_content().replace("\r\n", "\n")
-    assert shown["Message-ID"] == parsed["Message-ID"] and shown["To"] == parsed["To"]
+    shown = cli("preview", str(record["id"])).stdout  # as a person reads it
+    assert shown.startswith(f"From: {parsed['From']}\nTo: {parsed['To']}\n")
+    assert f"Subject: {parsed['Subject']}\n" in shown
+    assert shown.endswith(parsed.get_content().replace("\r\n", "\n"))
+    assert "quoted-printable" not in shown and "Message-ID" not in shown
 
 
 def test_preview_of_a_held_follow_up_says_why(cli, db_url, home):
@@ -297,8 +303,12 @@ def test_demo_writes_drafts_and_reminders_that_read_back(demo_run):
         message = email.message_from_bytes(raw, policy=email.policy.default)
         assert message["Subject"] and message["To"] and message["Message-ID"]
         assert raw.count(b"\r\n") == raw.count(b"\n")  # RFC 5322 line ends throughout
+        assert raw.startswith(b"X-Unsent: 1\r\n")  # mail programs open it as a draft to send
+        assert b"Subject:\r\n" not in raw  # not folded right after the header's name
         again = email.message_from_bytes(message.as_bytes(), policy=email.policy.default)
-        assert dict(again.items()) == dict(message.items())
+        assert {k: str(v).strip() for k, v in again.items()} == {
+            k: str(v).strip() for k, v in message.items()
+        }  # (the email package refolds)
         body = message.get_content().replace("\r\n", "\n")
         assert again.get_content().replace("\r\n", "\n") == body
         assert body.startswith("Dear Dr. ") and "With thanks," in body

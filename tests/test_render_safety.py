@@ -381,13 +381,27 @@ def test_the_default_home_still_renders_every_draft_rule(home):
         assert sorted(header_names(draft(settings, rule=rule).raw)) == sorted(HEADERS)
 
 
-def test_a_subject_folded_onto_a_second_line_reads_back_as_written(home):
-    """The serializer folds a long subject right after "Subject:"; it reads back with the
-    fold's space in front, which is not a change of subject."""
+def test_a_long_subject_is_not_folded_right_after_its_name(home):
+    """A subject a little over 78 characters once came out as "Subject:" and the text on the
+    next line, which some readers show with a leading space."""
     made = draft(load(home), rule="closing-note", ref="DEMO-30")
-    assert b"Subject:\r\n " in made.raw
+    assert b"Subject:\r\n" not in made.raw and b"\r\nSubject: Treatment summary" in made.raw
     parsed = email.message_from_bytes(made.raw, policy=email.policy.default)
-    assert str(parsed["Subject"]).strip().endswith("(our ref DEMO-30)")
+    assert str(parsed["Subject"]).endswith("(our ref DEMO-30)")
+
+
+def test_a_subject_folded_onto_a_second_line_reads_back_as_written(home):
+    """A subject over the 998-character line limit is folded; it reads back with the fold's
+    white space in front, which is not a change of subject."""
+    settings = with_template(
+        home,
+        "acknowledgement.txt.j2",
+        "Subject: " + "word " * 210 + "{{ referral.ref }}\n\nHello\n",
+    )
+    made = draft(settings, ref="DEMO-31")
+    assert b"\r\n word" in made.raw.split(b"\r\n\r\n")[0]  # folded
+    parsed = email.message_from_bytes(made.raw, policy=email.policy.default)
+    assert str(parsed["Subject"]).strip().endswith("word DEMO-31")
 
 
 def test_a_missing_included_template_is_still_a_start_up_problem(home):

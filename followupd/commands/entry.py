@@ -123,7 +123,8 @@ def physician_add(
             fax=parse_fax("physician_fax", fax),
         )
     except RowError as exc:
-        fail(EXIT_CONFIG, f"--{exc.column.replace('physician_', '')}: {exc.message}")
+        option = {"physician": "--name", "physician_email": "--email", "physician_fax": "--fax"}
+        fail(EXIT_CONFIG, f"{option.get(exc.column, exc.column)}: {exc.message}")
     with session_for(settings) as session:
         physician_id, changed = Directory(trusted=True).physician(session, record)
     wake(settings.home)

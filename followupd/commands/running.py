@@ -92,22 +92,50 @@ def _daemon_on(settings: configuration.Settings, store: Store, home: Path | None
 
 def preview(
     follow_up_id: Annotated[int, typer.Argument(metavar="ID", help="A follow-up id (status).")],
+    raw: Annotated[
+        bool, typer.Option("--raw", help="The bytes as delivered (.eml / .ics), not decoded.")
+    ] = False,
     home: Home = None,
 ) -> None:
-    """Show a follow-up exactly as it would be delivered, without delivering it."""
+    """Show a follow-up as it would be delivered now, without delivering it: headers and text
+    as a person reads them (--raw: the very bytes)."""
     settings = load_settings(home)
     with opened_store(settings) as store, opened_engine(settings, store) as engine:
         try:
             rendered, why_not = engine.preview(follow_up_id)
         except RenderError as exc:
             fail(EXIT_FAILED, f"follow-up {follow_up_id} would fail: {exc}")
+    if rendered is None and why_not is None:
+        fail(EXIT_FAILED, f"no follow-up {follow_up_id} (`followupd status` lists them)")
     if rendered is None:
         fail(EXIT_FAILED, f"follow-up {follow_up_id} would not go out: {why_not}")
-    if isinstance(rendered, Draft):
-        # the very bytes that were checked and would be delivered
-        sys.stdout.write(rendered.as_bytes().decode("utf-8", "replace").replace("\r\n", "\n"))
+    if raw:
+        data = (
+            rendered.as_bytes()
+            if isinstance(rendered, Draft)
+            else reminder_calendar(rendered).to_ical()
+        )  # the very bytes, checked as delivered
+        sys.stdout.write(data.decode("utf-8", "replace").replace("\r\n", "\n"))
+    elif isinstance(rendered, Draft):
+        sys.stdout.write(readable_draft(rendered))
     else:
-        sys.stdout.write(reminder_calendar(rendered).to_ical().decode().replace("\r\n", "\n"))
+        sys.stdout.write(readable_reminder(rendered))
+
+
+def readable_draft(draft: Draft) -> str:
+    """The draft as a mail program shows it: decoded headers, then the text."""
+    import email
+    import email.policy
+
+    message = email.message_from_bytes(draft.as_bytes(), policy=email.policy.default)
+    head = "".join(f"{name}: {message[name]}\n" for name in ("From", "To", "Subject", "Date"))
+    return f"{head}\n{message.get_content().replace(chr(13) + chr(10), chr(10))}"
+
+
+def readable_reminder(reminder) -> str:
+    """The reminder as a calendar shows it: title, time and text."""
+    when = f"{reminder.start:%A %d %B %Y, %H:%M} to {reminder.end:%H:%M} ({reminder.timezone})"
+    return f"Reminder: {reminder.title}\nWhen: {when}\n\n{reminder.description}"
 
 
 def demo(

@@ -195,4 +195,31 @@ def _signing_in(settings: configuration.Settings, therapist: str | None) -> conf
             'create an OAuth client of type "Desktop app", download its JSON '
             f"and save it as {secrets} (google.client_secrets_file)",
         )
+    problem = _client_file_problem(secrets)
+    if problem:
+        fail(EXIT_CONFIG, f"{secrets}: {problem}")
     return settings
+
+
+def _client_file_problem(path) -> str | None:
+    """Why the OAuth client file cannot be used for `auth`, or None."""
+    import json
+
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return (
+            "not an OAuth client file (not JSON); download the client's JSON again from "
+            "the Google Cloud console (APIs & Services > Credentials)"
+        )
+    if isinstance(document, dict) and "installed" in document:
+        return None
+    if isinstance(document, dict) and "web" in document:
+        return (
+            'an OAuth client of type "Web application"; followupd signs in as a '
+            '"Desktop app": create an OAuth client of that type and save its JSON here'
+        )
+    return (
+        'not an OAuth client file (it has no "installed" client); create an OAuth '
+        'client of type "Desktop app" and save its JSON here'
+    )

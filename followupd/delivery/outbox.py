@@ -30,6 +30,10 @@ from followupd.delivery import (
 )
 from followupd.permissions import make_private_dir
 
+# Mail programs (Outlook, Apple Mail, Thunderbird) open a file with this header as a draft to
+# edit and send, not as a message received: the therapist's review, then Send.
+UNSENT = b"X-Unsent: 1\r\n"
+
 
 def write_atomically(path: Path, data: bytes) -> bool:
     """Write `data` to `path` unless it exists; True if this call wrote it."""
@@ -150,7 +154,7 @@ class OutboxBackend:
             if isinstance(item, Draft):
                 return self._write(
                     self.draft_path(item.follow_up_id),
-                    item.as_bytes(),
+                    UNSENT + item.as_bytes(),
                     _header_line("X-Followupd-Id", item.tag),
                 )
             return self._write(
@@ -158,8 +162,7 @@ class OutboxBackend:
                 reminder_calendar(item).to_ical(),
                 _ical_uid(item.uid),
             )
-        # (RUF100: the project's ruff rules leave out BLE, which `--select BLE001` checks)
-        except Exception as exc:  # noqa: BLE001, RUF100 -- one bad note must not fail the rest
+        except Exception as exc:  # noqa: BLE001 -- one bad note must not fail the rest
             return DeliveryError(f"cannot write this note ({type(exc).__name__})", permanent=True)
 
     def draft_states(self, refs: Sequence[DraftRef]) -> dict[int, DraftState | None]:

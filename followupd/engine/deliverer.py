@@ -258,12 +258,13 @@ class Deliverer(EngineCore):
     def preview(self, follow_up_id: int) -> tuple[Draft | Reminder | None, str | None]:
         """Render one follow-up as it would be delivered now, changing nothing.
 
-        Returns (rendered, None), or (None, why it would not go out).
+        Returns (rendered, None), (None, why it would not go out), or (None, None) when
+        there is no such follow-up.
         """
         with self.store.session() as session:
             bundle = load_bundle(session, follow_up_id)
             if bundle is None:
-                return None, f"no follow-up {follow_up_id}"
+                return None, None  # no such follow-up
             installation = installation_id(session)
         rule = self.rules.get(bundle.follow_up.rule)
         wanted, gone = self._gate(bundle, rule)

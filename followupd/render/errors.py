@@ -24,5 +24,5 @@ def step(what: str) -> Iterator[None]:
         yield
     except RenderError:
         raise
-    except Exception as exc:  # noqa: BLE001, RUF100 -- fails this one follow-up, by type only
+    except Exception as exc:  # noqa: BLE001 -- fails this one follow-up, by type only
         raise RenderError(f"{what} failed ({type(exc).__name__})") from None

@@ -181,7 +181,7 @@ class Templates:
                 f"template {self._where(exc, name)}: {self._missing(exc, name)}"
             ) from None
         # TypeError, ZeroDivisionError...: their text may quote data, so only the type is named
-        except Exception as exc:  # noqa: BLE001, RUF100 -- any template error fails one follow-up
+        except Exception as exc:  # noqa: BLE001 -- any template error fails one follow-up
             raise RenderError(f"template {self._where(exc, name)}: {type(exc).__name__}") from None
         first, _, body = text.lstrip("\n").partition("\n")
         return first, body.strip("\n") + "\n"
@@ -191,7 +191,7 @@ class Templates:
         included template missing or broken): then nothing is named."""
         try:
             return self.written(root)
-        except Exception:  # noqa: BLE001, RUF100 -- unreadable: then nothing is named
+        except Exception:  # noqa: BLE001 -- unreadable: then nothing is named
             return Written(frozenset({root}), frozenset(), frozenset(), False)
 
     def _shown(self, root: str, template: str | None) -> str:

@@ -1,0 +1,50 @@
+"""A new user's first day: what the command line says when something is not right.
+
+Each test is something a new user met (issue 15): a traceback, an answer that misled, a file
+awkward to use. Every error is one line and a documented exit status.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import date, timedelta
+
+import pytest
+
+
+def test_auth_with_a_web_application_client_says_which_type_to_make(cli, home):
+    (home / "client_secret.json").write_text(json.dumps({"web": {"client_id": "x"}}))
+    ran = cli("auth")
+    assert ran.code == 2 and "Traceback" not in ran.stderr
+    assert 'type "Web application"' in ran.stderr and '"Desktop app"' in ran.stderr
+
+
+@pytest.mark.parametrize("content", ["not json at all", "[1, 2]", '{"other": {}}'])
+def test_auth_with_a_file_that_is_no_oauth_client_says_so(cli, home, content):
+    (home / "client_secret.json").write_text(content)
+    ran = cli("auth")
+    assert ran.code == 2 and "Traceback" not in ran.stderr
+    assert "client_secret.json: not an OAuth client file" in ran.stderr
+
+
+def test_an_empty_physician_name_names_the_option_given(cli):
+    ran = cli("physician", "add", "--name", "")
+    assert ran.code == 2 and ran.stderr.startswith("--name: is empty")
+
+
+def test_preview_of_a_follow_up_that_does_not_exist(cli):
+    cli("run", "--once")
+    ran = cli("preview", "999")
+    assert ran.code == 1 and ran.stderr.startswith("no follow-up 999")
+
+
+def test_preview_shows_a_reminder_as_a_calendar_does(cli):
+    day = (date.today() - timedelta(days=3)).isoformat()
+    assert cli("visit", "add", "--practice", "Lakeside Internal Medicine", "--on", day).code == 0
+    assert cli("run", "--once").code == 0
+    shown = cli("preview", "1")
+    assert shown.code == 0
+    assert shown.stdout.startswith("Reminder: Revisit Lakeside Internal Medicine")
+    assert "\nWhen: " in shown.stdout and "BEGIN:VCALENDAR" not in shown.stdout
+    raw = cli("preview", "1", "--raw")
+    assert raw.stdout.startswith("BEGIN:VCALENDAR")
