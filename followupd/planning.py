@@ -8,14 +8,14 @@ a database, so both are tested directly and planning the same state twice change
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, time
 from zoneinfo import ZoneInfo
 
 from followupd.config import Rule, normalize_specialty
 from followupd.models import State
-from followupd.timing import due_at, localize
+from followupd.timing import due_at, localize, next_business_moment
 
 # Which kind of subject each event belongs to.
 EVENT_SUBJECT = {
@@ -63,7 +63,7 @@ class Subject:
 @dataclass(frozen=True)
 class Calendar:
     zone: ZoneInfo
-    holidays: frozenset[date] = frozenset()
+    holidays: Container[date] = frozenset()  # closed days besides weekends
 
 
 @dataclass(frozen=True)
@@ -161,6 +161,8 @@ def desired(
             continue
         start = localize(day, time(0), calendar.zone)
         moment = due_at(start, rule.after, calendar.zone, rule.at, calendar.holidays)
+        if rule.rolls:
+            moment = next_business_moment(moment, calendar.zone, calendar.holidays)
         hold = None
         if (
             rule.name in needs_release or rule.when.release == "required"

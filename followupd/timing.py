@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import calendar
 import re
-from collections.abc import Iterable
+from collections.abc import Container, Iterable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
@@ -81,13 +81,63 @@ def add_months(day: date, months: int) -> date:
     return date(year, month, min(day.day, calendar.monthrange(year, month)[1]))
 
 
-def is_business_day(day: date, holidays: Iterable[date] = ()) -> bool:
-    return day.weekday() < 5 and day not in set(holidays)
+class ClosedDays:
+    """The days a practice is closed besides weekends: its own list, and, given a country
+    (and subdivision), that country's public holidays from the `holidays` package, for any
+    year asked about, so "1 business day" stays right in 2030 without editing a list."""
+
+    def __init__(
+        self,
+        closed: Iterable[date] = (),
+        country: str | None = None,
+        subdivision: str | None = None,
+    ):
+        self.closed = frozenset(closed)
+        self.country, self.subdivision = country, subdivision
+        self._public = None
+
+    def problem(self) -> str | None:
+        """Why these holidays cannot be known (an unknown country or subdivision), or None."""
+        if self.country is None:
+            return None
+        try:
+            self._holidays()
+        except NotImplementedError:
+            where = f"{self.country}/{self.subdivision}" if self.subdivision else self.country
+            return (
+                f"no public holidays known for {where} (an ISO 3166 code such as US, CA "
+                "or GB; a subdivision such as MN)"
+            )
+        return None
+
+    def __contains__(self, day: object) -> bool:
+        return day in self.closed or (self.country is not None and day in self._holidays())
+
+    def _holidays(self):
+        if self._public is None:  # imported and built on first use: start-up stays quick
+            import holidays
+
+            self._public = holidays.country_holidays(self.country, subdiv=self.subdivision)
+        return self._public
 
 
-def add_business_days(day: date, count: int, holidays: Iterable[date] = ()) -> date:
+def is_business_day(day: date, holidays: Container[date] = ()) -> bool:
+    return day.weekday() < 5 and day not in holidays
+
+
+def next_business_moment(moment: datetime, zone: ZoneInfo, holidays: Container[date]) -> datetime:
+    """`moment`, or the same local time on the next business day if it falls on a weekend
+    or a holiday (a reminder to walk into an office belongs on a day the office is open)."""
+    local = moment.astimezone(zone)
+    day = local.date()
+    if is_business_day(day, holidays):
+        return moment
+    return localize(add_business_days(day, 0, holidays), local.time(), zone)
+
+
+def add_business_days(day: date, count: int, holidays: Container[date] = ()) -> date:
     """Step forward over weekends and holidays; 0 rolls a non-business day forward."""
-    closed = set(holidays)
+    closed = holidays
     while not is_business_day(day, closed):
         if count > 0:
             break
@@ -110,7 +160,7 @@ def due_at(
     offset: Duration,
     zone: ZoneInfo,
     at: time | None = None,
-    holidays: Iterable[date] = (),
+    holidays: Container[date] = (),
 ) -> datetime:
     """When a follow-up comes due: `offset` after `start`, at local time `at` if given.
 

@@ -257,7 +257,7 @@ def test_an_anchor_or_an_alias_alone_is_refused_with_its_line(home):
 @pytest.mark.parametrize(
     ("old", "new", "what"),
     [
-        ("  - 2026-12-25", "  - 2026-02-30", "day is out of range"),
+        ("  closed: []", "  closed: [2026-02-30]", "day is out of range"),
         ("batch_size: 50", "batch_size: " + "9" * 5000, "digits"),
     ],
     ids=["impossible-date", "huge-number"],

@@ -48,3 +48,22 @@ def test_preview_shows_a_reminder_as_a_calendar_does(cli):
     assert "\nWhen: " in shown.stdout and "BEGIN:VCALENDAR" not in shown.stdout
     raw = cli("preview", "1", "--raw")
     assert raw.stdout.startswith("BEGIN:VCALENDAR")
+
+
+def test_holidays_from_a_country_and_its_state(cli, home):
+    config = home / "followupd.yaml"
+    assert "country: US" in config.read_text()
+    assert cli("check").code == 0
+    config.write_text(config.read_text().replace("country: US", "country: XX"))
+    ran = cli("check")
+    assert ran.code == 2 and "holidays: no public holidays known for XX/MN" in ran.stderr
+    assert cli("run", "--once").code == 2
+
+
+def test_a_plain_list_of_closed_days_still_works(cli, home):
+    config = home / "followupd.yaml"
+    text = config.read_text()
+    start = text.index("holidays:\n")
+    end = text.index("\n\n", start)
+    config.write_text(text[:start] + "holidays:\n  - 2026-12-24\n  - 2026-12-31" + text[end:])
+    assert cli("check").code == 0, cli("check").stderr

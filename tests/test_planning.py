@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, time
 from zoneinfo import ZoneInfo
 
 from followupd.config import Rule
@@ -74,10 +74,40 @@ def test_no_email_holds():
 
 
 def test_reminder_is_due_at_once_and_dated_a_month_on():
-    visit = Subject("visit", 3, "visit 3", events={"visit.logged": date(2026, 1, 31)})
+    visit = Subject("visit", 3, "visit 3", events={"visit.logged": date(2026, 1, 13)})
     [reminder] = desired(visit, [REVISIT], CAL)
-    assert reminder.remind_at.astimezone(NY) == datetime(2026, 2, 28, 10, 0, tzinfo=NY)
-    assert reminder.due_at.astimezone(NY) == datetime(2026, 1, 31, 0, 0, tzinfo=NY)
+    assert reminder.remind_at.astimezone(NY) == datetime(2026, 2, 13, 10, 0, tzinfo=NY)
+    assert reminder.due_at.astimezone(NY) == datetime(2026, 1, 13, 0, 0, tzinfo=NY)
+
+
+def test_a_reminder_on_a_weekend_or_holiday_moves_to_the_next_business_day():
+    """A month after Wednesday 25 November is Friday 25 December, and after Wednesday
+    21 October a Saturday: nobody walks into an office then."""
+    from followupd.timing import ClosedDays
+
+    us = Calendar(NY, ClosedDays(country="US"))
+    for visited, lands in (
+        (date(2026, 11, 25), date(2026, 12, 28)),
+        (date(2026, 10, 21), date(2026, 11, 23)),
+        (date(2026, 1, 31), date(2026, 3, 2)),
+    ):
+        visit = Subject("visit", 3, "visit 3", events={"visit.logged": visited})
+        [reminder] = desired(visit, [REVISIT], us)
+        assert reminder.remind_at.astimezone(NY) == datetime.combine(lands, time(10), NY)
+    exact = REVISIT.model_copy(update={"roll": "none"})
+    visit = Subject("visit", 3, "visit 3", events={"visit.logged": date(2026, 11, 25)})
+    [reminder] = desired(visit, [exact], us)
+    assert reminder.remind_at.astimezone(NY) == datetime(2026, 12, 25, 10, 0, tzinfo=NY)
+
+
+def test_business_days_come_from_the_holidays_package_in_any_year():
+    """The sample config's holidays ended in 2027; a country's are known every year."""
+    from followupd.timing import ClosedDays
+
+    us = Calendar(NY, ClosedDays(country="US", subdivision="MN"))
+    received = Subject(**{**referral().__dict__, "events": {"referral.received": date(2030, 7, 3)}})
+    [ack] = desired(received, [ACK], us, GATED)  # Wednesday; Thursday is the 4th of July
+    assert ack.due_at.astimezone(NY) == datetime(2030, 7, 5, 8, 0, tzinfo=NY)
 
 
 def test_conditions_specialty_and_open_referral():

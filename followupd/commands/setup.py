@@ -67,6 +67,12 @@ def check(home: Home = None) -> None:
     problems = Templates(settings.templates_dir).problems(settings.config.rules)
     if problems:
         fail(EXIT_CONFIG, *problems)
+    from followupd.engine.core import closed_days  # the holidays package: only when asked
+
+    try:
+        closed_days(settings)
+    except configuration.ConfigError as exc:
+        fail(EXIT_CONFIG, *exc.problems)
     out.print(
         f"templates: {len(settings.config.rules)} rules' templates render-ready", markup=False
     )

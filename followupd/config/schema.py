@@ -176,6 +176,14 @@ class Rule(Strict):
     template: str = Field(pattern=r"^[A-Za-z0-9_./-]+$")
     when: Conditions = Conditions()
     enabled: bool = True
+    # A time landing on a weekend or holiday moves to the next business day (the default for
+    # reminders: an office visit belongs on a day the office is open), or stays (`none`).
+    roll: Literal["next_business_day", "none"] | None = None
+
+    @property
+    def rolls(self) -> bool:
+        roll = self.roll or ("next_business_day" if self.make == "reminder" else "none")
+        return roll == "next_business_day"
 
     @field_validator("event", mode="before")
     @classmethod
@@ -306,6 +314,30 @@ class Logging(Strict):
         return value.upper() if isinstance(value, str) else value
 
 
+class Holidays(Strict):
+    """Days without business besides weekends: a country's public holidays (from the
+    `holidays` package, every year) and the practice's own closed days.
+
+    Whether the `holidays` package knows the country is checked when the engine starts and
+    by `followupd check`: importing it here would slow every command by a tenth of a second.
+    """
+
+    country: str | None = Field(None, pattern=r"^[A-Za-z]{2,3}$")  # ISO 3166: US, CA, GB
+    subdivision: str | None = Field(None, pattern=r"^[A-Za-z0-9-]{1,10}$")  # a state: MN
+    closed: list[date] = []
+
+    @model_validator(mode="after")
+    def _country_first(self) -> Holidays:
+        if self.country is None and self.subdivision is not None:
+            raise PydanticCustomError("holidays", "a subdivision needs a country", {})
+        return self
+
+
+def _closed_days(value: Any) -> Any:
+    """`holidays:` may be a plain list of dates: the practice's own closed days."""
+    return {"closed": value} if isinstance(value, list) else value
+
+
 class Config(Strict):
     practice: Practice
     database: Database = Database()
@@ -313,7 +345,7 @@ class Config(Strict):
     schedule: Schedule = Schedule()
     google: Google = Google()
     logging: Logging = Logging()
-    holidays: list[date] = []
+    holidays: Annotated[Holidays, BeforeValidator(_closed_days)] = Holidays()
     specialty_chain: dict[str, str] = {}
     therapists: list[Therapist] = []
     rules: list[Rule] = []

@@ -23,7 +23,7 @@ from followupd.models import Bundle
 from followupd.planning import Calendar
 from followupd.render import Templates
 from followupd.store import SharedTokenBucket, Store, record_result
-from followupd.timing import utcnow
+from followupd.timing import ClosedDays, utcnow
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
@@ -111,12 +111,23 @@ def rules_fingerprint(settings: Settings) -> str:
     material = json.dumps(
         {
             "rules": [rule.model_dump(mode="json") for rule in config.rules],
-            "holidays": [str(day) for day in config.holidays],
+            "holidays": config.holidays.model_dump(mode="json"),
             "timezone": config.practice.timezone,
         },
         sort_keys=True,
     )
     return hashlib.sha256(material.encode()).hexdigest()[:16]
+
+
+def closed_days(settings: Settings) -> ClosedDays:
+    """The practice's closed days; a country the `holidays` package does not know stops
+    start-up, naming the key."""
+    days = settings.config.holidays
+    closed = ClosedDays(days.closed, days.country, days.subdivision)
+    problem = closed.problem()
+    if problem:
+        raise ConfigError([f"{settings.config_path}: holidays: {problem}"])
+    return closed
 
 
 def released_to(bundle: Bundle, rule: Rule) -> bool:
@@ -165,7 +176,7 @@ class EngineCore:
             rule.name for rule in self.enabled if rule.when.release == "required"
         )
         config = settings.config
-        self.calendar = Calendar(config.practice.zone, frozenset(config.holidays))
+        self.calendar = Calendar(config.practice.zone, closed_days(settings))
         self.fingerprint = rules_fingerprint(settings)
         self.lease = config.schedule.lease.as_timedelta()
         self.settle = settle_time(settings)
