@@ -122,6 +122,24 @@ def _judge_credentials(settings: Settings, credentials: dict[str, str], verdict:
         )
         if state and state != "ok":
             verdict.problems.append(f"{whose}: {state}" if whose else state)
+        elif state is None:  # not used yet: can it be, at all?
+            missing = _missing_credentials(settings, whose or None)
+            if missing:
+                verdict.problems.append(f"{whose}: {missing}" if whose else missing)
+
+
+def _missing_credentials(settings: Settings, therapist: str | None) -> str | None:
+    """Why this mailbox cannot deliver before Google is even asked (no token or key file),
+    and the command that fixes it; None if its file is there."""
+    google = settings.for_therapist(therapist).config.google
+    if google.service_account_file:
+        key = settings.path(google.service_account_file)
+        return None if key.is_file() else f"no service account key at {key}"
+    token = settings.path(google.token_file)
+    if token.is_file():
+        return None
+    fix = f"followupd auth --therapist {therapist}" if therapist else "followupd auth"
+    return f"no Google token at {token}: run `{fix}` to sign in"
 
 
 def _first_line(exc: Exception) -> str:

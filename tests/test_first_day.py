@@ -67,3 +67,26 @@ def test_a_plain_list_of_closed_days_still_works(cli, home):
     end = text.index("\n\n", start)
     config.write_text(text[:start] + "holidays:\n  - 2026-12-24\n  - 2026-12-31" + text[end:])
     assert cli("check").code == 0, cli("check").stderr
+
+
+def test_health_is_unhealthy_with_google_delivery_and_no_token(cli, home):
+    assert cli("run", "--once").code == 0  # a tick on the outbox: a heartbeat
+    assert cli("health").code == 0
+    ran = cli("health", env={"FOLLOWUPD_DELIVERY": "google"})
+    assert ran.code == 1
+    assert "unhealthy: no Google token at" in ran.stderr and "run `followupd auth`" in ran.stderr
+    (home / "google-token.json").write_text("{}")
+    assert "no Google token" not in cli("health", env={"FOLLOWUPD_DELIVERY": "google"}).stderr
+
+
+def test_check_warns_loudly_about_the_sample_identity(cli, home):
+    ran = cli("check")
+    assert ran.code == 0
+    assert "WARNING: practice: still the sample identity (Dana Reyes" in ran.stderr
+    config = home / "followupd.yaml"
+    config.write_text(
+        config.read_text()
+        .replace('"Dana Reyes"', '"Ines Okonkwo"')
+        .replace("dana@reyes-therapy.example", "ines@okonkwo-therapy.example")
+    )
+    assert "WARNING" not in cli("check").stderr

@@ -9,7 +9,7 @@ import sqlalchemy as sa
 import typer
 
 from followupd import config as configuration
-from followupd.commands.common import EXIT_CONFIG, Home, fail, given_home, load_settings, out
+from followupd.commands.common import EXIT_CONFIG, Home, err, fail, given_home, load_settings, out
 from followupd.engine import auth_hint
 from followupd.permissions import make_private_dir, write_private
 from followupd.render import Templates
@@ -57,6 +57,11 @@ def write_home(target: Path, force: bool) -> tuple[list[Path], list[Path]]:
     return written, kept
 
 
+# The identity `followupd init` writes: a configuration still carrying it is not edited yet.
+SAMPLE_NAMES = frozenset({"Dana Reyes"})
+SAMPLE_EMAILS = frozenset({"dana@reyes-therapy.example"})
+
+
 def check(home: Home = None) -> None:
     """Validate configuration, templates and database without changing anything."""
     settings = load_settings(home)
@@ -64,6 +69,14 @@ def check(home: Home = None) -> None:
         f"configuration: {settings.config_path} is valid ({len(settings.config.rules)} rules)",
         markup=False,
     )
+    practice = settings.config.practice
+    if practice.email in SAMPLE_EMAILS or practice.therapist in SAMPLE_NAMES:
+        err.print(
+            f"WARNING: practice: still the sample identity ({practice.therapist}, "
+            f"{practice.email}): every note would be signed and sent from someone else. "
+            f"Put your own name, email and phone under practice: in {settings.config_path}",
+            markup=False,
+        )
     problems = Templates(settings.templates_dir).problems(settings.config.rules)
     if problems:
         fail(EXIT_CONFIG, *problems)
