@@ -9,11 +9,30 @@ run.
 from __future__ import annotations
 
 import typer
+import typer.core
 
+import followupd.commands.lists  # noqa: F401 -- registers `physician|referral|visit list`
 from followupd.commands import entry, imports, ledger, running, setup
 from followupd.commands.common import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, Commands, root
 
 __all__ = ["EXIT_CONFIG", "EXIT_FAILED", "EXIT_OK", "app", "main"]
+
+
+def _flags_show_no_type() -> None:
+    """Typer's help writes `<bool>` beside a flag such as --once, as if it took a value
+    (`run --once true` then fails): a flag shows nothing there."""
+    option = typer.core.TyperOption
+    shown = getattr(option, "display_type_rich", None)
+    if shown is None:
+        return
+
+    def display_type_rich(self, ctx):
+        return None if getattr(self, "is_bool_flag", False) else shown(self, ctx)
+
+    option.display_type_rich = display_type_rich
+
+
+_flags_show_no_type()
 
 app = typer.Typer(
     cls=Commands,

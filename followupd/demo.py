@@ -75,7 +75,7 @@ def _referrals(today: date) -> list[dict[str, str]]:
         },
         {
             "ref": "R-1004",
-            "received_on": day(30),
+            "received_on": day(12),
             **brandt,
             "release_on_file": "yes",
             "release_on": day(10),
@@ -103,7 +103,7 @@ def _referrals(today: date) -> list[dict[str, str]]:
 def _visits(today: date) -> list[dict[str, str]]:
     return [
         {
-            "visited_on": (today - timedelta(days=20)).isoformat(),
+            "visited_on": (today - timedelta(days=9)).isoformat(),
             "practice": "Lakeside Internal Medicine",
             "physician": "Dr. Miriam Okafor",
             "specialty": "internal medicine",

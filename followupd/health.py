@@ -107,6 +107,12 @@ def _judge_heartbeat(settings: Settings, beat: str | None, now: datetime, verdic
     age = int((now - at).total_seconds())
     local = at.astimezone(settings.config.practice.zone)
     verdict.lines.append(f"last good tick: {local:%Y-%m-%d %H:%M:%S} ({age} s ago)")
+    waiting = json.loads(beat).get("due_at_once")
+    if waiting:  # the daemon is well; a person must say yes before these go out
+        verdict.lines.append(
+            f"waiting for a yes: {waiting} notes due at once (see them with `followupd run "
+            "--dry-run`, then `followupd run --once --confirm`)"
+        )
     if now - at > stale_after:
         verdict.problems.append(
             f"the last tick was {age} s ago (more than {int(stale_after.total_seconds())} s)"

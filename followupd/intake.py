@@ -97,14 +97,40 @@ def _open_source(path: str) -> tuple[IO[bytes], str]:
         shutil.copyfileobj(sys.stdin.buffer, spool)
         spool.seek(0)
         return spool, "standard input"
+    if not path:
+        raise ImportRefused("no file named: give a CSV file, or - to read standard input")
+    shown = path if len(path) <= 120 else f"{path[:60]}…{path[-60:]}"
     try:
         return open(path, "rb"), path
     except FileNotFoundError:
-        raise ImportRefused(f"{path}: no such file") from None
+        raise ImportRefused(f"{shown}: no such file") from None
     except IsADirectoryError:
-        raise ImportRefused(f"{path}: is a folder, not a CSV file") from None
+        raise ImportRefused(f"{shown}: is a folder, not a CSV file") from None
     except PermissionError:
-        raise ImportRefused(f"{path}: not readable (check its permissions)") from None
+        raise ImportRefused(f"{shown}: not readable (check its permissions)") from None
+    except OSError as exc:  # a name too long, a folder in the path that is a file
+        raise ImportRefused(f"{shown}: cannot be opened ({exc.strerror})") from None
+
+
+# What spreadsheets put between columns: Excel writes ';' where a comma is the decimal mark.
+SEPARATORS = {",": "commas", ";": "';'", "\t": "tabs"}
+
+
+def detect_separator(binary: IO[bytes], kind: Kind) -> str:
+    """The separator under which the header row names the most of followupd's columns; a
+    comma unless another names more (a header is read whole, never echoed)."""
+    first = binary.readline(_CHUNK).decode("utf-8-sig", "replace")
+    binary.seek(0)
+    known = set(_SPEC[kind][0])
+
+    def named(separator: str) -> int:
+        try:
+            row = next(csv.reader([first], delimiter=separator), [])
+        except csv.Error:
+            return 0
+        return len({normalize_header(name) for name in row} & known)
+
+    return max(SEPARATORS, key=named)  # the first of equals: a comma on a tie
 
 
 def read_header(reader: Iterator[list[str]], kind: Kind, shown: str) -> tuple[list[str], list[str]]:
@@ -122,7 +148,8 @@ def read_header(reader: Iterator[list[str]], kind: Kind, shown: str) -> tuple[li
     ours = [name for name in header if name in known]
     if not ours:  # the first line is data: never repeat it (it may be a client's row)
         raise ImportRefused(
-            f"{shown}: line 1 is not a header row (it names none of followupd's columns); "
+            f"{shown}: line 1 is not a header row (it names none of followupd's columns, "
+            "whether separated by commas, ';' or tabs); "
             f"add a first line naming the columns, e.g. {','.join(required)}"
         )
     duplicates = sorted({name for name in ours if header.count(name) > 1})
@@ -189,9 +216,14 @@ def import_csv(
     binary, shown = _open_source(path)
     with binary:
         total = check_utf8(binary, shown)
+        separator = detect_separator(binary, kind)
         text = io.TextIOWrapper(binary, encoding="utf-8-sig", newline="")
-        reader = csv.reader(text)
+        reader = csv.reader(text, delimiter=separator)
         report = ImportReport()
+        if separator != ",":
+            report.notices.append(
+                f"the file separates columns with {SEPARATORS[separator]}; read that way"
+            )
         header, report.ignored_columns = read_header(reader, kind, shown)
         _, _, parse, upsert = _SPEC[kind]
         directory = Directory()
@@ -221,13 +253,17 @@ def _write(
     try:
         with store.session() as session:
             outcomes = _upsert(session, upsert, batch, directory, report, today)
-    except sa.exc.DBAPIError:
+    except (sa.exc.DBAPIError, RowError):  # a row the database or the directory refused
         directory.forget()  # cached ids may belong to the rolled-back transaction
         outcomes = []
         for one in batch:
             try:
                 with store.session() as session:
                     outcomes += _upsert(session, upsert, [one], directory, report, today)
+            except RowError as exc:  # e.g. a physician's name that is several physicians
+                directory.forget()
+                report.counts.rejected += 1
+                report.problems.append(f"line {one[0]}, column {exc.column}: {exc.message}")
             except sa.exc.DBAPIError as exc:
                 directory.forget()
                 report.counts.rejected += 1

@@ -161,6 +161,7 @@ class State(StrEnum):
     withdrawing = "withdrawing"  # a tick is taking it back (claimed, like `claimed`)
     withdrawn = "withdrawn"  # taken back (deleted), or it never existed; reason says which
     cancelled = "cancelled"  # no longer applies (rule disabled, release revoked, ...)
+    skipped = "skipped"  # history: its event was older than history.cutoff when first planned
     failed = "failed"  # a permanent error; reason says which
 
 

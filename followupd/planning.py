@@ -15,7 +15,7 @@ from zoneinfo import ZoneInfo
 
 from followupd.config import Rule, normalize_specialty
 from followupd.models import State
-from followupd.timing import due_at, localize, next_business_moment
+from followupd.timing import Duration, days_before, due_at, localize, next_business_moment
 
 # Which kind of subject each event belongs to.
 EVENT_SUBJECT = {
@@ -25,6 +25,17 @@ EVENT_SUBJECT = {
     "visit.logged": "visit",
 }
 PENDING = (State.planned, State.held)
+# An event older than the cut-off when first planned is history: recorded, never delivered.
+HISTORY = (
+    "history: {event} {day}, more than {cutoff} before it was entered "
+    "(history.cutoff); no note is made"
+)
+EVENT_WORDS = {
+    "referral.received": "received",
+    "referral.closed": "closed",
+    "release.recorded": "release recorded",
+    "visit.logged": "visited",
+}
 NO_RELEASE = "no release of information on file for {label}"
 REVOKED = "release of information revoked for {label}"
 # A note with patient details that may already be in the therapist's Drafts: taken back when
@@ -55,6 +66,7 @@ class Subject:
     events: Mapping[str, date] = field(default_factory=dict)
     release_dates: Mapping[str, date] = field(default_factory=dict)  # by recipient
     closed: bool = False
+    entered: datetime | None = None  # when it entered followupd (None: now)
 
     def released_to(self, recipient: str) -> bool:
         return True if self.releases is None else bool(self.releases.get(recipient))
@@ -64,6 +76,24 @@ class Subject:
 class Calendar:
     zone: ZoneInfo
     holidays: Container[date] = frozenset()  # closed days besides weekends
+
+
+@dataclass(frozen=True)
+class Cutoff:
+    """Where history ends: an event already older than `span` when it entered followupd
+    (an import of last year's log, a sheet's first read) makes no note. Measured from its
+    entry, not from today, so notes for events entered while the daemon was down still go."""
+
+    span: Duration
+    zone: ZoneInfo
+    today: date  # the entry day of a subject that does not say
+
+    def skips(self, event: str, day: date, entered: datetime | None) -> str | None:
+        """Why a follow-up of this event is skipped as history, or None."""
+        start = entered.astimezone(self.zone).date() if entered is not None else self.today
+        if day >= days_before(start, self.span):
+            return None
+        return HISTORY.format(event=EVENT_WORDS[event], day=day.isoformat(), cutoff=self.span)
 
 
 @dataclass(frozen=True)
@@ -77,6 +107,18 @@ class Desired:
     hold: str | None  # why it may not go out yet, or None
     patient: bool = False  # its template shows patient details (a release gates it)
     recipient: str = "physician"  # whom a release must name
+    skip: str | None = None  # history: recorded as skipped when first planned, never made
+
+    @property
+    def state(self) -> str:
+        """The state a new ledger row for it starts in."""
+        if self.skip:
+            return State.skipped
+        return State.held if self.hold else State.planned
+
+    @property
+    def reason(self) -> str | None:
+        return self.skip or self.hold
 
     @property
     def key(self) -> tuple[str, str, int]:
@@ -135,6 +177,7 @@ def desired(
     calendar: Calendar,
     needs_release: frozenset[str] = frozenset(),
     patient_rules: frozenset[str] | None = None,
+    cutoff: Cutoff | None = None,
 ) -> list[Desired]:
     """The follow-ups this subject should have under the enabled rules.
 
@@ -142,7 +185,8 @@ def desired(
     is dated at the offset; a draft is due at the offset. A rule in `needs_release` (its
     template shows patient details, or it says `release: required`) is held until a
     release naming its recipient is on file. `patient_rules` are those whose template shows
-    patient details (default: `needs_release`).
+    patient details (default: `needs_release`). An event before the `cutoff` is history: its
+    follow-ups are marked to be skipped (`reconcile` decides whether that still applies).
     """
     patient_rules = needs_release if patient_rules is None else patient_rules
     out = []
@@ -163,48 +207,38 @@ def desired(
         moment = due_at(start, rule.after, calendar.zone, rule.at, calendar.holidays)
         if rule.rolls:
             moment = next_business_moment(moment, calendar.zone, calendar.holidays)
-        hold = None
-        if (
-            rule.name in needs_release or rule.when.release == "required"
-        ) and not subject.released_to(recipient):
-            whom = (
-                subject.label
-                if recipient == "physician" or subject.type != "referral"
-                else f"the {recipient} of {subject.label}"
+        reminder = rule.make == "reminder"
+        out.append(
+            Desired(
+                rule.name,
+                subject.type,
+                subject.id,
+                rule.make,
+                start if reminder else moment,
+                moment if reminder else None,
+                _hold(rule, subject, recipient, needs_release),
+                not reminder and rule.name in patient_rules,
+                recipient,
+                cutoff.skips(rule.event, day, subject.entered) if cutoff else None,
             )
-            hold = NO_RELEASE.format(label=whom)
-        elif rule.make == "draft":
-            hold = subject.recipients[rule.to]
-        patient = rule.make == "draft" and rule.name in patient_rules
-        if rule.make == "reminder":
-            out.append(
-                Desired(
-                    rule.name,
-                    subject.type,
-                    subject.id,
-                    "reminder",
-                    start,
-                    moment,
-                    hold,
-                    False,
-                    recipient,
-                )
-            )
-        else:
-            out.append(
-                Desired(
-                    rule.name,
-                    subject.type,
-                    subject.id,
-                    "draft",
-                    moment,
-                    None,
-                    hold,
-                    patient,
-                    recipient,
-                )
-            )
+        )
     return out
+
+
+def _hold(rule: Rule, subject: Subject, recipient: str, needs_release: frozenset[str]):
+    """Why this rule's follow-up of the subject may not go out yet, or None."""
+    if (rule.name in needs_release or rule.when.release == "required") and not subject.released_to(
+        recipient
+    ):
+        whom = (
+            subject.label
+            if recipient == "physician" or subject.type != "referral"
+            else f"the {recipient} of {subject.label}"
+        )
+        return NO_RELEASE.format(label=whom)
+    if rule.make == "draft":
+        return subject.recipients[rule.to]
+    return None
 
 
 def reconcile(
@@ -253,6 +287,8 @@ def _follow(row: Existing, want: Desired) -> dict:
     therapist's Drafts, a revoked release takes it back (`withdraw`); one already sent is
     marked as disclosed before the revoke.
     """
+    if row.state == State.skipped:
+        return _from_history(want)
     update: dict = {}
     if row.state in PENDING and row.external_id is None:
         if row.due_at != want.due_at:
@@ -293,6 +329,19 @@ def _follow(row: Existing, want: Desired) -> dict:
             next_attempt_at=None,
         )
     return update
+
+
+def _from_history(want: Desired) -> dict:
+    """A follow-up skipped as history stays skipped; if its event moved after the cut-off
+    (a date corrected), it is planned as a new one would be."""
+    if want.skip:
+        return {}
+    return {
+        "state": State.held if want.hold else State.planned,
+        "reason": want.hold,
+        "due_at": want.due_at,
+        "remind_at": want.remind_at,
+    }
 
 
 def _take_back(row: Existing, want: Desired) -> dict:

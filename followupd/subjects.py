@@ -8,7 +8,7 @@ planning sees dates, flags, recipients and the reasons a note must wait, never a
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, datetime
 
 from followupd.models import Bundle
 from followupd.planning import Subject
@@ -34,6 +34,7 @@ class ReferralFacts:
     prescriber_id: int | None
     prescriber_email: str | None
     prescriber_email_check: str | None
+    created_at: datetime | None = None  # when it entered followupd: history is older
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,7 @@ class VisitFacts:
     physician_id: int | None
     physician_email: str | None
     physician_email_check: str | None
+    created_at: datetime | None = None
 
 
 def _address(
@@ -96,6 +98,7 @@ def referral_subject(row: ReferralFacts) -> Subject:
         events,
         dates,
         closed=bool(row.closed_on),
+        entered=row.created_at,
     )
 
 
@@ -107,7 +110,14 @@ def visit_subject(row: VisitFacts) -> Subject:
             row.physician_email, row.physician_email_check, row.physician_id, "physician", label
         )
     return Subject(
-        "visit", row.id, label, row.specialty, None, recipients, {"visit.logged": row.visited_on}
+        "visit",
+        row.id,
+        label,
+        row.specialty,
+        None,
+        recipients,
+        {"visit.logged": row.visited_on},
+        entered=row.created_at,
     )
 
 

@@ -81,6 +81,14 @@ def add_months(day: date, months: int) -> date:
     return date(year, month, min(day.day, calendar.monthrange(year, month)[1]))
 
 
+def days_before(day: date, span: Duration) -> date:
+    """The date `span` before `day` ("14 days", "1 month"): where history ends and new
+    events begin. A business day counts as a day here: the cut-off is a rough line."""
+    if span.unit == "months":
+        return add_months(day, -span.amount)
+    return day - timedelta(days=span.as_timedelta().days)
+
+
 class ClosedDays:
     """The days a practice is closed besides weekends: its own list, and, given a country
     (and subdivision), that country's public holidays from the `holidays` package, for any

@@ -285,3 +285,54 @@ def test_an_unknown_key_named_like_a_type_is_reported(home):
     with pytest.raises(configuration.ConfigError) as refused:
         configuration.load(home, environ={})
     assert any("date: unknown key" in problem for problem in refused.value.problems)
+
+
+# --- a YAML mistake is reported at its own line (issue 15) ------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "what"),
+    [
+        ('  therapist: "Dana Reyes"', '  therapist: "Dana Reyes', "never closed"),
+        ('  phone: "(612) 555-0142"', "  phone: '(612) 555-0142", "never closed"),
+        ("  poll: 5 minutes", "  poll: [5 minutes", "`[` opened here is never closed"),
+        ("  poll: 5 minutes", "\tpoll: 5 minutes", "a tab character"),
+        ("  sync: 15 minutes", "  sync:\t15 minutes", "a tab character"),
+        ("  poll: 5 minutes", " poll: 5 minutes", "indented differently"),
+        ("  poll: 5 minutes", "     poll: 5 minutes", "indented differently"),
+        ("  sync: 15 minutes", " sync: 15 minutes", "indented differently"),
+        ("  sync: 15 minutes", "    sync: 15 minutes", "indented"),
+        ("  poll: 5 minutes", "  poll 5 minutes", "expected `key: value`"),
+        ("  poll: 5 minutes", "  poll:5 minutes", "expected `key: value`"),
+        ('  therapist: "Dana Reyes"', "  therapist: Dana: Reyes", "put the value in quotes"),
+        ("  poll: 5 minutes", "  poll: 5 minutes\x07", "#x0007 is not allowed"),
+    ],
+    ids=[
+        "unclosed-double-quote",
+        "unclosed-single-quote",
+        "unclosed-bracket",
+        "tab-indent",
+        "tab-after-colon",
+        "first-key-less",
+        "first-key-more",
+        "key-less",
+        "key-more",
+        "no-colon",
+        "no-space",
+        "colon-in-value",
+        "control-character",
+    ],
+)
+def test_a_yaml_mistake_names_its_own_line_and_column(home, old, new, what):
+    """The parser notices an unclosed quote or a key without its colon lines later (after a
+    comment, at the next key, at the end of the file); the report names the line to fix."""
+    edit(home, old, new)
+    [problem] = problems(home)
+    line = line_of(home, new.strip().rstrip("\x07"))
+    match = re.fullmatch(
+        rf"{re.escape(str(home / 'followupd.yaml'))}:(\d+): (.*) \(column (\d+)\)", problem
+    )
+    assert match, problem
+    assert int(match.group(1)) == line, problem
+    assert match.group(2).startswith("not valid YAML: ") and what in match.group(2), problem
+    assert "\n" not in problem and "<block" not in problem and "scalar" not in problem

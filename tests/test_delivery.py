@@ -161,8 +161,8 @@ def test_an_unknown_template_variable_fails_only_that_follow_up(cli, db_url, hom
     (home / "templates" / "closing.txt.j2").write_text(
         "Subject: Closing\n\nDear {{ recipient.salutation }}, {{ client.outcome_score }}\n"
     )
-    add_referral(cli, "R-1", days_ago=30)
-    add_referral(cli, "R-2", days_ago=30)
+    add_referral(cli, "R-1", days_ago=10)
+    add_referral(cli, "R-2", days_ago=10)
     cli("referral", "close", "R-2", "--on", (date.today() - timedelta(days=5)).isoformat())
     ran = cli("run", "--once")
     assert ran.code == 1
@@ -291,7 +291,9 @@ def test_an_idle_plan_reads_no_rows(cli, db_url, home, monkeypatch):
 @pytest.fixture
 def demo_run(tmp_path):
     target = tmp_path / "demo"
-    ran = run_cli("demo", str(target), log_to=tmp_path, env={"PATH": "/usr/bin:/bin"})
+    ran = run_cli(  # --verbose: the log too, for the patient-data checks below
+        "demo", str(target), "--verbose", log_to=tmp_path, env={"PATH": "/usr/bin:/bin"}
+    )
     return target, ran
 
 

@@ -90,3 +90,30 @@ def test_check_warns_loudly_about_the_sample_identity(cli, home):
         .replace("dana@reyes-therapy.example", "ines@okonkwo-therapy.example")
     )
     assert "WARNING" not in cli("check").stderr
+
+
+def test_a_closing_note_without_a_summary_carries_no_placeholder(cli, home):
+    """Closed without --summary (and without a DOB, problem or focus): the note leaves those
+    lines out and says it plainly, instead of going out with `[outcome and recommendations]`."""
+    import email
+    import email.policy
+
+    received = (date.today() - timedelta(days=10)).isoformat()
+    closed = (date.today() - timedelta(days=3)).isoformat()
+    added = cli(
+        "referral", "add", "--ref", "R-1", "--physician", "Dr. Miriam Okafor",
+        "--physician-email", "m.okafor@lakeside-im.example", "--client-name", "Ann Lee",
+        "--received-on", received, "--release",
+    )  # fmt: skip
+    assert added.code == 0, added.stderr
+    assert cli("referral", "close", "R-1", "--on", closed).code == 0
+    assert cli("run", "--once").code == 0
+    notes = {}
+    for path in (home / "outbox").rglob("*.eml"):
+        message = email.message_from_bytes(path.read_bytes(), policy=email.policy.default)
+        notes[message["Subject"]] = message.get_content()
+    [closing] = [text for subject, text in notes.items() if subject.startswith("Treatment")]
+    assert "[" not in closing and "]" not in closing, closing
+    assert "Outcome and recommendations" not in closing and "DOB" not in closing
+    assert "talk over the outcome and my recommendations" in closing
+    assert all("[" not in text for text in notes.values()), notes

@@ -64,6 +64,8 @@ def google_home(home, server, db_url, monkeypatch):
     """A home delivering to the local server; returns a factory of engines on it."""
     write_token(home, token_uri=f"{server.base_url}/token")  # a refresh never leaves the host
     set_config(home, "timeout: 30", "timeout: 2")
+    # batches, pacing and backlogs of hundreds: no person's yes to wait for (test_history)
+    set_config(home, "confirm_over: 50", "confirm_over: null")
     environ = {
         "FOLLOWUPD_DELIVERY": "google",
         "FOLLOWUPD_GOOGLE_API_ENDPOINT": server.base_url,
@@ -685,3 +687,88 @@ def test_a_note_sent_before_the_revoke_is_reported_as_disclosed(google_home, ser
     )
     assert server.stats.count("drafts.delete") == 0
     store.close()
+
+
+# --- Google cannot be reached (issue 15) ------------------------------------------------------
+
+
+def closed_port() -> int:
+    """A local port where nothing listens: every connection to it is refused."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.mark.parametrize("expired", [False, True], ids=["api-call", "token-refresh"])
+def test_google_unreachable_waits_and_says_so(cli, home, expired):
+    """A refused connection, to the API or to the token server, is no internal error: the
+    notes wait for a later tick and the ledger and the log say Google could not be reached."""
+    nowhere = f"http://127.0.0.1:{closed_port()}"
+    write_token(home, token_uri=f"{nowhere}/token")
+    if expired:  # the access token must be refreshed first, at the unreachable token server
+        token = json.loads((home / "google-token.json").read_text())
+        (home / "google-token.json").write_text(
+            json.dumps(token | {"expiry": "2000-01-01T00:00:00Z"})
+        )
+    set_config(home, "timeout: 30", "timeout: 2")
+    env = {"FOLLOWUPD_DELIVERY": "google", "FOLLOWUPD_GOOGLE_API_ENDPOINT": nowhere}
+    day = (date.today() - timedelta(days=3)).isoformat()
+    for ref in ("R-1", "R-2"):
+        added = cli(
+            "referral", "add", "--ref", ref, "--physician", "Dr. Miriam Okafor",
+            "--physician-email", "m.okafor@lakeside-im.example",
+            "--client-name", "Harriet Vandermolen", "--received-on", day, "--release", env=env,
+        )  # fmt: skip
+        assert added.code == 0, added.stderr
+    ran = cli("run", "--once", env=env)
+    assert ran.code == 0 and "Traceback" not in ran.stderr
+    said = ran.stdout + ran.stderr  # the tick's summary, or its log
+    assert "Google could not be reached (" in said and "internal error" not in said
+    status = cli("status", "--json", env=env)
+    rows = [json.loads(line) for line in status.stdout.splitlines() if line.startswith("{")]
+    assert len(rows) == 2
+    cause = "refreshing the sign-in: connection refused" if expired else "connection refused"
+    for row in rows:
+        assert row["state"] == "waiting", row
+        assert row["reason"] == f"Google could not be reached ({cause}); tried again later"
+
+
+def test_unreachable_errors_are_told_from_lost_answers():
+    """No connection (refused, no such name, connect timeout, TLS, a failed refresh) is a
+    systemic wait; a dropped answer or a read timeout may have acted and is looked for."""
+    import socket
+
+    import google.auth.exceptions
+    import httplib2
+    import requests
+    import urllib3
+
+    from followupd.delivery.googleapi import classify
+
+    refused = urllib3.exceptions.NewConnectionError(None, "refused")
+    refused.__cause__ = ConnectionRefusedError(111, "refused")
+    unreachable = {
+        "connection refused": requests.ConnectionError(
+            urllib3.exceptions.MaxRetryError(None, "/", refused)
+        ),
+        "name not found": socket.gaierror(-2, "Name or service not known"),
+        "name not found ": httplib2.ServerNotFoundError("no such host"),
+        "connection timed out": requests.ConnectTimeout("timed out"),
+        "secure connection failed": requests.exceptions.SSLError(
+            urllib3.exceptions.MaxRetryError(None, "/", urllib3.exceptions.SSLError("handshake"))
+        ),
+    }
+    for cause, exc in unreachable.items():
+        error = classify(exc)
+        assert error.reason == f"Google could not be reached ({cause.strip()}); tried again later"
+        assert error.systemic and error.retryable and not error.maybe_acted
+    refresh = google.auth.exceptions.TransportError("no route")
+    refresh.__cause__ = requests.ConnectTimeout("timed out")
+    assert "(refreshing the sign-in: connection timed out)" in classify(refresh).reason
+    dropped = requests.ConnectionError(urllib3.exceptions.ProtocolError("aborted"))
+    broken = requests.exceptions.SSLError(urllib3.exceptions.SSLError("EOF while reading"))
+    for lost in (dropped, broken, requests.ReadTimeout("read timed out"), TimeoutError()):
+        error = classify(lost)
+        assert error.in_flight and error.maybe_acted and not error.systemic, lost

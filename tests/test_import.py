@@ -287,3 +287,49 @@ def test_progress_shows_on_a_terminal(home, db_url, tmp_path):
     assert proc.returncode == 0
     assert b"importing" in shown
     assert b"added 3000" in out
+
+
+# --- a spreadsheet saved with ';' or tabs between columns (issue 15) ---------------------------
+
+
+def write_separated(path, rows, separator: str, bom: bool = False):
+    """What Excel writes where a comma is the decimal mark (';'), or a tab-separated export;
+    a value holding a comma stays one value."""
+    with open(path, "w", newline="", encoding="utf-8-sig" if bom else "utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=REFERRAL_COLUMNS, delimiter=separator)
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("separator", "named"), [(";", "';'"), ("\t", "tabs")], ids=["semicolon", "tab"]
+)
+def test_a_file_separated_by_semicolons_or_tabs_is_read_and_says_so(
+    cli, db_url, tmp_path, separator, named
+):
+    rows = [
+        referral_row("R-1", practice="Lakeside, Internal Medicine"),
+        referral_row("R-2", client_dob="not a date"),
+    ]
+    path = write_separated(tmp_path / "referrals.csv", rows, separator, bom=True)
+    ran = cli("import", "referrals", str(path))
+    assert ran.code == 1  # R-2's bad date, by line and column; R-1 went in
+    assert f"note: the file separates columns with {named}; read that way" in ran.stdout
+    assert "line 3, column client_dob" in ran.stderr
+    assert "added 1, updated 0, unchanged 0, rejected 1" in ran.stdout
+    assert set(referrals(db_url)) == {"R-1"}
+    assert "Harriet" not in ran.stdout + ran.stderr
+
+
+def test_a_comma_file_says_nothing_about_separators(cli, db_url, tmp_path):
+    ran = cli("import", "referrals", str(write_csv(tmp_path / "r.csv", [referral_row("R-1")])))
+    assert ran.code == 0 and "separates columns" not in ran.stdout + ran.stderr
+
+
+def test_a_file_naming_no_column_says_which_separators_were_tried(cli, db_url, tmp_path):
+    path = tmp_path / "referrals.csv"
+    path.write_text("Harriet Vandermolen;1970-05-04;Insomnia\n")
+    ran = cli("import", "referrals", str(path))
+    assert ran.code == 1 and "line 1 is not a header row" in ran.stderr
+    assert "commas, ';' or tabs" in ran.stderr and "Harriet" not in ran.stderr

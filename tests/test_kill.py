@@ -224,6 +224,8 @@ def kill_home(home, tmp_path):
         ("timeout: 30", "timeout: 5"),
         ("gmail_units_per_minute: 6000", "gmail_units_per_minute: 10000000"),
         ("calendar_requests_per_minute: 600", "calendar_requests_per_minute: 1000000"),
+        ("confirm_over: 50", "confirm_over: null"),  # many notes at once is the point here
+        ("cutoff: 14 days", "cutoff: null"),  # and every event makes its notes
     ):
         assert old in text, old
         text = text.replace(old, new)

@@ -1,4 +1,5 @@
-"""Entering data one at a time: `followupd physician`, `referral` and `visit`.
+"""Entering data one at a time: `followupd physician`, `referral` and `visit`; and fixing
+what was entered by mistake (`physician edit|merge`, `referral delete`).
 
 A row typed here is validated exactly as a CSV row would be (followupd.records), then
 written through the same upsert; a bad value names the option to fix, never a stored value.
@@ -6,6 +7,7 @@ written through the same upsert; a bad value names the option to fix, never a st
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from typing import Annotated, NoReturn
 
@@ -34,6 +36,7 @@ from followupd.records import (
     PhysicianRecord,
     RowError,
     clean_text,
+    fold,
     parse_email,
     parse_fax,
     parse_referral,
@@ -41,19 +44,29 @@ from followupd.records import (
     required_text,
 )
 from followupd.store import (
+    AmbiguousPhysician,
     Directory,
+    NoPhysician,
+    PhysicianConflict,
     Store,
     change_referral,
     confirm_address,
+    delete_referral,
     disclosed_notes,
+    edit_physician,
+    merge_physicians,
     record_release,
     referral_exists,
+    revoke_releases,
     upsert_referrals,
     upsert_visits,
 )
 
 physician_app = typer.Typer(help="Physicians who refer to you.", no_args_is_help=True)
-referral_app = typer.Typer(help="Referrals: add, close, record a release.", no_args_is_help=True)
+referral_app = typer.Typer(
+    help="Referrals: add, close, record a release, delete one entered by mistake.",
+    no_args_is_help=True,
+)
 visit_app = typer.Typer(help="Outreach visits to physicians' offices.", no_args_is_help=True)
 
 # The option that carries each column: a bad value is reported by the name typed.
@@ -62,6 +75,11 @@ OPTION_NAMES = {
     "received_on": "--received-on",
     "physician": "--physician",
     "physician_email": "--physician-email",
+    "practice": "--practice",
+    "specialty": "--specialty",
+    "prescriber": "--prescriber",
+    "prescriber_email": "--prescriber-email",
+    "prescriber_release_on_file": "--prescriber-release",
     "client_name": "--client-name",
     "client_dob": "--client-dob",
     "presenting_problem": "--problem",
@@ -77,6 +95,12 @@ OPTION_NAMES = {
 }
 
 Ref = Annotated[str, typer.Argument(help="The referral's id, e.g. R-12.")]
+PhysicianId = Annotated[
+    int,
+    typer.Argument(
+        metavar="ID", help="The physician's id, as `physician list` or the import summary names it."
+    ),
+]
 Day = Annotated[str | None, typer.Option(help="YYYY-MM-DD [default: today].")]
 SignedOn = Annotated[
     str | None, typer.Option(help="Date signed (or revoked), YYYY-MM-DD [default: today].")
@@ -87,17 +111,43 @@ def _bad_option(exc: RowError) -> NoReturn:
     fail(EXIT_CONFIG, f"{OPTION_NAMES.get(exc.column, exc.column)}: {exc.message}")
 
 
-def _entry(settings: configuration.Settings, parse, upsert, row: dict, **how) -> str:
+def _entry(
+    settings: configuration.Settings,
+    parse,
+    upsert,
+    row: dict,
+    refused: Callable[[RowError], NoReturn] = _bad_option,
+    **how,
+) -> str:
     """Validate one row as the CSV import would, then write it with `upsert` (`how`: its
-    further arguments); returns the outcome."""
+    further arguments); returns the outcome. What the upsert refuses (a physician's name
+    that is several physicians) goes to `refused`, and nothing is written."""
     try:
         record = parse(row, therapists(settings))
     except RowError as exc:
         _bad_option(exc)
-    with session_for(settings) as session:
-        outcome = upsert(session, [record], Directory(trusted=True), **how)[0]
+    try:
+        with session_for(settings) as session:
+            outcome = upsert(session, [record], Directory(trusted=True), **how)[0]
+    except RowError as exc:
+        refused(exc)
     wake(settings.home)
     return outcome
+
+
+def _several_physicians(exc: RowError, row: dict) -> NoReturn:
+    """A referral's physician or prescriber named by a name that several physicians share."""
+    if not isinstance(exc, AmbiguousPhysician):
+        _bad_option(exc)
+    # A physician given with a practice is never ambiguous: then it is the prescriber.
+    if not clean_text("practice", row.get("practice")) and fold(exc.name) == fold(row["physician"]):
+        fail(EXIT_CONFIG, f"--physician: {exc.listing}; add --practice to say which")
+    fail(
+        EXIT_CONFIG,
+        f"--prescriber: {exc.listing}; a prescriber is named without a practice: if they are "
+        "one person run `followupd physician merge`, else tell them apart with "
+        "`followupd physician edit`",
+    )
 
 
 # --- physicians ------------------------------------------------------------------------------
@@ -117,18 +167,34 @@ def physician_add(
     try:
         record = PhysicianRecord(
             name=required_text("physician", name),
-            practice=practice,
-            specialty=specialty,
+            practice=clean_text("practice", practice),
+            specialty=clean_text("specialty", specialty),
             email=parse_email("physician_email", email),
             fax=parse_fax("physician_fax", fax),
         )
     except RowError as exc:
-        option = {"physician": "--name", "physician_email": "--email", "physician_fax": "--fax"}
-        fail(EXIT_CONFIG, f"{option.get(exc.column, exc.column)}: {exc.message}")
-    with session_for(settings) as session:
-        physician_id, changed = Directory(trusted=True).physician(session, record)
+        _bad_physician_option(exc)
+    try:
+        with session_for(settings) as session:
+            physician_id, changed = Directory(trusted=True).physician(session, record)
+    except AmbiguousPhysician as exc:
+        fail(EXIT_CONFIG, f"--name: {exc.listing}; add --practice to say which")
     wake(settings.home)
     out.print(f"physician {physician_id}: {'saved' if changed else 'unchanged'}")
+
+
+# The option of `physician add|edit` that carries each column.
+PHYSICIAN_OPTIONS = {
+    "physician": "--name",
+    "physician_email": "--email",
+    "physician_fax": "--fax",
+    "specialty": "--specialty",
+    "practice": "--practice",
+}
+
+
+def _bad_physician_option(exc: RowError) -> NoReturn:
+    fail(EXIT_CONFIG, f"{PHYSICIAN_OPTIONS.get(exc.column, exc.column)}: {exc.message}")
 
 
 @physician_app.command("confirm")
@@ -157,6 +223,83 @@ def physician_confirm(
     )
 
 
+@physician_app.command("edit")
+def physician_edit(
+    physician_id: PhysicianId,
+    name: Annotated[str | None, typer.Option(help="As the physician signs.")] = None,
+    email: Annotated[str | None, typer.Option(help="Where notes to this physician go.")] = None,
+    fax: Annotated[str | None, typer.Option()] = None,
+    specialty: Annotated[str | None, typer.Option()] = None,
+    practice: Annotated[str | None, typer.Option(help="The physician's office.")] = None,
+    home: Home = None,
+) -> None:
+    """Correct a physician entered with a mistake; "" clears an email, fax, specialty or
+    practice. An address typed here needs no `confirm`; held notes are planned again."""
+    settings = load_settings(home)
+    changes = _physician_changes(
+        {"name": name, "email": email, "fax": fax, "specialty": specialty, "practice": practice}
+    )
+    if not changes:
+        fail(
+            EXIT_CONFIG, "nothing to change: give --name, --email, --fax, --specialty or --practice"
+        )
+    try:
+        with session_for(settings) as session:
+            shown = edit_physician(session, physician_id, changes)
+    except NoPhysician as exc:
+        fail(EXIT_FAILED, str(exc))
+    except PhysicianConflict as exc:
+        fail(
+            EXIT_CONFIG,
+            f"--name/--practice: physician {exc.other_id} is already {exc.name} "
+            f"({exc.practice or 'no practice'}); if they are one person run "
+            f"`followupd physician merge {exc.other_id} {physician_id}`",
+        )
+    wake(settings.home)
+    out.print(f"{shown}: saved; its notes are planned again on the next tick", markup=False)
+
+
+def _physician_changes(given: dict[str, str | None]) -> dict[str, str | None]:
+    """The options given, validated as data entry validates them ("" clears one)."""
+    parsers = {
+        "name": lambda v: required_text("physician", v),
+        "email": lambda v: parse_email("physician_email", v),
+        "fax": lambda v: parse_fax("physician_fax", v),
+        "specialty": lambda v: clean_text("specialty", v),
+        "practice": lambda v: clean_text("practice", v),
+    }
+    try:
+        return {k: parsers[k](v) for k, v in given.items() if v is not None}
+    except RowError as exc:
+        _bad_physician_option(exc)
+
+
+@physician_app.command("merge")
+def physician_merge(
+    keep: Annotated[int, typer.Argument(metavar="A", help="The physician to keep.")],
+    merged: Annotated[int, typer.Argument(metavar="B", help="The duplicate, merged into A.")],
+    home: Home = None,
+) -> None:
+    """Merge physician B into A (keeps A): B's referrals and visits move to A, A takes the
+    email, fax, specialty and practice it lacks from B, and B is removed."""
+    settings = load_settings(home)
+    if keep == merged:
+        fail(EXIT_CONFIG, f"A and B are both physician {keep}: give two different physicians")
+    try:
+        with session_for(settings) as session:
+            done = merge_physicians(session, keep, merged)
+    except NoPhysician as exc:
+        fail(EXIT_FAILED, str(exc))
+    wake(settings.home)
+    took = f"; took {', '.join(done.took)} from {merged}" if done.took else ""
+    out.print(
+        f"physician {merged} merged into {done.kept}: moved {done.referrals} referrals, "
+        f"{done.prescribed} as prescriber, {done.visits} visits{took}; physician {merged} "
+        "removed; pending notes are planned again on the next tick",
+        markup=False,
+    )
+
+
 # --- referrals -------------------------------------------------------------------------------
 
 
@@ -175,10 +318,19 @@ def referral_add(
     release: Annotated[
         bool, typer.Option(help="A release of information for this physician is on file.")
     ] = False,
+    prescriber: Annotated[
+        str | None,
+        typer.Option(help="The client's prescriber, when not the referring physician."),
+    ] = None,
+    prescriber_email: Annotated[str | None, typer.Option(help="The prescriber's email.")] = None,
+    prescriber_release: Annotated[
+        bool, typer.Option(help="A release of information for the prescriber is on file.")
+    ] = False,
     therapist: TherapistOption = None,
     home: Home = None,
 ) -> None:
-    """Add a referral (its acknowledgement note is planned on the next tick)."""
+    """Add a referral (its acknowledgement note is planned on the next tick). Without
+    --practice, --physician names the one physician of that name you have."""
     settings = load_settings(home)
     if _referral_exists(settings, ref):
         fail(
@@ -199,9 +351,32 @@ def referral_add(
         "treatment_focus": focus,
         "release_on_file": "yes" if release else "no",
         "therapist": therapist,
+        **_prescriber_columns(prescriber, prescriber_email, prescriber_release),
     }
-    _entry(settings, parse_referral, upsert_referrals, row, by="cli", today=today(settings))
+    _entry(
+        settings,
+        parse_referral,
+        upsert_referrals,
+        row,
+        lambda exc: _several_physicians(exc, row),
+        by="cli",
+        today=today(settings),
+    )
     out.print(f"referral {ref}: added", markup=False)
+
+
+def _prescriber_columns(name: str | None, email: str | None, release: bool) -> dict:
+    """The CSV import's prescriber columns from the options; the others need --prescriber."""
+    if name is None:
+        if email is not None or release:
+            option = "--prescriber-email" if email is not None else "--prescriber-release"
+            fail(EXIT_CONFIG, f"{option}: needs --prescriber (the prescriber's name)")
+        return {}
+    return {
+        "prescriber": name,
+        "prescriber_email": email,
+        "prescriber_release_on_file": "yes" if release else "no",
+    }
 
 
 def _referral_exists(settings: configuration.Settings, ref: str) -> bool:
@@ -292,6 +467,56 @@ def referral_release(
         )
         if revoke:
             _withdraw_now(settings, store, ref.strip())
+
+
+@referral_app.command("delete")
+def referral_delete(
+    ref: Ref,
+    yes: Annotated[bool, typer.Option("--yes", help="Delete without asking.")] = False,
+    home: Home = None,
+) -> None:
+    """Delete a referral entered by mistake: its releases are revoked and its unsent notes
+    taken back (as `release --revoke` does), then it is removed with its client's details.
+    Notes already sent are listed as disclosed; the ledger keeps their history."""
+    settings = load_settings(home)
+    ref = ref.strip()
+    if not _referral_exists(settings, ref):
+        fail(EXIT_FAILED, f"no referral {ref}")
+    _confirm(f"Delete referral {ref} with its client's details, and take back its notes?", yes)
+    with opened_store(settings) as store:
+        with store.session() as session:
+            revoke_releases(session, ref, on=today(settings), by="delete")
+        _withdraw_now(settings, store, ref)
+        with store.session() as session:
+            outcome = delete_referral(session, ref)
+    wake(settings.home)
+    if outcome is None:
+        fail(EXIT_FAILED, f"no referral {ref}")
+    if not outcome.deleted:
+        fail(
+            EXIT_FAILED,
+            f"referral {ref}: kept for now: {outcome.unfinished} of its notes are still being "
+            "taken back or delivered; the daemon finishes the withdrawal: run "
+            f"`followupd referral delete {ref}` again later",
+        )
+    out.print(
+        f"referral {ref}: deleted ({outcome.cancelled} pending notes cancelled)", markup=False
+    )
+
+
+def _interactive() -> bool:
+    """Whether a person is at the keyboard to answer a question."""
+    return sys.stdin.isatty()
+
+
+def _confirm(question: str, yes: bool) -> None:
+    """Ask on a terminal; elsewhere only --yes goes ahead (a script must say so)."""
+    if yes:
+        return
+    if not _interactive():
+        fail(EXIT_CONFIG, "not a terminal, so nothing to confirm with: add --yes to go ahead")
+    if not typer.confirm(question, default=False):
+        fail(EXIT_FAILED, "nothing was deleted")
 
 
 def _withdraw_now(settings: configuration.Settings, store: Store, ref: str) -> None:

@@ -18,11 +18,13 @@ from followupd.commands.common import (
     err,
     fail,
     load_settings,
+    opened_engine,
     opened_store,
     out,
     therapists,
     today,
 )
+from followupd.commands.summaries import print_rehearsal
 from followupd.daemon import wake
 from followupd.intake import ImportRefused, ImportReport, Kind, import_csv
 
@@ -35,23 +37,37 @@ File = Annotated[str, typer.Argument(help="A UTF-8 CSV file with a header row; -
 SHOWN = 50  # rejected rows and notes listed one by one; the rest are counted
 
 
+DryRun = Annotated[
+    bool,
+    typer.Option(
+        "--dry-run",
+        help="Check the file and show what the import would make, by rule; write nothing.",
+    ),
+]
+
+
 @import_app.command("referrals")
-def import_referrals(file: File, home: Home = None) -> None:
-    """Import referrals; the same `ref` again updates that referral instead of adding one."""
-    _import("referrals", file, home)
+def import_referrals(file: File, dry_run: DryRun = False, home: Home = None) -> None:
+    """Import referrals; the same `ref` again updates that referral instead of adding one.
+
+    Referrals received long before you import them are history: they make no notes
+    (history.cutoff). Try `--dry-run` first."""
+    _import("referrals", file, home, dry_run)
 
 
 @import_app.command("visits")
-def import_visits(file: File, home: Home = None) -> None:
+def import_visits(file: File, dry_run: DryRun = False, home: Home = None) -> None:
     """Import office visits; the same date, practice and physician again updates that visit."""
-    _import("visits", file, home)
+    _import("visits", file, home, dry_run)
 
 
-def _import(kind: Kind, file: str, home: Path | None) -> None:
+def _import(kind: Kind, file: str, home: Path | None, dry_run: bool = False) -> None:
     settings = load_settings(home)
+    rehearsal = None
     with opened_store(settings) as store, _progress_bar() as progress:
-        try:
-            report = import_csv(
+
+        def read() -> ImportReport:
+            return import_csv(
                 store,
                 file,
                 kind,
@@ -59,11 +75,22 @@ def _import(kind: Kind, file: str, home: Path | None) -> None:
                 therapists=therapists(settings),
                 today=today(settings),
             )
+
+        try:
+            if dry_run:
+                with opened_engine(settings, store) as engine:
+                    report, rehearsal = engine.rehearse(read)
+            else:
+                report = read()
         except ImportRefused as exc:
             fail(EXIT_FAILED, f"refused: {exc}")
-    if report.counts.added or report.counts.updated:
+    if (report.counts.added or report.counts.updated) and not dry_run:
         wake(settings.home)
     _print_report(kind, report)
+    if rehearsal is not None:
+        print_rehearsal(rehearsal, settings)
+    elif report.counts.added or report.counts.updated:
+        out.print("next: `followupd run --dry-run` shows the notes this makes", markup=False)
     if not report.ok:
         raise typer.Exit(EXIT_FAILED)
 

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from followupd import config as configuration
+from followupd import logs
 from followupd.commands.common import (
     EXIT_CONFIG,
     EXIT_FAILED,
@@ -25,6 +26,7 @@ from followupd.commands.common import (
     today,
 )
 from followupd.commands.ledger import print_ledger
+from followupd.commands.summaries import print_rehearsal, tick_lines
 from followupd.delivery import Draft
 from followupd.delivery.outbox import reminder_calendar
 from followupd.engine import Engine
@@ -35,28 +37,86 @@ if TYPE_CHECKING:
     from followupd.store import Store
 
 
+Verbose = Annotated[
+    bool, typer.Option("--verbose", "-v", help="Log each step to stderr, as the daemon does.")
+]
+
+
 def run(
     once: Annotated[bool, typer.Option("--once", help="Run one tick and exit.")] = False,
+    dry_run: Annotated[
+        bool,
+        typer.Option("--dry-run", help="Show what a run would make now, by rule; write nothing."),
+    ] = False,
+    confirm: Annotated[
+        bool,
+        typer.Option(
+            "--confirm",
+            help="With --once: make the notes due now even if there are more than "
+            "history.confirm_over.",
+        ),
+    ] = False,
+    verbose: Verbose = False,
     home: Home = None,
 ) -> None:
     """The daemon: plan and deliver follow-ups on a schedule (--once: one tick, then exit).
 
     With --once the exit status is 0 if nothing failed, 1 if some follow-up failed (the
-    others were still done), 2 for a configuration that must be fixed first.
+    others were still done), 2 for something to fix or confirm first (a configuration, or
+    more notes due at once than history.confirm_over).
     """
     settings = load_settings(home)
-    setup_logging(settings)
+    if dry_run:
+        _dry_run(settings)
+        return
+    if confirm and not once:
+        fail(EXIT_CONFIG, "--confirm goes with --once: `followupd run --once --confirm`")
     if not once:
+        setup_logging(settings)
         _run_daemon(settings, home)
         return
+    quiet_logging(settings, verbose)
     with opened_store(settings) as store, opened_engine(settings, store) as engine:
         try:
             engine.check_backends()  # missing credentials: exit 2, whether or not anything is due
-            report = engine.tick()
+            report = engine.plan()
+            if engine.burst() and (confirm or _asked_yes(settings, engine.burst())):
+                engine.confirm_burst()
+            report = engine.tick(report)
         except configuration.ConfigError as exc:
             fail(EXIT_CONFIG, *exc.problems)
+    for line in tick_lines(report, settings):
+        out.print(line, markup=False)
+    if report.refused:
+        fail(EXIT_CONFIG, report.refused)
     if not report.ok:
         raise typer.Exit(EXIT_FAILED)
+
+
+def _asked_yes(settings: configuration.Settings, due: int) -> bool:
+    """On a terminal, a person may say yes to a burst here; elsewhere nobody can."""
+    if not (sys.stdin.isatty() and sys.stdout.isatty()):
+        return False
+    limit = settings.config.history.confirm_over
+    return typer.confirm(
+        f"{due} notes are due at once, more than history.confirm_over ({limit}). "
+        "Make them now? (`followupd run --dry-run` lists them by rule)",
+        default=False,
+    )
+
+
+def _dry_run(settings: configuration.Settings) -> None:
+    """`run --dry-run`: plan inside a rolled-back transaction and say what a run would do."""
+    with opened_store(settings) as store, opened_engine(settings, store) as engine:
+        _, rehearsal = engine.rehearse()
+    print_rehearsal(rehearsal, settings)
+
+
+def quiet_logging(settings: configuration.Settings, verbose: bool) -> None:
+    """A command run by a person ends with a summary: its log lines (to stderr) only with
+    --verbose; errors always."""
+    level = settings.config.logging.level if verbose else "ERROR"
+    logs.setup(level, settings.config.logging.format)
 
 
 def _run_daemon(settings: configuration.Settings, home: Path | None) -> None:
@@ -142,6 +202,7 @@ def demo(
     directory: Annotated[Path, typer.Argument(help="The demo home to create.")] = Path(
         "followupd-demo"
     ),
+    verbose: Verbose = False,
 ) -> None:
     """A complete run on the embedded defaults: SQLite, a local outbox, sample data, one tick."""
     from followupd.demo import DemoRefused, load_samples, prepare_home
@@ -154,12 +215,14 @@ def demo(
         settings = configuration.load(directory, environ={})
     except configuration.ConfigError as exc:
         fail(EXIT_CONFIG, *exc.problems)
-    setup_logging(settings)
+    quiet_logging(settings, verbose)
     with opened_store(settings) as store, opened_engine(settings, store) as engine:
         load_samples(store, today(settings))
         report = engine.tick()
-        out.print()
         print_ledger(settings, store, title="followupd demo: one tick on sample data")
+    out.print()
+    for line in tick_lines(report, settings):
+        out.print(line, markup=False)
     out.print(f"\nwrote {len(report.delivered)} files into {settings.outbox_dir}:", markup=False)
     for _, _, external in report.delivered:
         out.print(f"  {settings.outbox_dir / external.removeprefix('outbox:')}", markup=False)

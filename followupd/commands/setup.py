@@ -9,7 +9,16 @@ import sqlalchemy as sa
 import typer
 
 from followupd import config as configuration
-from followupd.commands.common import EXIT_CONFIG, Home, err, fail, given_home, load_settings, out
+from followupd.commands.common import (
+    EXIT_CONFIG,
+    Home,
+    err,
+    fail,
+    given_home,
+    load_settings,
+    out,
+    shorten,
+)
 from followupd.engine import auth_hint
 from followupd.permissions import make_private_dir, write_private
 from followupd.render import Templates
@@ -24,7 +33,11 @@ def init(
 ) -> None:
     """Write a working configuration, the default templates and .env.example to edit."""
     target = directory or given_home(home) or Path(".")
-    written, kept = write_home(target, force)
+    try:
+        written, kept = write_home(target, force)
+    except OSError as exc:  # a file where the folder goes, a name too long, no permission
+        reason = exc.strerror or type(exc).__name__
+        fail(EXIT_CONFIG, f"cannot make a home in {shorten(str(target))}: {reason}")
     for path in written:
         out.print(f"wrote {path}", markup=False)
     for path in kept:
@@ -197,7 +210,7 @@ def _signing_in(settings: configuration.Settings, therapist: str | None) -> conf
     except KeyError:
         fail(
             EXIT_CONFIG,
-            f"--therapist {therapist}: not in followupd.yaml (one of: "
+            f"--therapist {shorten(str(therapist))}: not in followupd.yaml (one of: "
             f"{', '.join(t.key for t in settings.config.therapists) or 'none'})",
         )
     google = settings.config.google

@@ -107,6 +107,9 @@ def load(
     home_path = resolve_home(home, base_env)
     path = home_path / CONFIG_NAME
     shown = str(path)
+    unusable = _unusable(path)
+    if unusable:
+        raise ConfigError([unusable])
     if not path.is_file():
         hint = (
             f"run `followupd init {home_path}` to write one"
@@ -130,6 +133,18 @@ def load(
     except ValidationError as exc:
         raise ConfigError(explain(exc, shown, lines, sources)) from None
     return Settings(home=home_path, config_path=path, config=config, environ=env)
+
+
+def _unusable(path: Path) -> str | None:
+    """Why the system cannot even look for `path` (a name too long, a folder not searchable),
+    in one line with the path cut short; None when it can."""
+    try:
+        path.is_file()
+    except OSError as exc:
+        text = str(path)
+        shown = text if len(text) <= 120 else f"{text[:60]}…{text[-60:]}"
+        return f"{shown}: cannot be read ({exc.strerror or type(exc).__name__}); check --home"
+    return None
 
 
 def private_files_problems(home: Path) -> list[str]:
@@ -228,13 +243,15 @@ def _compose_and_construct(text: str) -> tuple[yaml.Node | None, Any]:
 def _parse_yaml(text: str, shown: str) -> tuple[dict[str, Any], dict[tuple, int]]:
     try:
         node, document = _compose_and_construct(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
+    except _Refused as exc:  # our own refusals point at their node already
+        mark = exc.problem_mark
         where = f":{mark.line + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc)
+        problem = exc.problem or ""
         if problem == ALIASES_REFUSED:
             raise ConfigError([f"{shown}{where}: {problem}"]) from None
         raise ConfigError([f"{shown}{where}: not valid YAML: {problem}"]) from None
+    except yaml.YAMLError as exc:
+        raise ConfigError([_syntax_error(exc, text, shown)]) from None
     if document is None:
         raise ConfigError([f"{shown}: the file is empty (start from `followupd init`)"])
     if not isinstance(document, dict):
@@ -252,6 +269,139 @@ def _parse_yaml(text: str, shown: str) -> tuple[dict[str, Any], dict[tuple, int]
             ]
         ) from None
     return document, lines
+
+
+KEY_VALUE = "expected `key: value` (a colon and a space after the key)"
+MISALIGNED = "indented differently from the lines around it (line it up with them)"
+# The parser's words for a line that does not fit the block it is in, in a person's words.
+BLOCK_PROBLEMS = {
+    "expected <block end>, but found '<block mapping start>'": MISALIGNED,
+    "expected <block end>, but found '?'": MISALIGNED,
+    "expected <block end>, but found '-'": MISALIGNED,
+    "expected <block end>, but found '<block sequence start>'": MISALIGNED,
+    "expected <block end>, but found '<scalar>'": "more text after a value (quote the whole value)",
+}
+Spot = tuple[int, int]  # (line, column), both from 0, as in a yaml.Mark
+
+
+def _syntax_error(exc: yaml.YAMLError, text: str, shown: str) -> str:
+    """`FILE:LINE: not valid YAML: what (column C)`, at the line where the mistake is: the
+    parser notices some mistakes lines later (an unclosed quote, a line without `key: `)."""
+    if isinstance(exc, yaml.reader.ReaderError):  # a control character; it has no mark
+        line = text.count("\n", 0, exc.position)
+        column = exc.position - (text.rfind("\n", 0, exc.position) + 1)
+        spot, what = (line, column), f"character #x{exc.character:04x} is not allowed"
+    else:
+        spot, what = _where_and_what(exc, text)
+    if spot is None:
+        return f"{shown}: not valid YAML: {what}"
+    return f"{shown}:{spot[0] + 1}: not valid YAML: {what} (column {spot[1] + 1})"
+
+
+def _spot(mark: yaml.Mark | None) -> Spot | None:
+    return None if mark is None else (mark.line, mark.column)
+
+
+def _where_and_what(exc: yaml.YAMLError, text: str) -> tuple[Spot | None, str]:
+    """Where the actual mistake is, and what it is in words a person can act on."""
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    mark = getattr(exc, "problem_mark", None)
+    context = getattr(exc, "context", None) or ""
+    start = getattr(exc, "context_mark", None)
+    if "'\\t'" in problem:
+        return _spot(mark), "a tab character (indent with spaces only)"
+    if start is not None and context == "while scanning a quoted scalar":
+        return _spot(start), _unclosed_quote(text, start)
+    if start is not None and context == "while scanning a simple key":
+        return _spot(start), KEY_VALUE
+    late = start is not None and mark is not None and mark.line > start.line
+    if late and context.startswith("while parsing a flow"):
+        bracket = text[start.index : start.index + 1]
+        closing = {"[": "]", "{": "}"}.get(bracket, "")
+        return _spot(start), f"the `{bracket}` opened here is never closed (add `{closing}`)"
+    if mark is None:
+        return None, problem
+    return _after_the_last_value(text, mark, problem)
+
+
+def _unclosed_quote(text: str, start: yaml.Mark) -> str:
+    quote = text[start.index : start.index + 1]
+    return f"the quote ({quote}) that opens this value is never closed"
+
+
+def _after_the_last_value(text: str, mark: yaml.Mark, problem: str) -> tuple[Spot, str]:
+    """A mistake the parser finds after a value: often that value is the mistake. A quoted
+    value that runs over lines up to here lacks its closing quote; a plain one that fills its
+    own line lacks its `key: `; a `:` may end a value run on into a line indented too far."""
+    last = _last_value_before(text, mark)
+    if last is not None and last.style in ('"', "'") and last.start_mark.line < mark.line:
+        return _spot(last.start_mark), _unclosed_quote(text, last.start_mark)
+    lines = text.splitlines()
+    bare = last is not None and last.style is None and _starts_its_line(lines, last.start_mark)
+    if problem == "mapping values are not allowed here":
+        if last is None or last.start_mark.line == mark.line:
+            return _spot(mark), "a value holds `: ` (put the value in quotes)"
+        if bare:
+            return _spot(last.start_mark), KEY_VALUE
+        line = lines[mark.line] if mark.line < len(lines) else ""
+        return (mark.line, _indent(line)), "indented further than the keys above (line them up)"
+    what = BLOCK_PROBLEMS.get(problem, problem)
+    if what == MISALIGNED and bare and last is not None and last.start_mark.line < mark.line:
+        return _spot(last.start_mark), KEY_VALUE
+    if what == MISALIGNED:
+        return _misaligned(lines, mark.line), what
+    return _spot(mark), what
+
+
+def _starts_its_line(lines: list[str], mark: yaml.Mark) -> bool:
+    """Whether a value is all its line holds: no `key: ` and no `- ` before it."""
+    line = lines[mark.line] if mark.line < len(lines) else ""
+    return mark.column == len(line) - len(line.lstrip(" "))
+
+
+def _last_value_before(text: str, mark: yaml.Mark) -> yaml.ScalarToken | None:
+    """The last value (not a key) the scanner reads before `mark`, where it or the parser
+    stopped."""
+    scanner = yaml.SafeLoader(text)
+    tokens: list[yaml.Token] = []
+    try:
+        while scanner.check_token() and scanner.peek_token().start_mark.index < mark.index:
+            tokens.append(scanner.get_token())
+    except yaml.YAMLError:  # the scanner's own error: what it had read is still queued
+        tokens += [t for t in scanner.tokens if t.start_mark.index < mark.index]
+    finally:
+        scanner.dispose()
+    values = [
+        token
+        for before, token in zip([None, *tokens], tokens, strict=False)
+        if isinstance(token, yaml.ScalarToken) and not isinstance(before, yaml.KeyToken)
+    ]
+    return values[-1] if values else None
+
+
+def _misaligned(lines: list[str], line: int) -> Spot:
+    """The line that does not line up: the one the parser stopped at, unless the line above
+    it opens its block out of line with the lines after it (a first key misindented)."""
+    content = [
+        i for i, text in enumerate(lines) if text.strip() and not text.lstrip().startswith("#")
+    ]
+    at = content.index(line) if line in content else -1
+    if at < 2 or at + 1 >= len(content):
+        return line, _indent(lines[line]) if line < len(lines) else 0
+    parent, above, below = (content[at - 2], content[at - 1], content[at + 1])
+    here = _indent(lines[line])
+    opens = _indent(lines[parent]) < _indent(lines[above]) != here
+    if opens and _indent(lines[below]) == here:
+        return above, _indent(lines[above])
+    return line, here
+
+
+def _indent(line: str) -> int:
+    """Where a line's key or value starts, after its indentation and any `- ` markers."""
+    stripped = line.lstrip(" ")
+    while stripped.startswith("- "):
+        stripped = stripped[2:].lstrip(" ")
+    return len(line) - len(stripped)
 
 
 class DuplicateKey(Exception):

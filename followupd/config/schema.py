@@ -333,6 +333,16 @@ class Holidays(Strict):
         return self
 
 
+class History(Strict):
+    """A practice's first import (or a watched sheet's first read) is its history: events
+    older than `cutoff` when first planned are recorded as `skipped` and make no note, and
+    more than `confirm_over` notes due at once wait for a person's yes
+    (`followupd run --once --confirm`) instead of flooding Drafts."""
+
+    cutoff: DurationField | None = Duration(14, "days")  # null: every event makes its notes
+    confirm_over: int | None = Field(50, ge=1)  # null: never ask
+
+
 def _closed_days(value: Any) -> Any:
     """`holidays:` may be a plain list of dates: the practice's own closed days."""
     return {"closed": value} if isinstance(value, list) else value
@@ -346,6 +356,7 @@ class Config(Strict):
     google: Google = Google()
     logging: Logging = Logging()
     holidays: Annotated[Holidays, BeforeValidator(_closed_days)] = Holidays()
+    history: History = History()
     specialty_chain: dict[str, str] = {}
     therapists: list[Therapist] = []
     rules: list[Rule] = []

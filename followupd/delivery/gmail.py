@@ -289,6 +289,9 @@ def _raw(draft: Draft) -> str:
 
 
 def _as_lookup_error(error: CallError) -> CallError:
+    """Why an earlier draft could not be looked for; a systemic error says it all as it is."""
+    if error.systemic:
+        return error
     return CallError(
         f"could not check for an earlier draft: {error.reason}",
         error.status,

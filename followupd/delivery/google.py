@@ -14,11 +14,21 @@ import time
 from collections.abc import Callable, Sequence
 
 from followupd.config import Settings
-from followupd.delivery import Draft, DraftRef, DraftState, Item, Outcome, Reminder, Withdrawal
+from followupd.delivery import (
+    DeliveryError,
+    Draft,
+    DraftRef,
+    DraftState,
+    Item,
+    Outcome,
+    Reminder,
+    Withdrawal,
+)
 from followupd.delivery.calendar import CALENDAR_COST, CalendarReminders, event_body
 from followupd.delivery.gmail import GMAIL_COST, GmailDrafts
 from followupd.delivery.gmail_lookup import GmailApi
 from followupd.delivery.googleapi import (
+    CLASSIFIED,
     REAUTH,
     Calls,
     Counters,
@@ -27,7 +37,9 @@ from followupd.delivery.googleapi import (
     Transport,
     batch_uri,
     build_service,
+    classify,
     load_credentials,
+    unreachable,
 )
 from followupd.delivery.retry import Attempts
 from followupd.pacing import TokenBucket
@@ -131,6 +143,9 @@ class GoogleBackend:
         try:
             outcomes.update(self.gmail.create([i for i in items if isinstance(i, Draft)]))
             outcomes.update(self.calendar.insert([i for i in items if isinstance(i, Reminder)]))
+        except CLASSIFIED as exc:  # escaped a call's own handling: only "unreachable" waits
+            error = _unreached(exc)
+            return [outcomes.get(item.follow_up_id, error) for item in items]
         finally:
             self._save_token()
         return [outcomes[item.follow_up_id] for item in items]
@@ -144,6 +159,8 @@ class GoogleBackend:
     def withdraw(self, refs: Sequence[DraftRef]) -> list[Withdrawal]:
         try:
             return self.gmail.withdraw(refs)
+        except CLASSIFIED as exc:  # escaped a call's own handling: only "unreachable" waits
+            return [_unreached(exc)] * len(refs)
         finally:
             self._save_token()
 
@@ -153,6 +170,14 @@ class GoogleBackend:
     def _save_token(self) -> None:
         if self.token_file is not None:
             self.token_file.save_if_refreshed()
+
+
+def _unreached(exc: BaseException) -> DeliveryError:
+    """Google could not be reached: a transient stop for this mailbox; anything else is a
+    bug and goes up."""
+    if unreachable(exc) is None:
+        raise exc
+    return DeliveryError(classify(exc).reason, systemic=True)
 
 
 def check_credentials(settings: Settings) -> str:

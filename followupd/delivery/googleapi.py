@@ -9,8 +9,11 @@ google-auth's requests session instead: one request, one send, and our own retry
 
 from __future__ import annotations
 
+import errno
 import json
 import random
+import socket
+import ssl
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +22,7 @@ from typing import Any, Protocol, TypeVar
 import google.auth.exceptions
 import httplib2
 import requests
+import urllib3
 from google.auth.transport.requests import AuthorizedSession
 from google.oauth2 import credentials as user_credentials
 from google.oauth2 import service_account
@@ -84,7 +88,9 @@ class TokenFile:
             ) from None
         # google-auth ignores the file's token_uri; honour it (an emulator, a test server)
         if info.get("token_uri"):
+            expiry = credentials.expiry  # the copy forgets it: an expired token looks fresh
             credentials = credentials.with_token_uri(info["token_uri"])
+            credentials.expiry = expiry
         self.credentials = credentials
         self._saved = credentials.token
 
@@ -224,38 +230,16 @@ def _retry_after(value: str | None) -> float | None:
 def classify(exc: BaseException) -> CallError:
     """Map an exception from a Google call to what the retry policy may do with it."""
     if isinstance(exc, HttpError):
-        status = exc.resp.status
-        message = (exc.reason or "")[:200]
-        after = _retry_after(exc.resp.get("retry-after"))
-        if status == 429 or (status == 403 and RATE_REASONS & set(_error_reasons(exc))):
-            return CallError(
-                f"rate limited by Google ({status})", status, retryable=True, retry_after=after
-            )
-        if status in (500, 502, 503, 504):
-            return CallError(
-                f"Google answered {status}",
-                status,
-                retryable=True,
-                maybe_acted=True,
-                retry_after=after,
-            )
-        if status == 401:
-            return CallError(
-                f"Google refused the credentials (401): {REAUTH}",
-                status,
-                retryable=True,
-                systemic=True,
-            )
-        return CallError(f"Google answered {status}: {message}", status)
+        return _classify_http(exc)
     if isinstance(exc, google.auth.exceptions.RefreshError):
         return CallError(REAUTH, retryable=True, systemic=True)
-    if isinstance(exc, google.auth.exceptions.TransportError):
-        # The sign-in could not be refreshed (the token server is unreachable): the call
-        # itself was not sent, or was refused with a 401, so nothing happened.
-        cause = type(exc.__cause__ or exc).__name__
-        return CallError(f"cannot reach Google to refresh the sign-in ({cause})", retryable=True)
-    if isinstance(exc, requests.exceptions.ConnectTimeout | requests.exceptions.SSLError):
-        return CallError(f"cannot reach Google ({type(exc).__name__})", retryable=True)
+    cause = unreachable(exc)
+    if cause is not None:
+        # No request reached Google (or the sign-in could not be refreshed, so the call was
+        # not sent): nothing happened, and every other call would fail alike this tick.
+        return CallError(
+            f"{UNREACHABLE} ({cause}); tried again later", retryable=True, systemic=True
+        )
     if isinstance(exc, requests.exceptions.RequestException | OSError | httplib2.HttpLib2Error):
         return CallError(
             f"no answer from Google ({type(exc).__name__})",
@@ -264,6 +248,81 @@ def classify(exc: BaseException) -> CallError:
             in_flight=True,
         )
     raise exc
+
+
+def _classify_http(exc: HttpError) -> CallError:
+    """An answer from Google that is an error: rate limits, 5xx, 401, or a refusal."""
+    status = exc.resp.status
+    message = (exc.reason or "")[:200]
+    after = _retry_after(exc.resp.get("retry-after"))
+    if status == 429 or (status == 403 and RATE_REASONS & set(_error_reasons(exc))):
+        return CallError(
+            f"rate limited by Google ({status})", status, retryable=True, retry_after=after
+        )
+    if status in (500, 502, 503, 504):
+        return CallError(
+            f"Google answered {status}",
+            status,
+            retryable=True,
+            maybe_acted=True,
+            retry_after=after,
+        )
+    if status == 401:
+        return CallError(
+            f"Google refused the credentials (401): {REAUTH}",
+            status,
+            retryable=True,
+            systemic=True,
+        )
+    return CallError(f"Google answered {status}: {message}", status)
+
+
+UNREACHABLE = "Google could not be reached"
+
+
+def unreachable(exc: BaseException) -> str | None:
+    """A short cause when `exc` means no request reached Google (a refused connection, a name
+    not resolved, a connect timeout, a failed TLS handshake, a sign-in that could not be
+    refreshed); None when a request may have reached it (a dropped answer, a read timeout)."""
+    if isinstance(exc, google.auth.exceptions.TransportError):
+        inner = exc.__cause__ or (exc.args[0] if exc.args else None)
+        why = _connect_failure(inner) if isinstance(inner, BaseException) else None
+        return f"refreshing the sign-in: {why or type(inner or exc).__name__}"
+    return _connect_failure(exc)
+
+
+def _connect_failure(exc: BaseException) -> str | None:
+    """Why a connection to Google could not be made, or None if one was."""
+    if isinstance(exc, requests.exceptions.ConnectTimeout):
+        return "connection timed out"
+    if isinstance(exc, requests.exceptions.ConnectionError):  # an SSLError is one too
+        inner = exc.args[0] if exc.args else None
+        if isinstance(inner, urllib3.exceptions.MaxRetryError):  # connecting: nothing was sent
+            return _socket_failure(inner.reason) or "no connection"
+        return None  # the connection broke with the request on it: it may have acted
+    if isinstance(exc, httplib2.ServerNotFoundError):
+        return "name not found"
+    return _socket_failure(exc)
+
+
+def _socket_failure(exc: BaseException | None) -> str | None:
+    """A connection's failure to be made, from the socket error under urllib3's wrapper."""
+    if isinstance(exc, urllib3.exceptions.NewConnectionError):
+        return _socket_failure(exc.__cause__) or "no connection"
+    if isinstance(exc, urllib3.exceptions.ConnectTimeoutError):
+        return "connection timed out"
+    if isinstance(exc, socket.gaierror | urllib3.exceptions.NameResolutionError):
+        return "name not found"
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(exc, urllib3.exceptions.SSLError | ssl.SSLCertVerificationError):
+        return "secure connection failed"
+    if isinstance(exc, OSError) and exc.errno in UNREACHABLE_ERRNOS:
+        return "network unreachable"
+    return None
+
+
+UNREACHABLE_ERRNOS = {errno.ENETUNREACH, errno.EHOSTUNREACH, errno.ENETDOWN, errno.EHOSTDOWN}
 
 
 # The exceptions classify() knows, caught around each call; any other is a bug, not an answer

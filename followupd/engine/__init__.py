@@ -25,6 +25,7 @@ from followupd.engine.core import (
 )
 from followupd.engine.deliverer import Deliverer
 from followupd.engine.planner import Planner
+from followupd.engine.rehearsal import Rehearsal, Rehearser
 from followupd.engine.syncer import Syncer
 from followupd.engine.withdrawer import Withdrawer
 from followupd.health import CREDENTIALS, HEARTBEAT, credentials_key
@@ -35,6 +36,7 @@ __all__ = [
     "CREDENTIALS",
     "HEARTBEAT",
     "Engine",
+    "Rehearsal",
     "TickReport",
     "auth_hint",
     "credentials_key",
@@ -45,11 +47,11 @@ __all__ = [
 ]
 
 
-class Engine(Syncer, Withdrawer, Deliverer, Planner, EngineCore):
+class Engine(Syncer, Withdrawer, Rehearser, Deliverer, Planner, EngineCore):
     """Runs ticks for one home: its settings, its store and its delivery backends."""
 
-    def tick(self) -> TickReport:
-        report = TickReport()
+    def tick(self, report: TickReport | None = None) -> TickReport:
+        report = report or TickReport()
         with self.store.session() as session:
             expired = expire_dead_claims(session, self.host, _pid_alive, self.clock(), self.settle)
         if expired:
@@ -79,5 +81,6 @@ class Engine(Syncer, Withdrawer, Deliverer, Planner, EngineCore):
             "delivered": len(report.delivered),
             "failed": len(report.failed),
             "waiting": len(report.waiting),
+            "due_at_once": report.due_at_once,  # waiting for `run --once --confirm`
         }
         health.record_tick(self.store, self.settings, beat, report.stopped_for, report.reachable)

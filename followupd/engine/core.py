@@ -55,6 +55,8 @@ def auth_hint(problem: str, therapist: str | None) -> str:
 @dataclass
 class TickReport:
     inserted: int = 0
+    skipped: int = 0  # of those inserted: history, older than the cut-off
+    planned_held: list[str] = field(default_factory=list)  # why new follow-ups are held
     changed: int = 0
     cancelled: int = 0
     delivered: list[tuple[int, str, str]] = field(default_factory=list)  # id, kind, external
@@ -66,6 +68,8 @@ class TickReport:
     reachable: set[str | None] = field(default_factory=set)  # mailboxes Google answered for
     synced: list[tuple[int, str]] = field(default_factory=list)  # drafts found sent/deleted
     withdrawn: list[tuple[int, str]] = field(default_factory=list)  # taken back, or disclosed
+    refused: str | None = None  # why nothing new was delivered: a burst waits for a yes
+    due_at_once: int = 0  # how many notes that burst holds
 
     @property
     def ok(self) -> bool:
@@ -112,6 +116,7 @@ def rules_fingerprint(settings: Settings) -> str:
         {
             "rules": [rule.model_dump(mode="json") for rule in config.rules],
             "holidays": config.holidays.model_dump(mode="json"),
+            "history": str(config.history.cutoff),
             "timezone": config.practice.timezone,
         },
         sort_keys=True,

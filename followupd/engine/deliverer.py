@@ -27,9 +27,11 @@ from followupd.planning import Desired
 from followupd.render import RenderError, Rendering, build_draft, build_reminder, context_for
 from followupd.store import (
     claim_due,
+    confirm_due,
     installation_id,
     load_bundle,
     release_claim,
+    unconfirmed_due,
 )
 from followupd.subjects import bundle_subject
 
@@ -43,6 +45,8 @@ class Deliverer(EngineCore):
     def deliver_due(self, report: TickReport | None = None) -> TickReport:
         """Claim what is due, a batch at a time, and deliver each batch in one backend call."""
         report = report or TickReport()
+        if self._refuse_burst(report):
+            return report
         seen: set[int] = set()
         begun: set[str | None] = set()  # mailboxes whose round has started
         every = len(self.settings.config.mailboxes())
@@ -55,6 +59,42 @@ class Deliverer(EngineCore):
             seen.update(i for i, _ in claimed)
             self._deliver_batch(claimed, report, begun)
         return report
+
+    def burst(self) -> int:
+        """How many notes due now wait for a person's yes (0: within history.confirm_over)."""
+        limit = self.settings.config.history.confirm_over
+        if limit is None:
+            return 0
+        with self.store.session() as session:
+            due = unconfirmed_due(session, self.clock())
+        return due if due > limit else 0
+
+    def confirm_burst(self) -> int:
+        """A person said yes to the notes due now (`run --once --confirm`)."""
+        with self.store.session() as session:
+            return confirm_due(session, self.clock())
+
+    def _refuse_burst(self, report: TickReport) -> bool:
+        """Deliver nothing new while more notes are due at once than a person confirmed."""
+        due = self.burst()
+        if not due:
+            return False
+        limit = self.settings.config.history.confirm_over
+        report.due_at_once = due
+        report.refused = (
+            f"{due} notes are due at once, more than history.confirm_over ({limit}) in "
+            f"{self.settings.config_path.name}: none was made. See them with `followupd run "
+            "--dry-run`, then run `followupd run --once --confirm` (or raise "
+            "history.confirm_over)"
+        )
+        log.warning(
+            "waiting for a yes",
+            due=due,
+            confirm_over=limit,
+            fix="see them with `followupd run --dry-run`, then run `followupd run --once "
+            "--confirm` (or raise history.confirm_over)",
+        )
+        return True
 
     def _deliver_batch(
         self, claimed: list[tuple[int, int]], report: TickReport, begun: set[str | None]

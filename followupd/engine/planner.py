@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from followupd import planning
 from followupd.engine.core import CURSOR_OVERLAP, ORPHAN_CHECK, PAGE, EngineCore, TickReport, log
-from followupd.models import Bundle, State
+from followupd.models import Bundle
 from followupd.planning import Desired, Existing, Subject
 from followupd.store import (
     cancel_orphans,
@@ -72,13 +72,27 @@ class Planner(EngineCore):
                 with self.store.session() as session:
                     write_cursor(session, cursor_name, target, prefix=prefix)
 
+    def cutoff(self) -> planning.Cutoff | None:
+        """Where history ends (None: `history.cutoff: null`, every event makes its notes)."""
+        span = self.settings.config.history.cutoff
+        if span is None:
+            return None
+        zone = self.calendar.zone
+        return planning.Cutoff(span, zone, self.clock().astimezone(zone).date())
+
     def _reconcile(
         self, session, subject_type: str, subjects: list[Subject], report: TickReport
     ) -> None:
         wanted: list[Desired] = []
+        cutoff = self.cutoff()
         for subject in subjects:
             wanted += planning.desired(
-                subject, self.enabled, self.calendar, self.needs_release, self.patient_rules
+                subject,
+                self.enabled,
+                self.calendar,
+                self.needs_release,
+                self.patient_rules,
+                cutoff,
             )
         existing = [
             Existing(
@@ -107,14 +121,16 @@ class Planner(EngineCore):
                     "kind": d.kind,
                     "due_at": d.due_at,
                     "remind_at": d.remind_at,
-                    "state": State.held if d.hold else State.planned,
-                    "reason": d.hold,
+                    "state": d.state,
+                    "reason": d.reason,
                 }
                 for d in changes.inserts
             ],
         )
         update_follow_ups(session, changes.updates)
         report.inserted += len(changes.inserts)
+        report.skipped += sum(1 for d in changes.inserts if d.skip)
+        report.planned_held += [d.hold for d in changes.inserts if d.hold and not d.skip]
         report.changed += len(changes.updates)
         for desired in changes.inserts:
             log.info(
@@ -124,6 +140,7 @@ class Planner(EngineCore):
                 kind=desired.kind,
                 due_at=desired.due_at.isoformat(),
                 held=bool(desired.hold),
+                skipped=bool(desired.skip),
             )
         for follow_up_id, values in changes.updates:
             if "state" in values:

@@ -14,11 +14,18 @@ One module a concept, lowest first:
 - `reads`: planning's page reads, built once with bind parameters
 - `ledger`: the follow-up ledger (planning's writes, delivery's loads, sync, counts)
 - `claims`: leases and fences on ledger rows
+- `listing`: what a person lists: the ledger for `status`, physicians, referrals, visits
 - `health`: the facts a health check judges from
 
 Import from here; the modules are the map, not the interface.
 """
 
+from followupd.store.bursts import (
+    confirm_due,
+    newest_follow_up,
+    plan_summary,
+    unconfirmed_due,
+)
 from followupd.store.claims import (
     claim_due,
     claim_withdrawals,
@@ -36,7 +43,12 @@ from followupd.store.database import (
     migrate,
     schema_state,
 )
-from followupd.store.directory import Directory, address_skeleton, confirm_address
+from followupd.store.directory import (
+    AmbiguousPhysician,
+    Directory,
+    address_skeleton,
+    confirm_address,
+)
 from followupd.store.entry import (
     REFERRAL_DEFAULTS,
     VISIT_DEFAULTS,
@@ -55,13 +67,28 @@ from followupd.store.ledger import (
     due_backlog,
     follow_ups_by_id,
     insert_follow_ups,
-    ledger_listing,
     load_bundle,
     recent_failures,
     record_sync,
     update_follow_ups,
 )
 from followupd.store.listener import ChangeListener
+from followupd.store.listing import (
+    LedgerFilter,
+    ReferralFilter,
+    ReferralLine,
+    VisitFilter,
+    ledger_counts,
+    ledger_page,
+    ledger_rules,
+    ledger_size,
+    physician_count,
+    physician_page,
+    referral_count,
+    referral_page,
+    visit_count,
+    visit_page,
+)
 from followupd.store.meta import (
     installation_id,
     read_cursor,
@@ -69,6 +96,17 @@ from followupd.store.meta import (
     read_meta_prefix,
     write_cursor,
     write_meta,
+)
+from followupd.store.people import (
+    Deleted,
+    Merged,
+    NoPhysician,
+    PhysicianConflict,
+    PhysicianShown,
+    delete_referral,
+    edit_physician,
+    merge_physicians,
+    revoke_releases,
 )
 from followupd.store.quota import SharedTokenBucket
 from followupd.store.reads import changed_referrals, changed_visits, ledger_rows, referrals_by_id
@@ -78,13 +116,23 @@ __all__ = [
     "REFERRAL_DEFAULTS",
     "SCHEMA_HEAD",
     "VISIT_DEFAULTS",
+    "AmbiguousPhysician",
     "ChangeListener",
     "Counts",
+    "Deleted",
     "Directory",
     "HealthFacts",
+    "LedgerFilter",
+    "Merged",
+    "NoPhysician",
+    "PhysicianConflict",
+    "PhysicianShown",
+    "ReferralFilter",
+    "ReferralLine",
     "SharedTokenBucket",
     "Store",
     "StoreError",
+    "VisitFilter",
     "_alembic_config",
     "address_skeleton",
     "cancel_orphans",
@@ -95,20 +143,31 @@ __all__ = [
     "claim_due",
     "claim_withdrawals",
     "confirm_address",
+    "confirm_due",
     "create_engine",
+    "delete_referral",
     "disclosed_notes",
     "drafts_to_sync",
     "due_backlog",
+    "edit_physician",
     "expire_dead_claims",
     "follow_ups_by_id",
     "health_facts",
     "insert_follow_ups",
     "installation_id",
-    "ledger_listing",
+    "ledger_counts",
+    "ledger_page",
     "ledger_rows",
+    "ledger_rules",
+    "ledger_size",
     "load_bundle",
     "mask_url",
+    "merge_physicians",
     "migrate",
+    "newest_follow_up",
+    "physician_count",
+    "physician_page",
+    "plan_summary",
     "read_cursor",
     "read_meta",
     "read_meta_prefix",
@@ -116,13 +175,19 @@ __all__ = [
     "record_release",
     "record_result",
     "record_sync",
+    "referral_count",
     "referral_exists",
+    "referral_page",
     "referrals_by_id",
     "release_claim",
+    "revoke_releases",
     "schema_state",
+    "unconfirmed_due",
     "update_follow_ups",
     "upsert_referrals",
     "upsert_visits",
+    "visit_count",
+    "visit_page",
     "write_cursor",
     "write_meta",
 ]

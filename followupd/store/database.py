@@ -102,6 +102,20 @@ def create_engine(url: str) -> sa.Engine:
         ) from None
 
 
+def _explicit_sqlite_transactions(engine: sa.Engine) -> None:
+    """SQLAlchemy's recipe for savepoints on pysqlite: the driver must not begin or end
+    transactions itself. BEGIN IMMEDIATE takes the write lock at once (waiting the busy
+    timeout), so a rehearsal never fails halfway because another process wrote."""
+
+    @sa.event.listens_for(engine, "connect")
+    def _no_driver_transactions(dbapi_connection, _record) -> None:
+        dbapi_connection.isolation_level = None
+
+    @sa.event.listens_for(engine, "begin")
+    def _begin(connection: sa.Connection) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
 def _current_revision(connection: sa.Connection) -> str | None:
     """The revision in alembic_version, read without importing Alembic (None: no table)."""
     if not sa.inspect(connection).has_table("alembic_version"):
@@ -175,6 +189,7 @@ class Store:
     def __init__(self, url: str, *, migrate_schema: bool = True):
         self.url = url
         self.engine = create_engine(url)
+        self._rehearsal: sa.Connection | None = None  # set during `rehearsal()`
         try:
             if migrate_schema:
                 migrate(self.engine)
@@ -187,9 +202,37 @@ class Store:
 
     @contextmanager
     def session(self) -> Iterator[Session]:
-        """One transaction: committed when the block ends, rolled back if it raises."""
-        with Session(self.engine, expire_on_commit=False) as session, session.begin():
+        """One transaction: committed when the block ends, rolled back if it raises (in a
+        rehearsal, a savepoint of the rehearsal's one transaction)."""
+        rehearsal = self._rehearsal
+        if rehearsal is None:
+            session = Session(self.engine, expire_on_commit=False)
+        else:
+            session = Session(
+                rehearsal, expire_on_commit=False, join_transaction_mode="create_savepoint"
+            )
+        with session, session.begin():
             yield session
+
+    @contextmanager
+    def rehearsal(self) -> Iterator[None]:
+        """Inside the block every transaction of this store is a savepoint of one that is
+        rolled back at the end: a dry run runs the very code of a real run and writes
+        nothing. On SQLite it holds the write lock meanwhile (others wait, as for an import).
+        """
+        engine = create_engine(self.url)
+        if engine.dialect.name == "sqlite":
+            _explicit_sqlite_transactions(engine)
+        connection = engine.connect()
+        outer = connection.begin()
+        self._rehearsal = connection
+        try:
+            yield
+        finally:
+            self._rehearsal = None
+            outer.rollback()
+            connection.close()
+            engine.dispose()
 
     def close(self) -> None:
         self.engine.dispose()

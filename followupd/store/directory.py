@@ -1,5 +1,9 @@
 """Practices and physicians as data entry finds them, and the addresses notes go to.
 
+A physician is found as a person means it: by name and practice; by name alone when a row
+gives no practice (the one physician of that name, else the row must say which); and a
+physician first entered without a practice is the one a row later names with one.
+
 An address is where other patients' notes will go: one an import changes, or a new one that
 looks like another physician's, is held until a person confirms it (`confirm_address`).
 """
@@ -14,7 +18,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from followupd.models import Physician, Practice, Referral
-from followupd.records import PhysicianRecord, physician_key, practice_key
+from followupd.records import PhysicianRecord, RowError, fold, physician_key, practice_key
 from followupd.store.stamps import change_stamp
 
 
@@ -25,6 +29,32 @@ class _KnownPhysician:
     email: str | None
     fax: str | None
     name: str = ""
+    key: str = ""
+    practice: str | None = None  # the practice's name; None: entered without one
+
+
+class AmbiguousPhysician(RowError):
+    """A name given without a practice that several physicians share: the row must say
+    which, or a note would go to the wrong one (named by id and practice, never by patient)."""
+
+    def __init__(self, name: str, candidates: list[tuple[int, str | None]]):
+        self.name = name
+        shown = ", ".join(f"{i} ({practice or 'no practice'})" for i, practice in candidates)
+        self.listing = f'"{name}" is {len(candidates)} physicians: {shown}'
+        super().__init__("physician", f"{self.listing}; give the practice to say which")
+
+
+def _physician_columns() -> sa.Select:
+    """What the directory keeps of a physician, with its practice's name."""
+    return sa.select(
+        Physician.id,
+        Physician.specialty,
+        Physician.email,
+        Physician.fax,
+        Physician.name,
+        Physician.key,
+        Practice.name.label("practice"),
+    ).outerjoin(Practice, Practice.id == Physician.practice_id)
 
 
 class Directory:
@@ -45,9 +75,13 @@ class Directory:
         self.forget()
 
     def forget(self) -> None:
+        """Drop what the cache holds (after a rollback: ids and flags from that transaction
+        no longer exist)."""
         self.practices: dict[str, int] = {}
-        self.physicians: dict[str, _KnownPhysician] = {}
+        self.physicians: dict[str, _KnownPhysician] = {}  # by key
+        self._namesakes: dict[str, list[_KnownPhysician]] = {}  # folded name -> all of them
         self._lookalikes: dict[str, tuple[int, str]] | None = None
+        self.flagged.clear()
 
     def practice_id(self, session: Session, name: str | None) -> int | None:
         if not name:
@@ -65,44 +99,96 @@ class Directory:
 
     def physician(self, session: Session, record: PhysicianRecord) -> tuple[int, bool]:
         """The id of the physician for `record`, created or brought up to date; True if
-        anything about the physician changed."""
+        anything about the physician changed. Raises `AmbiguousPhysician` for a name given
+        without a practice that several physicians share."""
         key = physician_key(record.name, record.practice)
-        known = self.physicians.get(key)
+        known, adopted = self._match(session, record, key)
         if known is None:
-            row = session.execute(
-                sa.select(
-                    Physician.id,
-                    Physician.specialty,
-                    Physician.email,
-                    Physician.fax,
-                    Physician.name,
-                ).where(Physician.key == key)
-            ).first()
-            if row is None:
-                return self._add_physician(session, key, record), True
-            known = self.physicians[key] = _KnownPhysician(*row)
+            return self._add_physician(session, key, record), True
+        return known.id, self._update(session, known, record) or adopted
+
+    def _match(
+        self, session: Session, record: PhysicianRecord, key: str
+    ) -> tuple[_KnownPhysician | None, bool]:
+        """The physician a record names, and whether it just took the record's practice."""
+        if not record.practice:  # the one physician of that name, whatever their practice
+            namesakes = self.namesakes(session, record.name)
+            if len(namesakes) > 1:
+                raise AmbiguousPhysician(record.name, [(k.id, k.practice) for k in namesakes])
+            return (namesakes[0] if namesakes else None), False
+        known = self.physicians.get(key) or self._by_key(session, key)
+        if known is not None:
+            return known, False
+        namesakes = self.namesakes(session, record.name)
+        if len(namesakes) == 1 and namesakes[0].practice is None:  # entered without one
+            self._adopt(session, namesakes[0], key, record.practice)
+            return namesakes[0], True
+        return None, False
+
+    def _remember(self, row: sa.Row) -> _KnownPhysician:
+        """The cached physician for a row read (the cache is newer within a transaction)."""
+        known = self.physicians.get(row.key)
+        if known is None:
+            known = self.physicians[row.key] = _KnownPhysician(*row)
+        return known
+
+    def _by_key(self, session: Session, key: str) -> _KnownPhysician | None:
+        row = session.execute(_physician_columns().where(Physician.key == key)).first()
+        return None if row is None else self._remember(row)
+
+    def namesakes(self, session: Session, name: str) -> list[_KnownPhysician]:
+        """Every physician of this name, in any practice (one indexed read per name)."""
+        folded = fold(name)
+        if folded not in self._namesakes:
+            rows = session.execute(
+                _physician_columns()
+                .where(Physician.key.startswith(f"{folded}|", autoescape=True))
+                .order_by(Physician.id)
+            )
+            self._namesakes[folded] = [
+                self._remember(row) for row in rows if fold(row.name) == folded
+            ]
+        return self._namesakes[folded]
+
+    def _adopt(self, session: Session, known: _KnownPhysician, key: str, practice: str) -> None:
+        """A physician entered without a practice is the one a record names with one: give
+        it that practice (and key) instead of making a second physician without an address."""
+        session.execute(
+            sa.update(Physician)
+            .where(Physician.id == known.id)
+            .values(
+                key=key,
+                practice_id=self.practice_id(session, practice),
+                updated_at=change_stamp(session, Referral),
+            )
+        )
+        self.physicians.pop(known.key, None)
+        known.key, known.practice = key, practice
+        self.physicians[key] = known
+
+    def _update(self, session: Session, known: _KnownPhysician, record: PhysicianRecord) -> bool:
+        """Bring a known physician's specialty, email and fax up to the record's."""
         changes = {
             name: value
             for name in ("specialty", "email", "fax")
             if (value := getattr(record, name)) is not None and getattr(known, name) != value
         }
-        if changes:
-            stamp = change_stamp(session, Referral)
-            if "email" in changes:
-                changes["email_check"] = self._address_check(
-                    session, known.id, known.email, changes["email"]
-                )
-            session.execute(
-                sa.update(Physician)
-                .where(Physician.id == known.id)
-                .values(**changes, updated_at=stamp)
+        if not changes:
+            return False
+        stamp = change_stamp(session, Referral)
+        if "email" in changes:
+            changes["email_check"] = self._address_check(
+                session, known.id, known.email, changes["email"]
             )
-            if "email" in changes:  # held notes waiting for an address are planned again
-                _replan_referrals_of(session, known.id, stamp)
-            for name in ("specialty", "email", "fax"):
-                if name in changes:
-                    setattr(known, name, changes[name])
-        return known.id, bool(changes)
+        session.execute(
+            sa.update(Physician).where(Physician.id == known.id).values(**changes, updated_at=stamp)
+        )
+        if "email" in changes:  # held notes waiting for an address are planned again
+            _replan_referrals_of(session, known.id, stamp)
+        for name in ("specialty", "email", "fax"):
+            if name in changes:
+                setattr(known, name, changes[name])
+        return True
 
     def _add_physician(self, session: Session, key: str, record: PhysicianRecord) -> int:
         check = self._address_check(session, None, None, record.email)
@@ -119,9 +205,17 @@ class Directory:
         session.flush()
         if check:
             self.flagged[physician.id] = check
-        self.physicians[key] = _KnownPhysician(
-            physician.id, record.specialty, record.email, record.fax, record.name
+        known = self.physicians[key] = _KnownPhysician(
+            physician.id,
+            record.specialty,
+            record.email,
+            record.fax,
+            record.name,
+            key,
+            record.practice or None,
         )
+        if fold(record.name) in self._namesakes:
+            self._namesakes[fold(record.name)].append(known)
         return physician.id
 
     def _address_check(

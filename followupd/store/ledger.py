@@ -204,11 +204,3 @@ def recent_failures(session: Session, since: datetime) -> int:
         .select_from(FollowUp)
         .where(FollowUp.state == State.failed, FollowUp.updated_at >= since)
     ).scalar_one()
-
-
-def ledger_listing(session: Session, states: Sequence[str] | None = None) -> Sequence[FollowUp]:
-    """The ledger by due time (only these states, if given): what `status` shows."""
-    query = sa.select(FollowUp).order_by(FollowUp.due_at, FollowUp.id)
-    if states:
-        query = query.where(FollowUp.state.in_(states))
-    return session.execute(query).scalars().all()

@@ -55,6 +55,7 @@ def _changed_referrals_query(has_since: bool, has_after: bool):
             Referral.id,
             Referral.ref,
             Referral.updated_at,
+            Referral.created_at,
             Referral.received_on,
             Referral.closed_on,
             Referral.release_on_file,
@@ -101,6 +102,7 @@ def _changed_visits_query(has_since: bool, has_after: bool):
         (
             Visit.id,
             Visit.updated_at,
+            Visit.created_at,
             Visit.visited_on,
             sa.func.coalesce(Visit.specialty, Physician.specialty).label("specialty"),
             Visit.physician_id,
