@@ -67,6 +67,10 @@ MAX_LENGTH = {
     "specialty": 120,
 }
 DEFAULT_MAX_LENGTH = 200
+# Values that go into a note's headers (Subject, To): "=?" opens an RFC 2047 encoded word,
+# which a mail program decodes (a hidden line break, a Bcc), so rendering refuses it. Refused
+# here too, when it is typed or imported, rather than failing the note later.
+HEADER_COLUMNS = {"ref", "physician", "prescriber"}
 MULTILINE_MAX_LENGTH = 10_000
 
 YES = {"yes", "y", "true", "1", "x", "on file"}
@@ -96,6 +100,8 @@ def clean_text(column: str, raw: Any) -> str | None:
     if not text:
         return None
     multiline = column in MULTILINE
+    if column in HEADER_COLUMNS and "=?" in text:
+        raise RowError(column, 'contains "=?", which mail programs read as an encoded word')
     if text.isprintable():  # the common case: no line breaks or control characters at all
         limit = MULTILINE_MAX_LENGTH if multiline else MAX_LENGTH.get(column, DEFAULT_MAX_LENGTH)
         if len(text) > limit:

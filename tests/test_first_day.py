@@ -117,3 +117,13 @@ def test_a_closing_note_without_a_summary_carries_no_placeholder(cli, home):
     assert "Outcome and recommendations" not in closing and "DOB" not in closing
     assert "talk over the outcome and my recommendations" in closing
     assert all("[" not in text for text in notes.values()), notes
+
+
+def test_an_encoded_word_in_a_ref_is_refused_when_typed_not_when_the_note_renders(cli):
+    """`=?utf-8?q?...?=` in a ref was accepted, and its note then failed at render."""
+    ran = cli(
+        "referral", "add", "--ref", "=?utf-8?q?a=0D=0ABcc:_x@y?=", "--physician", "Dr. Ann Lee",
+        "--client-name", "Avery Quinlan",
+    )  # fmt: skip
+    assert ran.code == 2
+    assert ran.stderr.strip() == '--ref: contains "=?", which mail programs read as an encoded word'

@@ -210,9 +210,12 @@ def test_one_bad_physician_name_fails_that_follow_up_and_the_batch_of_50_goes(ho
         }
         for n in range(50)
     ]
-    rows[17]["physician"] = CRASHER
     with store.session() as session:
         upsert_referrals(session, [parse_referral(row) for row in rows], Directory())
+        # data entry refuses "=?" in a name now; a database written by other means might not
+        session.execute(
+            sa.update(Physician).where(Physician.name == "Dr. Batch 17").values(name=CRASHER)
+        )
     engine = Engine(settings, store)
     report = engine.tick()
     with store.session() as session:
