@@ -27,7 +27,7 @@ EVENT_SUBJECT = {
 PENDING = (State.planned, State.held)
 # An event older than the cut-off when first planned is history: recorded, never delivered.
 HISTORY = (
-    "history: {event} {day}, more than {cutoff} before it was entered "
+    "history: {event} {day}, more than {cutoff} before followupd learned of it "
     "(history.cutoff); no note is made"
 )
 EVENT_WORDS = {
@@ -67,6 +67,7 @@ class Subject:
     release_dates: Mapping[str, date] = field(default_factory=dict)  # by recipient
     closed: bool = False
     entered: datetime | None = None  # when it entered followupd (None: now)
+    changed: datetime | None = None  # when it last changed (a close, a release recorded)
 
     def released_to(self, recipient: str) -> bool:
         return True if self.releases is None else bool(self.releases.get(recipient))
@@ -78,19 +79,29 @@ class Calendar:
     holidays: Container[date] = frozenset()  # closed days besides weekends
 
 
+# Events dated by the entry of their row; the others (a close, a release) by its last change.
+ENTRY_EVENTS = frozenset({"referral.received", "visit.logged"})
+
+
 @dataclass(frozen=True)
 class Cutoff:
     """Where history ends: an event already older than `span` when it entered followupd
-    (an import of last year's log, a sheet's first read) makes no note. Measured from its
-    entry, not from today, so notes for events entered while the daemon was down still go."""
+    (an import of last year's log, a sheet's first read, a close typed in months late)
+    makes no note. Measured from the event's entry, not from today, so notes for events
+    entered while the daemon was down still go; and never from before `since`, when the
+    rules in force began (a rule added or renamed does not write to last year's referrals).
+    """
 
     span: Duration
     zone: ZoneInfo
     today: date  # the entry day of a subject that does not say
+    since: datetime | None = None
 
-    def skips(self, event: str, day: date, entered: datetime | None) -> str | None:
+    def skips(self, event: str, day: date, subject: Subject) -> str | None:
         """Why a follow-up of this event is skipped as history, or None."""
-        start = entered.astimezone(self.zone).date() if entered is not None else self.today
+        seen = subject.entered if event in ENTRY_EVENTS else subject.changed
+        moments = [m for m in (seen, self.since) if m is not None]
+        start = max(moments).astimezone(self.zone).date() if moments else self.today
         if day >= days_before(start, self.span):
             return None
         return HISTORY.format(event=EVENT_WORDS[event], day=day.isoformat(), cutoff=self.span)
@@ -219,7 +230,7 @@ def desired(
                 _hold(rule, subject, recipient, needs_release),
                 not reminder and rule.name in patient_rules,
                 recipient,
-                cutoff.skips(rule.event, day, subject.entered) if cutoff else None,
+                cutoff.skips(rule.event, day, subject) if cutoff else None,
             )
         )
     return out

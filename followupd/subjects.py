@@ -35,6 +35,7 @@ class ReferralFacts:
     prescriber_email: str | None
     prescriber_email_check: str | None
     created_at: datetime | None = None  # when it entered followupd: history is older
+    updated_at: datetime | None = None  # when it last changed (a close, a release)
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,7 @@ class VisitFacts:
     physician_email: str | None
     physician_email_check: str | None
     created_at: datetime | None = None
+    updated_at: datetime | None = None
 
 
 def _address(
@@ -99,6 +101,7 @@ def referral_subject(row: ReferralFacts) -> Subject:
         dates,
         closed=bool(row.closed_on),
         entered=row.created_at,
+        changed=row.updated_at,
     )
 
 
@@ -118,6 +121,7 @@ def visit_subject(row: VisitFacts) -> Subject:
         recipients,
         {"visit.logged": row.visited_on},
         entered=row.created_at,
+        changed=row.updated_at,
     )
 
 

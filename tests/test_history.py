@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import re
+from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -73,6 +74,66 @@ def test_the_cutoff_is_measured_from_entry_so_a_daemon_down_for_weeks_still_writ
         referral(received, entered=entered_on(received)), [ACK], Calendar(ZONE), cutoff=CUTOFF
     )
     assert wanted[0].state == State.planned
+
+
+CLOSE = Rule(
+    name="closing",
+    event="referral.closed",
+    after="1 business day",
+    at="08:00",
+    make="draft",
+    template="closing.txt.j2",
+)
+
+
+def test_a_close_typed_in_long_after_it_happened_is_history():
+    """The referral entered in March (its acknowledgement went then); a close dated April
+    typed in today is history, measured from when it was typed."""
+    march = entered_on(date(2026, 3, 2))
+    closed = Subject(
+        "referral",
+        1,
+        "referral R-1",
+        releases={"physician": True},
+        recipients={"physician": None},
+        events={"referral.received": date(2026, 3, 2), "referral.closed": date(2026, 4, 15)},
+        closed=True,
+        entered=march,
+        changed=entered_on(TODAY),
+    )
+    [note] = desired(closed, [CLOSE], Calendar(ZONE), cutoff=CUTOFF)
+    assert note.state == State.skipped and "closed 2026-04-15" in note.reason
+    recent = replace(closed, events={**closed.events, "referral.closed": TODAY})
+    assert desired(recent, [CLOSE], Calendar(ZONE), cutoff=CUTOFF)[0].state == State.planned
+
+
+def test_a_rule_added_today_does_not_reach_back_past_its_start():
+    """Referrals entered in March, a rule added (or renamed) today: their March events are
+    history for it, though they were new when entered."""
+    march = date(2026, 3, 2)
+    old = referral(march, entered=entered_on(march))
+    rules_began = replace(CUTOFF, since=entered_on(TODAY))
+    assert desired(old, [ACK], Calendar(ZONE), cutoff=rules_began)[0].state == State.skipped
+    running_since_january = replace(CUTOFF, since=entered_on(date(2026, 1, 5)))
+    [note] = desired(old, [ACK], Calendar(ZONE), cutoff=running_since_january)
+    assert note.state == State.planned  # the daemon was down since March: still its note
+
+
+def test_the_rules_start_is_kept_and_moves_when_the_rules_change(home, db_url):
+    settings = configuration.load(home, environ={"FOLLOWUPD_DATABASE_URL": db_url})
+    store = Store(settings.database_url)
+    first = Engine(settings, store, clock=lambda: datetime(2026, 1, 5, tzinfo=UTC))
+    began = first.rules_since()
+    later = Engine(settings, store, clock=lambda: datetime(2026, 6, 1, tzinfo=UTC))
+    assert later.rules_since() == began == datetime(2026, 1, 5, tzinfo=UTC)
+    config = home / "followupd.yaml"
+    config.write_text(config.read_text().replace("name: closing-note", "name: closing-letter"))
+    renamed = configuration.load(home, environ={"FOLLOWUPD_DATABASE_URL": db_url})
+    changed = Engine(renamed, store, clock=lambda: datetime(2026, 6, 1, tzinfo=UTC))
+    assert changed.rules_since() == datetime(2026, 6, 1, tzinfo=UTC)
+    for engine in (first, later, changed):
+        engine.close()
+    store.close()
 
 
 def test_no_cutoff_makes_every_note():
@@ -210,6 +271,32 @@ def test_a_burst_over_the_limit_waits_for_confirm(cli, home, tmp_path):
     assert cli("run", "--once").code == 0 and len(drafts(home)) == 8
 
 
+def test_a_yes_covers_what_was_due_then_not_what_is_planned_again_later(cli, home, tmp_path):
+    """Notes held until an address is fixed, or skipped until the cut-off moves, come due at
+    once later: a burst of them asks again, though their rows are older than the yes."""
+    set_history(home, "  cutoff: 14 days\n  confirm_over: 5")
+    week_ago = (date.today() - timedelta(days=7)).isoformat()
+    for n in range(6):  # held for an address: planned before the others, not due
+        assert cli("referral", "add", "--ref", f"Q-{n}", "--physician", "Dr. Quill",
+                   "--client-name", "Casey Fairbanks", "--received-on", week_ago,
+                   "--release").code == 0  # fmt: skip
+    assert cli("run", "--once").stdout.startswith("made nothing\nheld 6: no email address")
+    assert cli("import", "referrals", str(history_file(tmp_path, 8, 6))).code == 0
+    assert cli("run", "--once", "--confirm").stdout.startswith("made 6 drafts")
+    [quill] = [
+        json.loads(line)["id"]
+        for line in cli("physician", "list", "--json").stdout.splitlines()
+        if json.loads(line)["name"] == "Dr. Quill"
+    ]
+    assert cli("physician", "edit", str(quill), "--email", "quill@clinic.example").code == 0
+    again = cli("run", "--once")
+    assert again.code == 2 and again.stderr.startswith("6 notes are due at once"), again
+    assert cli("run", "--once", "--confirm").stdout.startswith("made 6 drafts")
+    set_history(home, "  cutoff: 400 days\n  confirm_over: 5")  # the 8 old ones come back
+    assert cli("run", "--once").stderr.startswith("8 notes are due at once")
+    assert len(drafts(home)) == 12
+
+
 def test_confirm_goes_with_once(cli):
     ran = cli("run", "--confirm")
     assert ran.code == 2 and "--confirm goes with --once" in ran.stderr
@@ -302,8 +389,8 @@ def test_twenty_thousand_rows_of_history(cli, home, tmp_path, db_url):
     assert ran.code == 0
     assert ran.stdout.splitlines()[:2] == [
         f"made 13 drafts in {home / 'outbox'}",
-        "skipped 20,000 as history (events more than 14 days older than their entry make no "
-        "note; `followupd status --state skipped` lists them)",
+        "skipped 20,000 as history (events already more than 14 days old when followupd "
+        "learned of them make no note; `followupd status --state skipped` lists them)",
     ]
     assert len(drafts(home)) == 13
     with engine.connect() as connection:
@@ -321,3 +408,44 @@ def test_help_shows_a_flag_without_a_value(cli):
     line = next(line for line in shown.splitlines() if line.startswith("│ --once"))
     assert "Run one tick and exit." in line
     assert "<path>" in shown  # an option that takes a value still says what kind
+
+
+PROBE = """
+import sqlite3, sys
+connection = sqlite3.connect(sys.argv[1], timeout=0.2, isolation_level=None)
+try:
+    connection.execute("BEGIN IMMEDIATE")
+    print("free")
+except sqlite3.OperationalError as exc:
+    print(exc)
+"""
+
+
+def another_process_may_write(path: Path) -> str:
+    import subprocess
+    import sys
+
+    ran = subprocess.run(
+        [sys.executable, "-c", PROBE, str(path)], capture_output=True, text=True, check=True
+    )
+    return ran.stdout.strip()
+
+
+def test_a_dry_run_on_sqlite_keeps_others_out_until_it_is_rolled_back(tmp_path):
+    """A rehearsal holds SQLite's write lock to its end: nobody writes between its reads and
+    its writes (opening a second engine on the file once dropped the process's locks)."""
+    path = tmp_path / "followupd.sqlite3"
+    store = Store(f"sqlite:///{path}")
+    with store.session() as session:  # the command's own pooled connection, as in `run`
+        session.execute(sa.text("SELECT 1")).all()
+    with store.rehearsal():
+        with store.session() as session:
+            session.execute(sa.text("INSERT INTO meta (key, value) VALUES ('dry', '1')"))
+        assert another_process_may_write(path) == "database is locked"
+        with store.session() as session:
+            session.execute(sa.text("UPDATE meta SET value = '2' WHERE key = 'dry'"))
+        assert another_process_may_write(path) == "database is locked"
+    assert another_process_may_write(path) == "free"
+    with store.session() as session:
+        assert session.execute(sa.text("SELECT count(*) FROM meta WHERE key = 'dry'")).scalar() == 0
+    store.close()

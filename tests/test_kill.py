@@ -56,7 +56,9 @@ def add_work(store: Store, cycle: int, referrals: int, visits: int) -> None:
     ]
     places = [
         {
-            "visited_on": (date.today() - timedelta(days=cycle % 300)).isoformat(),
+            # at least yesterday: "today" on this machine (UTC) may still be tomorrow in the
+            # practice's zone, and a reminder of a visit tomorrow is not due yet
+            "visited_on": (date.today() - timedelta(days=cycle % 300 + 1)).isoformat(),
             "practice": f"Office {cycle}-{i}",
             "physician": f"Dr. V{cycle}-{i}",
         }

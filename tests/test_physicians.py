@@ -299,6 +299,25 @@ def test_delete_takes_back_the_draft_and_removes_the_referral(cli, db_url, home)
     assert ran.code == 1 and ran.stderr == "no referral R-404\n"
 
 
+def test_a_referral_added_after_a_delete_gets_its_own_note(cli, db_url, home):
+    """SQLite gives the deleted referral's id to the next one: it must not inherit the
+    deleted one's ledger (its note, done or sent, would stand for the new referral's)."""
+    assert cli("physician", "add", *ANN).code == 0
+    assert add_referral(cli, "R-5", *DR_LEE, "--release").code == 0
+    cli("run", "--once")
+    engine = sa.create_engine(db_url)  # the therapist sent R-5's note
+    with engine.begin() as connection:
+        connection.execute(sa.update(FollowUp).values(state=State.sent, reason="sent 2026-11-30"))
+    engine.dispose()
+    assert cli("referral", "delete", "R-5", "--yes").code == 0
+    assert add_referral(cli, "R-6", *DR_LEE, "--release").code == 0
+    ran = cli("run", "--once")
+    assert ran.stdout.startswith("made 1 draft"), ran.stdout
+    [mine] = rows(db_url, FollowUp, FollowUp.state == State.done)
+    [r6] = rows(db_url, Referral)
+    assert mine.subject_id == r6.id
+
+
 def test_delete_asks_on_a_terminal(cli, db_url, monkeypatch):
     assert add_referral(cli, "R-1", *DR_LEE).code == 0
     monkeypatch.setattr(entry, "_interactive", lambda: True)

@@ -52,8 +52,9 @@ def tick_lines(report: TickReport, settings: configuration.Settings) -> list[str
     if report.skipped:
         span = settings.config.history.cutoff
         lines.append(
-            f"skipped {report.skipped:,} as history (events more than {span} older than their "
-            "entry make no note; `followupd status --state skipped` lists them)"
+            f"skipped {report.skipped:,} as history (events already more than {span} old when "
+            "followupd learned of them make no note; `followupd status --state skipped` lists "
+            "them)"
         )
     if report.waiting:
         lines.append(f"waiting {len(report.waiting):,}: {_by_cause(w for _, w in report.waiting)}")
@@ -92,7 +93,8 @@ def rehearsal_lines(rehearsal: Rehearsal, settings: configuration.Settings) -> l
     if rehearsal.total("skipped"):
         lines.append(
             f"{rehearsal.total('skipped'):,} are history (events more than "
-            f"{settings.config.history.cutoff} older than their entry): skipped, no note"
+            f"{settings.config.history.cutoff} old when followupd learned of them): skipped, "
+            "no note"
         )
     if rehearsal.burst:
         lines.append(

@@ -190,6 +190,7 @@ class EngineCore:
         self._views: dict[str | None, Settings] = {None: settings}
         self.stopping = False
         self._orphans_checked: datetime | None = None
+        self._rules_since: datetime | None = None  # see Planner.rules_since
 
     # --- therapists: whose mailbox, signature and calendar -----------------------------
 

@@ -7,6 +7,8 @@ nothing: the cursor has reached the newest row.
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from followupd import planning
 from followupd.engine.core import CURSOR_OVERLAP, ORPHAN_CHECK, PAGE, EngineCore, TickReport, log
 from followupd.models import Bundle
@@ -18,9 +20,11 @@ from followupd.store import (
     insert_follow_ups,
     ledger_rows,
     read_cursor,
+    read_meta,
     referrals_by_id,
     update_follow_ups,
     write_cursor,
+    write_meta,
 )
 from followupd.subjects import referral_subject, visit_subject
 
@@ -78,7 +82,21 @@ class Planner(EngineCore):
         if span is None:
             return None
         zone = self.calendar.zone
-        return planning.Cutoff(span, zone, self.clock().astimezone(zone).date())
+        today = self.clock().astimezone(zone).date()
+        return planning.Cutoff(span, zone, today, self.rules_since())
+
+    def rules_since(self) -> datetime:
+        """When the rules in force (this fingerprint) were first planned with: a rule added
+        or renamed does not reach back past it."""
+        if self._rules_since is None:
+            key = f"rules_since:{self.fingerprint}"
+            with self.store.session() as session:
+                known = read_meta(session, key)
+                if known is None:
+                    known = self.clock().isoformat()
+                    write_meta(session, key, known)
+            self._rules_since = datetime.fromisoformat(known)
+        return self._rules_since
 
     def _reconcile(
         self, session, subject_type: str, subjects: list[Subject], report: TickReport

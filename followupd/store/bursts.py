@@ -1,9 +1,11 @@
 """Bursts: notes due at once that no person has said yes to.
 
 A first import, a sheet read for the first time or a daemon back after weeks can make
-hundreds of notes due in one tick. Delivery counts the planned rows due now that are newer
-than the last confirmation (`confirmed_through` in meta: the highest follow-up id a person
-confirmed); over `history.confirm_over`, it waits for `followupd run --once --confirm`.
+hundreds of notes due in one tick. Delivery counts the planned rows due now that no
+confirmation covers; over `history.confirm_over`, it waits for `followupd run --once
+--confirm`. A confirmation (`confirmed_at` in meta) covers the rows that were planned and due
+when it was given: a row planned again later (held until an address was fixed, skipped until
+the cut-off moved) or due only later is counted anew, whatever its id.
 """
 
 from __future__ import annotations
@@ -16,21 +18,24 @@ from sqlalchemy.orm import Session
 from followupd.models import FollowUp, State
 from followupd.store.meta import read_meta, write_meta
 
-CONFIRMED = "confirmed_through"
+CONFIRMED = "confirmed_at"
 
 
-def _due_unconfirmed(session: Session, now: datetime):
-    mark = int(read_meta(session, CONFIRMED) or 0)
-    return (
+def _due_unconfirmed(session: Session, now: datetime) -> list:
+    conditions = [
         FollowUp.state == State.planned,
         FollowUp.due_at <= now,
         FollowUp.external_id.is_(None),
-        FollowUp.id > mark,
-    )
+    ]
+    mark = read_meta(session, CONFIRMED)
+    if mark is not None:
+        confirmed = datetime.fromisoformat(mark)
+        conditions.append(sa.or_(FollowUp.updated_at > confirmed, FollowUp.due_at > confirmed))
+    return conditions
 
 
 def unconfirmed_due(session: Session, now: datetime) -> int:
-    """How many planned follow-ups are due now and newer than the last confirmation."""
+    """How many planned follow-ups are due now that no confirmation covers."""
     query = sa.select(sa.func.count()).select_from(FollowUp).where(*_due_unconfirmed(session, now))
     return session.execute(query).scalar_one()
 
@@ -38,12 +43,12 @@ def unconfirmed_due(session: Session, now: datetime) -> int:
 def confirm_due(session: Session, now: datetime) -> int:
     """A person said yes to what is due now: it may go out, over several ticks if the
     quota needs them. Returns how many follow-ups that covers."""
-    found = session.execute(
-        sa.select(sa.func.count(), sa.func.max(FollowUp.id)).where(*_due_unconfirmed(session, now))
-    ).one()
-    if found[1] is not None:
-        write_meta(session, CONFIRMED, str(found[1]))
-    return found[0]
+    count = unconfirmed_due(session, now)
+    newest = session.execute(sa.select(sa.func.max(FollowUp.updated_at))).scalar()
+    # a row stamped by a clock a little ahead of ours is covered too
+    mark = max(now, newest) if newest is not None else now
+    write_meta(session, CONFIRMED, mark.isoformat())
+    return count
 
 
 def newest_follow_up(session: Session) -> int:

@@ -7,6 +7,7 @@ is Alembic's, shipped inside the package and applied when the store opens.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import re
@@ -43,10 +44,15 @@ def _sqlite_path(url: sa.URL) -> Path | None:
 
 
 def _private_file(path: Path) -> None:
-    """Create the database file readable by its owner only (SQLite's -wal/-shm follow it)."""
+    """Create the database file readable by its owner only (SQLite's -wal/-shm follow it).
+
+    An existing file is never opened here: SQLite's locks are POSIX locks, which a process
+    loses on closing *any* descriptor of the file, so an open and close beside a live
+    connection (a second engine, as a dry run makes) would drop that connection's locks."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
-    os.close(fd)
+    if not path.exists():
+        with contextlib.suppress(FileExistsError):  # another process made it just now
+            os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600))
     mode = stat.S_IMODE(path.stat().st_mode)
     if mode & 0o077:
         os.chmod(path, 0o600)

@@ -116,7 +116,7 @@ def load_bundle(session: Session, follow_up_id: int) -> Bundle | None:
             bundle.physician = session.get(Physician, bundle.referral.physician_id)
             if bundle.referral.prescriber_id:
                 bundle.prescriber = session.get(Physician, bundle.referral.prescriber_id)
-    else:
+    elif follow_up.subject_type == "visit":
         bundle.visit = session.get(Visit, follow_up.subject_id)
         if bundle.visit is not None:
             bundle.practice = session.get(Practice, bundle.visit.practice_id)

@@ -228,6 +228,10 @@ def delete_referral(session: Session, ref: str) -> Deleted | None:
         .where(mine, FollowUp.state.in_((State.planned, State.held)))
         .values(state=State.cancelled, reason="the referral was deleted", updated_at=now_utc())
     ).rowcount
+    # The ledger rows stay as history, but no longer point at the id: SQLite gives the
+    # highest id again to the next referral, which would inherit them (a "sent" note, and
+    # no acknowledgement of its own). A negative subject id is no referral's.
+    session.execute(sa.update(FollowUp).where(mine).values(subject_id=-FollowUp.id))
     session.execute(sa.delete(Release).where(Release.referral_id == referral_id))
     session.execute(sa.delete(Referral).where(Referral.id == referral_id))
     return Deleted(True, cancelled=cancelled)
