@@ -271,6 +271,7 @@ def followupd_engine(
             text, "calendar_requests_per_minute: 600", f"calendar_requests_per_minute: {UNLIMITED}"
         )
         text = _edit(text, "confirm_over: 50", "confirm_over: null")  # a burst is the point
+        text = _edit(text, "cutoff: 14 days", "cutoff: null")  # visits a year back make events
         (home / "followupd.yaml").write_text(text, encoding="utf-8")
         (home / "google-token.json").write_text(json.dumps(TOKEN), encoding="utf-8")
         settings = configuration.load(

@@ -125,6 +125,7 @@ def _home(server: Any, stages: list[Stage]) -> Path:
         ("poll: 5 minutes", "poll: 1 hour"),
         ("gmail_units_per_minute: 6000", "gmail_units_per_minute: 10000000"),
         ("confirm_over: 50", "confirm_over: null"),  # thousands at once is the point here
+        ("cutoff: 14 days", "cutoff: null"),
         ("therapists: []\n", "therapists:\n" + "".join(entries)),
     ):
         assert old in text, old

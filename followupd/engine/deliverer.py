@@ -66,7 +66,7 @@ class Deliverer(EngineCore):
         if limit is None:
             return 0
         with self.store.session() as session:
-            due = unconfirmed_due(session, self.clock())
+            due = unconfirmed_due(session, self.clock(), over=limit)
         return due if due > limit else 0
 
     def confirm_burst(self) -> int:

@@ -34,8 +34,16 @@ def _due_unconfirmed(session: Session, now: datetime) -> list:
     return conditions
 
 
-def unconfirmed_due(session: Session, now: datetime) -> int:
-    """How many planned follow-ups are due now that no confirmation covers."""
+def unconfirmed_due(session: Session, now: datetime, over: int = 0) -> int:
+    """How many planned follow-ups are due now that no confirmation covers; 0 when no more
+    than `over` are due at all (an idle tick's case: one indexed count, no meta read)."""
+    due = (
+        FollowUp.state == State.planned,
+        FollowUp.due_at <= now,
+        FollowUp.external_id.is_(None),
+    )
+    if session.execute(sa.select(sa.func.count()).where(*due)).scalar_one() <= over:
+        return 0
     query = sa.select(sa.func.count()).select_from(FollowUp).where(*_due_unconfirmed(session, now))
     return session.execute(query).scalar_one()
 
