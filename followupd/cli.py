@@ -12,7 +12,7 @@ import typer
 import typer.core
 
 import followupd.commands.lists  # noqa: F401 -- registers `physician|referral|visit list`
-from followupd.commands import entry, imports, ledger, running, setup
+from followupd.commands import entry, imports, ledger, running, setup, sources
 from followupd.commands.common import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, Commands, root
 
 __all__ = ["EXIT_CONFIG", "EXIT_FAILED", "EXIT_OK", "app", "main"]
@@ -60,6 +60,7 @@ app.add_typer(entry.physician_app, name="physician")
 app.add_typer(entry.referral_app, name="referral")
 app.add_typer(entry.visit_app, name="visit")
 app.add_typer(imports.import_app, name="import")
+app.add_typer(sources.sources_app, name="sources")
 
 
 def main() -> None:

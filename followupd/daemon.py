@@ -34,6 +34,7 @@ from apscheduler.schedulers.blocking import BlockingScheduler
 from followupd.config import ConfigError, Settings
 from followupd.engine import Engine
 from followupd.logs import Log
+from followupd.sources import Watcher
 from followupd.store import ChangeListener
 
 log = Log()
@@ -98,6 +99,7 @@ class Daemon:
                 self.notified.set,
                 name=f"followupd listen {self.engine.owner}",
             )
+        self.watcher = Watcher(settings, self.engine.store)
         self.scheduler = BlockingScheduler(
             timezone="UTC",
             executors={"default": ThreadPoolExecutor(1), "watch": ThreadPoolExecutor(1)},
@@ -123,6 +125,32 @@ class Daemon:
             synced=len(report.synced),
             stopped=report.stopped,
         )
+
+    def read_source(self, name: str) -> None:
+        """Read one watched source; new rows wake the tick at once."""
+        source = next((s for s in self.settings.config.sources if s.name == name), None)
+        if source is None:
+            return
+        with self.busy:
+            try:
+                done = self.watcher.read(source)
+            except Exception as exc:  # noqa: BLE001 -- one source must not stop the rest
+                log.error("source read failed", source=name, error=type(exc).__name__)
+                return
+        for outcome in done.files:
+            counts = outcome.report.counts if outcome.report else None
+            log.info(
+                "source file",
+                source=name,
+                refused=outcome.refused is not None,
+                added=counts.added if counts else 0,
+                updated=counts.updated if counts else 0,
+                rejected=counts.rejected if counts else 0,
+            )
+        if done.error:
+            log.warning("source cannot be read", source=name, error=done.error)
+        if done.changed:
+            self.scheduler.modify_job("tick", next_run_time=self.engine.clock())
 
     def sync(self) -> None:
         with self.busy:
@@ -164,6 +192,7 @@ class Daemon:
             return
         with self.busy:
             old, self.engine, self.settings = self.engine, engine, settings
+            self.watcher.settings = settings
             old.close()
         self._schedule(replace=True)
         log.info(
@@ -191,6 +220,25 @@ class Daemon:
                 replace_existing=True,
                 misfire_grace_time=grace,
                 **starts,
+            )
+        self._schedule_sources(grace)
+
+    def _schedule_sources(self, grace: int) -> None:
+        """One job a watched source, every `every`; a source removed on reload stops."""
+        names = {source.name for source in self.settings.config.sources}
+        for job in self.scheduler.get_jobs():
+            if job.id.startswith("source:") and job.id.removeprefix("source:") not in names:
+                job.remove()
+        for source in self.settings.config.sources:
+            self.scheduler.add_job(
+                self.read_source,
+                "interval",
+                args=[source.name],
+                seconds=max(1.0, source.interval.as_timedelta().total_seconds()),
+                id=f"source:{source.name}",
+                replace_existing=True,
+                misfire_grace_time=grace,
+                next_run_time=self.engine.clock(),
             )
 
     def request_stop(self, signum: int, _frame) -> None:

@@ -13,7 +13,7 @@ import io
 import shutil
 import sys
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import date
 from typing import IO, Literal
@@ -167,6 +167,30 @@ def read_header(reader: Iterator[list[str]], kind: Kind, shown: str) -> tuple[li
     return header, ignored
 
 
+class _renamed:
+    """A CSV reader whose header row names our columns where `columns` maps their headers
+    to ours ({ours: theirs}); its rows and line numbers are the reader's own."""
+
+    def __init__(self, reader, columns: Mapping[str, str]):
+        self.reader = reader
+        self.ours = {normalize_header(theirs): ours for ours, theirs in columns.items()}
+        self.first = True
+
+    @property
+    def line_num(self) -> int:
+        return self.reader.line_num
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> list[str]:
+        row = next(self.reader)
+        if self.first:
+            self.first = False
+            return [self.ours.get(normalize_header(name), name) for name in row]
+        return row
+
+
 def _rows(reader, header: list[str], report: ImportReport, shown: str):
     """(line number, {column: text}) for each data row; malformed rows go to the report."""
     wanted = [(i, name) for i, name in enumerate(header) if name]
@@ -207,11 +231,13 @@ def import_csv(
     batch_rows: int = BATCH_ROWS,
     therapists: Therapists = NO_THERAPISTS,
     today: date | None = None,
+    columns: Mapping[str, str] | None = None,
 ) -> ImportReport:
     """Import a referrals or visits CSV; a bad row is rejected, the rest go in.
 
     `therapists` are the keys a group practice's rows may name in a `therapist` column;
-    `today` (the practice's) dates the releases the file grants or revokes.
+    `today` (the practice's) dates the releases the file grants or revokes; `columns` maps
+    our column names to the file's own headers (a watched source's `columns:`).
     """
     binary, shown = _open_source(path)
     with binary:
@@ -224,6 +250,8 @@ def import_csv(
             report.notices.append(
                 f"the file separates columns with {SEPARATORS[separator]}; read that way"
             )
+        if columns:
+            reader = _renamed(reader, columns)
         header, report.ignored_columns = read_header(reader, kind, shown)
         _, _, parse, upsert = _SPEC[kind]
         directory = Directory()

@@ -213,6 +213,16 @@ class QuotaBucket(SQLModel, table=True):
     refilled_at: float  # seconds since the epoch
 
 
+class SourceState(SQLModel, table=True):
+    """What the last reads of a configured source found (`followupd sources`): counts,
+    row errors by row and column (never a value), the last error. One JSON object a source."""
+
+    __tablename__ = "source_state"
+    name: str = Field(primary_key=True, max_length=64)
+    state: str = Field(sa_type=sa.Text)
+    updated_at: datetime = _stamp()
+
+
 class Cursor(SQLModel, table=True):
     """Bookkeeping for incremental work: how far planning has read each table."""
 

@@ -19,7 +19,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("cli", "commands", "demo", "__main__"),
     ("daemon",),
     ("engine",),
-    ("health", "intake"),
+    ("health", "intake", "sources"),
     ("planning", "subjects", "render", "delivery"),
     ("store",),
     ("records", "config", "pacing", "timing"),

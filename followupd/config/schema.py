@@ -343,6 +343,94 @@ class History(Strict):
     confirm_over: int | None = Field(50, ge=1)  # null: never ask
 
 
+# How often each kind of source may be read at most, and is read by default. A folder is
+# cheap to look at; a sheet is paced by Google's quota (about 60 reads a minute per user).
+SOURCE_EVERY = {
+    "folder": (Duration(1, "seconds"), Duration(5, "seconds")),
+    "google_sheet": (Duration(1, "minutes"), Duration(5, "minutes")),
+    "sql": (Duration(10, "seconds"), Duration(10, "minutes")),
+}
+# The keys each kind needs, and those only it may have.
+SOURCE_KEYS = {
+    "folder": ({"path"}, {"path"}),
+    "google_sheet": ({"spreadsheet", "range"}, {"spreadsheet", "range", "write_status"}),
+    "sql": ({"url", "query"}, {"url", "query", "changed_column"}),
+}
+
+
+class Source(Strict):
+    """A table the practice already keeps, read on a schedule through the same validation
+    and upsert as a CSV import: a Google Sheet, a folder of exports, an SQL query."""
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")
+    kind: Literal["google_sheet", "folder", "sql"]
+    table: Literal["referrals", "visits"]
+    every: DurationField | None = None
+    columns: dict[str, str] = {}  # our column -> their header
+    path: str | None = None  # folder: relative to the home
+    spreadsheet: str | None = None  # google_sheet: the id, or the sheet's URL
+    range: str | None = None  # google_sheet: "Referrals!A1:Z", header row first
+    write_status: bool = False
+    url: str | None = None  # sql: any SQLAlchemy URL (from the environment)
+    query: str | None = None
+    changed_column: str | None = None
+
+    @model_validator(mode="after")
+    def _keys_of_its_kind(self) -> Source:
+        needed, allowed = SOURCE_KEYS[self.kind]
+        given = {k for k in SOURCE_KEYS_ALL if getattr(self, k) not in (None, False)}
+        missing = sorted(needed - given)
+        if missing:
+            raise PydanticCustomError(
+                "source",
+                "a {kind} source needs {keys}",
+                {"kind": self.kind, "keys": ", ".join(missing)},
+            )
+        foreign = sorted(given - allowed)
+        if foreign:
+            raise PydanticCustomError(
+                "source",
+                "{keys} is not a key of a {kind} source (it takes {allowed})",
+                {
+                    "keys": ", ".join(foreign),
+                    "kind": self.kind,
+                    "allowed": ", ".join(sorted(allowed)),
+                },
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _read_by_this_version(self) -> Source:
+        if self.kind not in SOURCE_KINDS_READ:
+            raise PydanticCustomError(
+                "source",
+                "kind {kind} is not read by this version of followupd yet (it reads {read} "
+                "sources); import its rows with `followupd import` meanwhile",
+                {"kind": self.kind, "read": ", ".join(SOURCE_KINDS_READ)},
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _not_too_often(self) -> Source:
+        least, _ = SOURCE_EVERY[self.kind]
+        if self.every is not None and self.every.as_timedelta() < least.as_timedelta():
+            raise PydanticCustomError(
+                "source",
+                "every: a {kind} source is read at most every {least}",
+                {"kind": self.kind, "least": str(least)},
+            )
+        return self
+
+    @property
+    def interval(self) -> Duration:
+        """How often it is read: `every`, or its kind's default."""
+        return self.every or SOURCE_EVERY[self.kind][1]
+
+
+SOURCE_KINDS_READ = ("folder",)  # google_sheet and sql: issue 16, later slices
+SOURCE_KEYS_ALL = {"path", "spreadsheet", "range", "write_status", "url", "query", "changed_column"}
+
+
 def _closed_days(value: Any) -> Any:
     """`holidays:` may be a plain list of dates: the practice's own closed days."""
     return {"closed": value} if isinstance(value, list) else value
@@ -357,6 +445,7 @@ class Config(Strict):
     logging: Logging = Logging()
     holidays: Annotated[Holidays, BeforeValidator(_closed_days)] = Holidays()
     history: History = History()
+    sources: list[Source] = []
     specialty_chain: dict[str, str] = {}
     therapists: list[Therapist] = []
     rules: list[Rule] = []
@@ -375,6 +464,19 @@ class Config(Strict):
                     )
                 seen.add(name)
         return self
+
+    @field_validator("sources")
+    @classmethod
+    def _unique_sources(cls, sources: list[Source]) -> list[Source]:
+        names = [source.name for source in sources]
+        for name in names:
+            if names.count(name) > 1:
+                raise PydanticCustomError(
+                    "duplicate_name",
+                    'source name "{name}" is used twice (it must be unique)',
+                    {"name": name},
+                )
+        return sources
 
     @model_validator(mode="after")
     def _lease_outlasts_a_call(self) -> Config:

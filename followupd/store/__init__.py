@@ -110,6 +110,7 @@ from followupd.store.people import (
 )
 from followupd.store.quota import SharedTokenBucket
 from followupd.store.reads import changed_referrals, changed_visits, ledger_rows, referrals_by_id
+from followupd.store.sources import read_source_states, write_source_state
 from followupd.store.stamps import change_stamp
 
 __all__ = [
@@ -171,6 +172,7 @@ __all__ = [
     "read_cursor",
     "read_meta",
     "read_meta_prefix",
+    "read_source_states",
     "recent_failures",
     "record_release",
     "record_result",
@@ -190,4 +192,5 @@ __all__ = [
     "visit_page",
     "write_cursor",
     "write_meta",
+    "write_source_state",
 ]
