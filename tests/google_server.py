@@ -1,4 +1,4 @@
-"""A local stand-in for the Gmail v1 and Calendar v3 REST APIs, for tests and benchmarks.
+"""A local stand-in for the Gmail v1, Calendar v3 and Sheets v4 REST APIs (tests, benchmarks).
 
 Why: no test may reach Google (DESIGN.md, "Testing without the internet"), yet the code under
 test must talk through the *real* google-api-python-client, httplib2 and google-auth stack,
@@ -19,16 +19,24 @@ documents differ in where the version prefix lives:
   ``calendars/{calendarId}/events...``  ->  ``api_endpoint = base + "/calendar/v3/"``
   (``server.calendar_endpoint``). With plain ``base`` the Calendar client requests
   ``{base}/calendars/primary/events`` and this server answers 404, exactly as Google would.
+* Sheets (sheets.v4.json): rootUrl ``https://sheets.googleapis.com/``, servicePath ``""``,
+  method paths ``v4/spreadsheets/{spreadsheetId}/values/{range}``, ``v4/spreadsheets/
+  {spreadsheetId}:batchUpdate``  ->  ``api_endpoint = base`` (``server.sheets_endpoint``),
+  as for Gmail: requests land at ``{base}/v4/spreadsheets/...``. ``{range}`` is a simple (not
+  ``{+...}``) expansion, so the client %-encodes the whole range into one path segment:
+  ``'My Tab'!A:F`` travels as ``%27My%20Tab%27%21A%3AF``, a ``/`` in a tab title as ``%2F``.
 
-So ONE override URL cannot serve both services unchanged: code that takes a single
-``FOLLOWUPD_GOOGLE_API_ENDPOINT`` must append ``calendar/v3/`` for Calendar (or take the two
-endpoints separately). ``server.endpoint("gmail"|"calendar")`` gives the right value.
+So ONE override URL cannot serve all three services unchanged: code that takes a single
+``FOLLOWUPD_GOOGLE_API_ENDPOINT`` uses it as is for Gmail and Sheets and must append
+``calendar/v3/`` for Calendar. ``server.endpoint("gmail"|"calendar"|"sheets")`` gives the
+right value.
 
 Batches: ``service.new_batch_http_request()`` takes its URL from the discovery document's
 rootUrl + batchPath (``https://gmail.googleapis.com/batch``, ``https://www.googleapis.com/batch/
-calendar/v3``) and ignores ``api_endpoint``, so build ``BatchHttpRequest(batch_uri=...)``
-yourself with ``server.batch_uri("gmail"|"calendar")`` (``{base}/batch/gmail/v1`` and
-``{base}/batch/calendar/v3``; plain ``{base}/batch`` is accepted too).
+calendar/v3``, ``https://sheets.googleapis.com/batch``) and ignores ``api_endpoint``, so build
+``BatchHttpRequest(batch_uri=...)`` yourself with ``server.batch_uri("gmail"|"calendar"|
+"sheets")`` (``{base}/batch/gmail/v1``, ``{base}/batch/calendar/v3``, ``{base}/batch/sheets/v4``;
+plain ``{base}/batch`` is accepted too).
 
 Batch wire format (googleapiclient/http.py ``BatchHttpRequest._execute``)
 ------------------------------------------------------------------------
@@ -97,6 +105,57 @@ Other behaviour worth knowing (deliberately like Google)
   Gmail does, so the client must cope with each.
 * ``threads.get`` answers with every message of the thread (drafts and sent alike, oldest
   first), each with its ``labelIds`` and, per ``format``, its headers.
+* Scopes are opt-in: ``server.set_scopes(["spreadsheets.readonly"], token=...,
+  refresh_token=...)`` limits a token (and the tokens refreshed from that refresh token) to
+  those scopes; a call whose discovery method lists none of them gets 403
+  ``insufficientPermissions`` "Request had insufficient authentication scopes." with
+  ``WWW-Authenticate: ... error="insufficient_scope"``. Without it any token may call anything.
+  The token endpoint answers the granted scopes (else echoes those the client asked for).
+
+Sheets v4: spreadsheets.get, spreadsheets.batchUpdate, spreadsheets.values.get / update
+-------------------------------------------------------------------------------------
+* A test puts a tab in with ``server.put_sheet(spreadsheet_id, tab, rows)`` (cells: ``str``,
+  numbers, ``bool``, ``date``/``datetime``, ``None``/``""`` empty; grid 1000 x 26 or larger)
+  and changes it as the therapist would with ``set_cell(id, tab, "B3", v)``, ``append_row``,
+  ``insert_row``, ``delete_row`` (rows below move up), ``rename_tab``,
+  ``set_sheet_access(id, "read"|"none")`` and ``delete_spreadsheet``; ``sheet(id, tab)`` and
+  ``spreadsheet(id)`` read it back.
+* Ranges in A1 notation: ``Referrals``, ``Referrals!A1:Z``, ``'My Tab'!A:F`` (``''`` for a
+  quote), ``Referrals!2:5``, ``Referrals!B3``; without a tab (``A1:C``) the first tab. Tab
+  titles match exactly: whether Google ignores case there is unverified, so this is stricter.
+  Unknown tab or unparsable range: 400 "Unable to parse range: <range>"; past the grid: 400
+  "Range (Tab!A1:AB) exceeds grid limits. Max rows: 1000, max columns: 26"; unknown
+  spreadsheet: 404 "Requested entity was not found."; no access: 403 "The caller does not
+  have permission". Named ranges and R1C1 are not understood.
+* values.get answers a ValueRange whose ``range`` is Google's spelling of the whole requested
+  range, open ends at the grid's edge (``Referrals!A1:Z1000``), not the extent of the data;
+  trailing empty cells of each row and trailing empty rows are left out, empty cells between
+  values are ``""``, and a range with no values has no ``values`` key at all.
+  ``majorDimension=COLUMNS`` transposes. ``valueRenderOption``: FORMATTED_VALUE (default)
+  gives strings as the sheet shows them (``"12"``, ``"TRUE"``, a date cell in the
+  spreadsheet's locale: ``11/3/2026`` en_US, ``03/11/2026`` en_GB); UNFORMATTED_VALUE and
+  FORMULA give numbers and booleans as such and date cells as serial numbers (days since
+  1899-12-30; ``dateTimeRenderOption=FORMATTED_STRING``: the shown text). No formulas, no
+  custom number formats.
+* values.update: ``valueInputOption`` is required (400 "'valueInputOption' is required but
+  not specified"; the discovery document does not mark it required, so the client does not
+  catch it). RAW stores values as given; USER_ENTERED reads text as if typed (numbers,
+  TRUE/FALSE, dates ISO or in the locale's order, a leading ``'`` keeps text). ``null``
+  leaves a cell alone, ``""`` clears it. A single cell or bare tab is where writing starts
+  (the values may run on from it); a bounded range refuses more: 400 "Requested writing
+  within range [Tab!A1:B2], but tried writing to row [3]" (or column [C]). The grid does not
+  grow: writing past it is 400 "exceeds grid limits"; grow it with batchUpdate
+  ``appendDimension`` (values.append, which would grow it, is not implemented).
+* batchUpdate applies all its requests or none: ``addSheet`` (titles unique regardless of
+  case: 400 'A sheet with the name "x" already exists. Please enter another name.') and
+  ``appendDimension``; any other request is 400 here. Under ``act-then-drop`` httplib2
+  replays the POST (see above), so the client sees the replay's 400 "already exists" for a
+  tab that its first request did create: treat that as done, or look with spreadsheets.get.
+* Query parameters are checked against the discovery method (an undeclared one: 400 "Cannot
+  bind query parameter"; a bad enum value: 400), and ``fields=`` partial responses are
+  honoured on Sheets methods (checked against the response schema).
+* ``rate_limit("sheets", 60)`` gives each user 60 reads and, separately, 60 writes a window,
+  as Google's per-minute-per-user quotas (off by default, like the others).
 """
 
 from __future__ import annotations
@@ -114,9 +173,9 @@ import sys
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, date, datetime
 from email import policy
 from email.message import EmailMessage, Message
 from email.parser import BytesParser
@@ -135,9 +194,12 @@ __all__ = [
     "FAULTS",
     "GMAIL_KINDS",
     "GMAIL_UNITS",
+    "SHEETS_KINDS",
+    "SHEET_LOCALES",
     "GoogleServer",
     "RecordedRequest",
     "ServerStats",
+    "discovery_method",
     "message_of",
     "running_server",
 ]
@@ -155,6 +217,18 @@ GMAIL_KINDS = frozenset(
     }
 )
 CALENDAR_KINDS = frozenset({"events.insert", "events.get", "events.list", "events.delete"})
+# Named after the discovery method ids (sheets.spreadsheets.values.get, ...).
+SHEETS_KINDS = frozenset(
+    {
+        "spreadsheets.get",
+        "spreadsheets.batchUpdate",
+        "spreadsheets.values.get",
+        "spreadsheets.values.update",
+    }
+)
+# Sheets counts reads and writes against separate per-minute quotas.
+SHEETS_WRITES = frozenset({"spreadsheets.batchUpdate", "spreadsheets.values.update"})
+SCOPE_PREFIX = "https://www.googleapis.com/auth/"
 TOKEN_KIND = "oauth.token"
 JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 UNKNOWN_KIND = "unknown"
@@ -201,7 +275,7 @@ _RPC_STATUS = {
     504: "DEADLINE_EXCEEDED",
 }
 _WWW_AUTHENTICATE = 'Bearer realm="https://accounts.google.com/", error="invalid_token"'
-_BATCH_PATHS = frozenset({"/batch", "/batch/gmail/v1", "/batch/calendar/v3"})
+_BATCH_PATHS = frozenset({"/batch", "/batch/gmail/v1", "/batch/calendar/v3", "/batch/sheets/v4"})
 _MAX_BATCH_PARTS = 100
 _EVENT_ID = re.compile(r"[a-v0-9]{5,1024}")
 _HAS_OFFSET = re.compile(r"(?:[zZ]|[+-]\d\d:?\d\d)$")
@@ -361,8 +435,8 @@ class _Window:
 @dataclass
 class _Route:
     kind: str
-    api: str  # "gmail" | "calendar" | "oauth"
-    owner: str  # userId or calendarId: the quota/rate-limit key
+    api: str  # "gmail" | "calendar" | "sheets" | "oauth"
+    owner: str  # userId or calendarId (Sheets: the token's user): the quota/rate-limit key
     handler: Callable[..., _Reply]
     args: tuple[str, ...] = ()
 
@@ -370,6 +444,32 @@ class _Route:
 @functools.cache
 def _discovery(name: str) -> dict[str, Any]:
     return json.loads((_DOCUMENTS / f"{name}.json").read_text(encoding="utf-8"))
+
+
+@functools.cache
+def _methods(document: str) -> dict[str, dict[str, Any]]:
+    """Every method of a discovery document, by its id (``sheets.spreadsheets.values.get``)."""
+    found: dict[str, dict[str, Any]] = {}
+
+    def walk(node: dict[str, Any]) -> None:
+        for spec in node.get("methods", {}).values():
+            found[spec["id"]] = spec
+        for child in node.get("resources", {}).values():
+            walk(child)
+
+    walk(_discovery(document))
+    return found
+
+
+def discovery_method(kind: str) -> dict[str, Any]:
+    """The shipped discovery document's method for a call kind (its path, scopes, params)."""
+    if kind in GMAIL_KINDS:
+        return _methods("gmail.v1")["gmail.users." + kind]
+    if kind in CALENDAR_KINDS:
+        return _methods("calendar.v3")["calendar." + kind]
+    if kind in SHEETS_KINDS:
+        return _methods("sheets.v4")["sheets." + kind]
+    raise KeyError(kind)
 
 
 def _check_schema(value: Any, schema: dict[str, Any], schemas: dict[str, Any], at: str) -> None:  # noqa: C901 -- one branch per JSON schema type
@@ -397,13 +497,14 @@ def _check_schema(value: Any, schema: dict[str, Any], schemas: dict[str, Any], a
         extra = schema.get("additionalProperties")
         for name, item in value.items():
             if properties is not None and name in properties:
-                _check_schema(item, properties[name], schemas, f"{at}.{name}")
+                _check_schema(item, properties[name], schemas, f"{at}.{name}" if at else name)
             elif extra is not None:
                 _check_schema(item, extra, schemas, f"{at}[{name!r}]")
             elif properties is not None:
+                where = f" at '{at}'" if at else ""
                 message = (
-                    f'Invalid JSON payload received. Unknown name "{name}" at '
-                    f"'{at}': Cannot find field."
+                    f'Invalid JSON payload received. Unknown name "{name}"{where}: '
+                    "Cannot find field."
                 )
                 raise _ApiError(400, message, "invalid")
     elif kind == "array":
@@ -507,7 +608,7 @@ class _HTTPServer(ThreadingHTTPServer):
 
 
 class GoogleServer:
-    """Fake Gmail v1 + Calendar v3 on 127.0.0.1 with fault injection, counters and quotas.
+    """Fake Gmail v1 + Calendar v3 + Sheets v4 on 127.0.0.1: faults, counters, quotas, scopes.
 
     Thread-safe: every handler thread takes ``self._lock`` for state; sleeps (latency, slow
     faults) happen outside it so concurrent clients overlap as they would against Google.
@@ -542,6 +643,10 @@ class GoogleServer:
         self.revoked_service_accounts = False
         self._mailboxes: dict[str, _Mailbox] = {}
         self._calendars: dict[str, dict[str, dict[str, Any]]] = {}
+        self._books: dict[str, _Spreadsheet] = {}  # spreadsheet id -> its tabs
+        # Opt-in OAuth scopes (set_scopes): tokens not here may call anything.
+        self.token_scopes: dict[str, frozenset[str]] = {}
+        self.refresh_scopes: dict[str, frozenset[str]] = {}
         self._faults: list[_FaultRule] = []
         self._limits: dict[str, tuple[float, float]] = {}
         self._usage: dict[tuple[str, str], _Window] = {}
@@ -612,13 +717,27 @@ class GoogleServer:
     def calendar_endpoint(self) -> str:
         return self.base_url + "/calendar/v3/"
 
+    @property
+    def sheets_endpoint(self) -> str:
+        """Sheets' method paths carry their ``v4/`` (servicePath is empty), as Gmail's do."""
+        return self.base_url + "/"
+
     def endpoint(self, api: str) -> str:
-        """The ``client_options["api_endpoint"]`` for ``"gmail"`` or ``"calendar"``."""
-        return {"gmail": self.gmail_endpoint, "calendar": self.calendar_endpoint}[api]
+        """The ``client_options["api_endpoint"]`` for ``"gmail"``, ``"calendar"``, ``"sheets"``."""
+        return {
+            "gmail": self.gmail_endpoint,
+            "calendar": self.calendar_endpoint,
+            "sheets": self.sheets_endpoint,
+        }[api]
 
     def batch_uri(self, api: str) -> str:
         """The ``batch_uri`` for ``BatchHttpRequest`` (the discovery one points at Google)."""
-        return self.base_url + {"gmail": "/batch/gmail/v1", "calendar": "/batch/calendar/v3"}[api]
+        paths = {
+            "gmail": "/batch/gmail/v1",
+            "calendar": "/batch/calendar/v3",
+            "sheets": "/batch/sheets/v4",
+        }
+        return self.base_url + paths[api]
 
     def credentials_info(
         self, token: str = "test-token", refresh_token: str = "test-refresh-token"
@@ -661,6 +780,28 @@ class GoogleServer:
             self.valid_tokens.clear()
             self.valid_refresh_tokens.clear()
 
+    def set_scopes(
+        self,
+        scopes: Iterable[str] | None,
+        token: str = "test-token",
+        refresh_token: str | None = "test-refresh-token",
+    ) -> None:
+        """Grant ``token`` (and tokens refreshed with ``refresh_token``) only these scopes.
+
+        Scopes are full URLs or short names (``"spreadsheets.readonly"``). A call whose
+        discovery method lists none of them gets 403 insufficientPermissions, as at Google.
+        ``None`` lifts the restriction (the default: a token may call anything).
+        """
+        granted = None if scopes is None else frozenset(_full_scope(s) for s in scopes)
+        with self._lock:
+            for table, key in ((self.token_scopes, token), (self.refresh_scopes, refresh_token)):
+                if key is None:
+                    continue
+                if granted is None:
+                    table.pop(key, None)
+                else:
+                    table[key] = granted
+
     # ---- fault injection and quotas
 
     def inject(self, kind: str, fault: str, times: int = 1, **options: Any) -> None:
@@ -669,7 +810,7 @@ class GoogleServer:
         ``options``: ``retry_after`` for "429", ``seconds`` for "slow"/"act-then-slow".
         Rules are consumed in the order they were added; batch parts consume them too.
         """
-        known = GMAIL_KINDS | CALENDAR_KINDS | {TOKEN_KIND, "*"}
+        known = GMAIL_KINDS | CALENDAR_KINDS | SHEETS_KINDS | {TOKEN_KIND, "*"}
         if kind not in known:
             raise ValueError(f"unknown call kind {kind!r}; one of {sorted(known)}")
         if fault not in FAULTS:
@@ -694,9 +835,11 @@ class GoogleServer:
         A sliding ``window`` (default 60 s) per userId / calendarId; a call that would exceed
         ``per_minute`` gets 429 rateLimitExceeded with a Retry-After and is not charged.
         ``per_minute=None`` removes the limit. A shorter ``window`` keeps tests fast.
+        Sheets (``"sheets"``): per user (the token's), reads and writes each get
+        ``per_minute`` requests, as Google's 60 read and 60 write requests a minute per user.
         """
-        if api not in ("gmail", "calendar"):
-            raise ValueError("api must be 'gmail' or 'calendar'")
+        if api not in ("gmail", "calendar", "sheets"):
+            raise ValueError("api must be 'gmail', 'calendar' or 'sheets'")
         with self._lock:
             if per_minute is None:
                 self._limits.pop(api, None)
@@ -813,6 +956,137 @@ class GoogleServer:
                 raise KeyError(f"no event {event_id!r} in calendar {calendar!r}")
             self._cancel_event(event)
 
+    # ---- Sheets: what the practice keeps in its spreadsheet (test helpers)
+
+    def put_sheet(
+        self,
+        spreadsheet_id: str,
+        tab: str,
+        rows: Sequence[Sequence[Any]],
+        *,
+        row_count: int | None = None,
+        column_count: int | None = None,
+        title: str | None = None,
+        locale: str | None = None,
+        time_zone: str | None = None,
+    ) -> int:
+        """Create or replace a tab (and its spreadsheet, if new); returns the tab's sheetId.
+
+        ``rows`` hold cells as the sheet does: ``str`` (text as typed), ``int``/``float``,
+        ``bool``, ``date``/``datetime`` (a date cell: shown in the spreadsheet's ``locale``,
+        a serial number when unformatted), ``None`` or ``""`` (empty). The grid is Google's
+        default 1000 rows x 26 columns, or as large as ``rows`` (or ``row_count`` /
+        ``column_count``). A new spreadsheet has ``locale`` ``en_US`` unless told; its first
+        tab gets sheetId 0, as at Google.
+        """
+        data = [_cells_in(row) for row in rows]
+        width = max((len(row) for row in data), default=0)
+        if locale is not None and locale not in SHEET_LOCALES:
+            raise ValueError(f"locale must be one of {sorted(SHEET_LOCALES)}")
+        if (row_count or len(data)) < len(data) or (column_count or width) < width:
+            raise ValueError(f"{len(data)}x{width} cells do not fit the grid")
+        with self._lock:
+            book = self._books.get(spreadsheet_id)
+            if book is None:
+                book = _Spreadsheet(spreadsheet_id, "Referral log", "en_US", "America/New_York")
+                self._books[spreadsheet_id] = book
+            book.title = title or book.title
+            book.locale = locale or book.locale
+            book.time_zone = time_zone or book.time_zone
+            sheet = book.tab(tab)
+            if sheet is None:
+                sheet = _Tab(_new_sheet_id(book.tabs), tab)
+                book.tabs.append(sheet)
+            sheet.rows = data
+            sheet.row_count = row_count or max(sheet.row_count, len(data))
+            sheet.column_count = column_count or max(sheet.column_count, width)
+            return sheet.sheet_id
+
+    def set_cell(self, spreadsheet_id: str, tab: str, cell: str, value: Any) -> None:
+        """Type ``value`` into one cell (``"B3"``), as the therapist would; grows the grid."""
+        ref = _ref(cell)
+        if ref is None or None in ref:
+            raise ValueError(f"not a cell: {cell!r}")
+        column, row = ref
+        assert column is not None and row is not None
+        with self._lock:
+            sheet = self._sheet(spreadsheet_id, tab)
+            sheet.put(row, column, _cells_in([value])[0])
+            sheet.row_count = max(sheet.row_count, row + 1)
+            sheet.column_count = max(sheet.column_count, column + 1)
+
+    def append_row(self, spreadsheet_id: str, tab: str, row: Sequence[Any]) -> int:
+        """Add a row below the last non-empty one; returns its row number (1-based)."""
+        with self._lock:
+            sheet = self._sheet(spreadsheet_id, tab)
+            number = sheet.used_rows() + 1
+            self._place_row(sheet, number, row)
+            return number
+
+    def insert_row(self, spreadsheet_id: str, tab: str, number: int, row: Sequence[Any]) -> None:
+        """Insert a row at row ``number`` (1-based), moving the rows below it down."""
+        with self._lock:
+            sheet = self._sheet(spreadsheet_id, tab)
+            while len(sheet.rows) < number - 1:
+                sheet.rows.append([])
+            sheet.rows.insert(number - 1, [])
+            sheet.row_count += 1
+            self._place_row(sheet, number, row)
+
+    def delete_row(self, spreadsheet_id: str, tab: str, number: int) -> None:
+        """Delete row ``number`` (1-based) as the Sheets UI does: the rows below move up."""
+        with self._lock:
+            sheet = self._sheet(spreadsheet_id, tab)
+            if not 1 <= number <= sheet.row_count:
+                raise IndexError(f"no row {number} in {tab!r}")
+            if number <= len(sheet.rows):
+                del sheet.rows[number - 1]
+            sheet.row_count -= 1
+
+    def rename_tab(self, spreadsheet_id: str, tab: str, new_title: str) -> None:
+        with self._lock:
+            self._sheet(spreadsheet_id, tab).title = new_title
+
+    def delete_spreadsheet(self, spreadsheet_id: str) -> None:
+        """The spreadsheet is gone (deleted, or moved out of reach): its calls get 404."""
+        with self._lock:
+            del self._books[spreadsheet_id]
+
+    def set_sheet_access(self, spreadsheet_id: str, access: str) -> None:
+        """``"write"`` (default), ``"read"`` (shared view-only: writes get 403) or ``"none"``."""
+        if access not in ("write", "read", "none"):
+            raise ValueError("access must be 'write', 'read' or 'none'")
+        with self._lock:
+            self._books[spreadsheet_id].access = access
+
+    def sheet(self, spreadsheet_id: str, tab: str) -> list[list[Any]]:
+        """A tab's cells as stored (dates as ``date``), trailing empties trimmed, gaps ``None``."""
+        with self._lock:
+            rows = [_trim(list(row)) for row in self._sheet(spreadsheet_id, tab).rows]
+        while rows and not rows[-1]:
+            rows.pop()
+        return rows
+
+    def spreadsheet(self, spreadsheet_id: str) -> dict[str, Any]:
+        """The spreadsheet as ``spreadsheets.get`` answers (properties and its tabs)."""
+        with self._lock:
+            return _spreadsheet_resource(self._books[spreadsheet_id])
+
+    def _sheet(self, spreadsheet_id: str, tab: str) -> _Tab:
+        book = self._books.get(spreadsheet_id)
+        sheet = book.tab(tab) if book else None
+        if sheet is None:
+            raise KeyError(f"no tab {tab!r} in spreadsheet {spreadsheet_id!r}")
+        return sheet
+
+    @staticmethod
+    def _place_row(sheet: _Tab, number: int, row: Sequence[Any]) -> None:
+        cells = _cells_in(row)
+        for column, value in enumerate(cells):
+            sheet.put(number - 1, column, value)
+        sheet.row_count = max(sheet.row_count, number)
+        sheet.column_count = max(sheet.column_count, len(cells))
+
     # ---- connection tracking
 
     def _track(self, handler: _Handler, *, add: bool) -> None:
@@ -907,6 +1181,7 @@ class GoogleServer:
         if route.api != "oauth":
             try:
                 token = self._authorize(headers)
+                self._check_scopes(route.kind, token)
             except _ApiError as error:
                 return error.reply()
             route = self._as_user(route, token)
@@ -935,12 +1210,35 @@ class GoogleServer:
         return reply
 
     def _as_user(self, route: _Route, token: str) -> _Route:
-        """``me`` and ``primary`` are the token's own mailbox and calendar, as at Google."""
+        """``me`` and ``primary`` are the token's own mailbox and calendar, as at Google.
+
+        Sheets calls name no user: the token's user is only their quota key.
+        """
         with self._lock:
             user = self.token_users.get(token)
         if user is None or route.owner not in ("me", "primary"):
             return route
-        return _Route(route.kind, route.api, user, route.handler, (user, *route.args[1:]))
+        args = route.args if route.api == "sheets" else (user, *route.args[1:])
+        return _Route(route.kind, route.api, user, route.handler, args)
+
+    def _check_scopes(self, kind: str, token: str) -> None:
+        with self._lock:
+            granted = self.token_scopes.get(token)
+        if granted is None:
+            return
+        accepted = discovery_method(kind).get("scopes", [])
+        if granted.isdisjoint(accepted):
+            challenge = (
+                'Bearer realm="https://accounts.google.com/", error="insufficient_scope", '
+                f'scope="{" ".join(accepted)}"'
+            )
+            raise _ApiError(
+                403,
+                "Request had insufficient authentication scopes.",
+                "insufficientPermissions",
+                extra={"message": "Insufficient Permission"},
+                headers=(("WWW-Authenticate", challenge),),
+            )
 
     def _authorize(self, headers: dict[str, str]) -> str:
         value = headers.get("authorization", "")
@@ -982,7 +1280,7 @@ class GoogleServer:
         return _ApiError(status, message, reason, domain=domain, headers=headers).reply()
 
     def _charge(self, route: _Route) -> None:
-        if route.api not in ("gmail", "calendar"):
+        if route.api not in ("gmail", "calendar", "sheets"):
             return
         with self._lock:
             limit = self._limits.get(route.api)
@@ -990,15 +1288,24 @@ class GoogleServer:
                 return
             per_window, window = limit
             cost = GMAIL_UNITS.get(route.kind, 5) if route.api == "gmail" else 1
+            owner, message = route.owner, "Quota exceeded for quota metric 'Queries' per user."
+            if route.api == "sheets":
+                what = "Write" if route.kind in SHEETS_WRITES else "Read"
+                owner = f"{route.owner} {what}"
+                message = (
+                    f"Quota exceeded for quota metric '{what} requests' and limit "
+                    f"'{what} requests per minute per user' of service 'sheets.googleapis.com' "
+                    "for consumer 'project_number:0'."
+                )
             now = time.monotonic()
-            usage = self._usage.setdefault((route.api, route.owner), _Window())
+            usage = self._usage.setdefault((route.api, owner), _Window())
             while usage.log and usage.log[0][0] <= now - window:
                 usage.used -= usage.log.popleft()[1]
             if usage.used + cost > per_window:
                 wait = usage.log[0][0] + window - now if usage.log else window
                 raise _ApiError(
                     429,
-                    "Quota exceeded for quota metric 'Queries' per user.",
+                    message,
                     "rateLimitExceeded",
                     domain="usageLimits",
                     headers=(("Retry-After", str(max(1, math.ceil(wait)))),),
@@ -1008,7 +1315,7 @@ class GoogleServer:
 
     # ---- routing
 
-    def _route(self, method: str, target: str) -> _Route | None:
+    def _route(self, method: str, target: str) -> _Route | None:  # noqa: C901 -- a case a route
         segments = [unquote(s) for s in urlsplit(target).path.split("/")[1:]]
         match method, segments:
             case "POST", ["token"]:
@@ -1042,7 +1349,28 @@ class GoogleServer:
                 return _Route(
                     "events.delete", "calendar", cal, self._events_delete, (cal, event_id)
                 )
+            case _, ["v4", "spreadsheets", *rest]:
+                return self._sheets_route(method, rest)
         return None
+
+    def _sheets_route(self, method: str, rest: list[str]) -> _Route | None:
+        """``{id}``, ``{id}:batchUpdate``, ``{id}/values/{range}`` (the range %-encoded)."""
+        handler: Callable[..., dict[str, Any]]
+        match method, rest:
+            case "GET", [book, "values", cells]:
+                kind, handler, args = "spreadsheets.values.get", self._values_get, (book, cells)
+            case "PUT", [book, "values", cells]:
+                kind, handler = "spreadsheets.values.update", self._values_update
+                args = (book, cells)
+            case "GET", [book] if ":" not in book:
+                kind, handler, args = "spreadsheets.get", self._spreadsheets_get, (book,)
+            case "POST", [target] if target.endswith(":batchUpdate"):
+                kind, handler = "spreadsheets.batchUpdate", self._spreadsheets_batch_update
+                args = (target.removesuffix(":batchUpdate"),)
+            case _:
+                return None
+        call = functools.partial(self._sheets_call, kind, handler)
+        return _Route(kind, "sheets", "me", call, args)
 
     # ---- batch
 
@@ -1160,6 +1488,14 @@ class GoogleServer:
             self._counter += 1
             token = f"test-token-{self._counter}"
             self.valid_tokens.add(token)
+            # The grant's scopes: those set_scopes() gave the refresh token, else what the
+            # client asked for (google-auth sends its scopes and warns when some are missing).
+            granted = self.refresh_scopes.get(form.get("refresh_token", ""))
+            if granted is not None:
+                self.token_scopes[token] = granted
+                scope = " ".join(sorted(granted))
+            else:
+                scope = form.get("scope") or "https://www.googleapis.com/auth/gmail.compose"
             subject = (
                 self.jwt_claims[-1].get("sub") if form.get("grant_type") == JWT_BEARER else None
             )
@@ -1171,7 +1507,7 @@ class GoogleServer:
                 "access_token": token,
                 "expires_in": 3599,
                 "token_type": "Bearer",
-                "scope": "https://www.googleapis.com/auth/gmail.compose",
+                "scope": scope,
             },
         )
 
@@ -1489,6 +1825,114 @@ class GoogleServer:
             answer["nextPageToken"] = token
         return _Reply.json(200, answer)
 
+    # ---- Sheets
+
+    def _sheets_call(
+        self,
+        kind: str,
+        handler: Callable[..., dict[str, Any]],
+        *args: str,
+        query: dict[str, list[str]],
+        body: bytes,
+    ) -> _Reply:
+        """Query parameters checked against the discovery method; ``fields`` applied."""
+        spec = discovery_method(kind)
+        _check_query(spec, query)
+        answer = handler(*args, query=query, body=body)
+        fields = query.get("fields", [""])[0]
+        if fields:
+            answer = _select_fields(answer, fields, spec["response"]["$ref"])
+        return _Reply.json(200, answer)
+
+    def _book(self, spreadsheet_id: str, *, write: bool) -> _Spreadsheet:
+        book = self._books.get(spreadsheet_id)
+        if book is None:
+            raise _ApiError(404, "Requested entity was not found.", "notFound")
+        if book.access == "none" or (write and book.access != "write"):
+            raise _ApiError(403, "The caller does not have permission", "forbidden")
+        return book
+
+    def _spreadsheets_get(
+        self, book_id: str, *, query: dict[str, list[str]], body: bytes
+    ) -> dict[str, Any]:
+        with self._lock:
+            return _spreadsheet_resource(self._book(book_id, write=False))
+
+    def _values_get(
+        self, book_id: str, cells: str, *, query: dict[str, list[str]], body: bytes
+    ) -> dict[str, Any]:
+        major = _option(query, "majorDimension", "ROWS")
+        render = _option(query, "valueRenderOption", "FORMATTED_VALUE")
+        dates = _option(query, "dateTimeRenderOption", "SERIAL_NUMBER")
+        with self._lock:
+            book = self._book(book_id, write=False)
+            sheet, box = _resolve(book, cells)
+            bottom, right = _within_grid(sheet, box, cells)
+            area = (box.top, box.left, bottom, right)
+            return _value_range(book, sheet, area, major, render, dates)
+
+    def _values_update(
+        self, book_id: str, cells: str, *, query: dict[str, list[str]], body: bytes
+    ) -> dict[str, Any]:
+        option = _option(query, "valueInputOption", "")
+        if option in ("", "INPUT_VALUE_OPTION_UNSPECIFIED"):
+            raise _ApiError(400, "'valueInputOption' is required but not specified", "badRequest")
+        data = _validate_body("sheets.v4", "ValueRange", "value_range", body)
+        values = _values_in(data.get("values") or [], data.get("majorDimension"))
+        with self._lock:
+            book = self._book(book_id, write=True)
+            sheet, box = _resolve(book, cells)
+            if data.get("range"):
+                other, other_box = _resolve(book, data["range"])
+                if other is not sheet or other_box != box:
+                    raise _ApiError(
+                        400,
+                        f"Invalid ValueRange: its range ({data['range']}) does not match the "
+                        f"range in the request URL ({cells}).",
+                        "badRequest",
+                    )
+            area = _write_area(sheet, box, cells, values)
+            written = 0
+            for i, line in enumerate(values):
+                for j, value in enumerate(line):
+                    if value is not None:
+                        sheet.put(area[0] + i, area[1] + j, _cell_from_json(value, option, book))
+                        written += 1
+            answer: dict[str, Any] = {
+                "spreadsheetId": book.id,
+                "updatedRange": _a1(sheet, *area),
+            }
+            if written:  # proto3 JSON leaves zero counts out
+                answer["updatedRows"] = sum(any(v is not None for v in line) for line in values)
+                answer["updatedColumns"] = len(
+                    {j for line in values for j, v in enumerate(line) if v is not None}
+                )
+                answer["updatedCells"] = written
+            if _option(query, "includeValuesInResponse", "false").lower() == "true":
+                render = _option(query, "responseValueRenderOption", "FORMATTED_VALUE")
+                dates = _option(query, "responseDateTimeRenderOption", "SERIAL_NUMBER")
+                answer["updatedData"] = _value_range(book, sheet, area, "ROWS", render, dates)
+            return answer
+
+    def _spreadsheets_batch_update(
+        self, book_id: str, *, query: dict[str, list[str]], body: bytes
+    ) -> dict[str, Any]:
+        request = _validate_body("sheets.v4", "BatchUpdateSpreadsheetRequest", "", body)
+        requests = request.get("requests") or []
+        if not requests:
+            raise _ApiError(400, "Must specify at least one request.", "badRequest")
+        with self._lock:
+            book = self._book(book_id, write=True)
+            # All or nothing, as at Google: the requests change copies of the tabs (their
+            # cells are shared: no supported request changes cells), kept only if all apply.
+            tabs = [replace(tab) for tab in book.tabs]
+            replies = [_apply_request(tabs, i, item) for i, item in enumerate(requests)]
+            book.tabs = tabs
+            answer: dict[str, Any] = {"spreadsheetId": book.id, "replies": replies}
+            if request.get("includeSpreadsheetInResponse"):
+                answer["updatedSpreadsheet"] = _spreadsheet_resource(book)
+            return answer
+
 
 def _check_range(event: dict[str, Any]) -> None:
     """Google refuses an event that ends before it starts."""
@@ -1503,6 +1947,580 @@ def _check_range(event: dict[str, Any]) -> None:
         raise _ApiError(
             400, "The specified time range is empty.", "timeRangeEmpty", rpc_status=False
         )
+
+
+# --------------------------------------------------------------------------- Sheets model
+
+_DEFAULT_ROWS, _DEFAULT_COLUMNS = 1000, 26
+_SERIAL_EPOCH = datetime(1899, 12, 30)
+# A spreadsheet's locale -> how its date cells show by default: (order, separator,
+# zero-padded day and month). Approximations of Google's defaults for these locales.
+SHEET_LOCALES: dict[str, tuple[str, str, bool]] = {
+    "en_US": ("mdy", "/", False),  # 11/3/2026
+    "en_GB": ("dmy", "/", True),  # 03/11/2026
+    "de_DE": ("dmy", ".", False),  # 3.11.2026
+}
+_REF = re.compile(r"\$?([A-Za-z]{0,3})\$?(\d{0,7})")
+_PLAIN_TITLE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_CELL_LIKE = re.compile(r"[A-Za-z]{1,3}\d+|[Rr]\d*[Cc]\d*")
+_NUMBER = re.compile(r"[+-]?(?:\d{1,3}(?:,\d{3})+|\d*)(?:\.\d+)?(?:[eE][+-]?\d+)?")
+_ISO_DATE = re.compile(r"(\d{4})-(\d{1,2})-(\d{1,2})(?:[ T](\d{1,2}):(\d{2})(?::(\d{2}))?)?")
+_ENUM_TYPES = {
+    "majorDimension": "Dimension",
+    "valueRenderOption": "ValueRenderOption",
+    "responseValueRenderOption": "ValueRenderOption",
+    "dateTimeRenderOption": "DateTimeRenderOption",
+    "responseDateTimeRenderOption": "DateTimeRenderOption",
+    "valueInputOption": "ValueInputOption",
+}
+
+
+@dataclass(eq=False)
+class _Tab:
+    """One tab: ragged rows of cells (``None`` empty) inside a row_count x column_count grid."""
+
+    sheet_id: int
+    title: str
+    rows: list[list[Any]] = field(default_factory=list)
+    row_count: int = _DEFAULT_ROWS
+    column_count: int = _DEFAULT_COLUMNS
+
+    def put(self, row: int, column: int, value: Any) -> None:
+        while len(self.rows) <= row:
+            self.rows.append([])
+        line = self.rows[row]
+        while len(line) <= column:
+            line.append(None)
+        line[column] = value
+
+    def used_rows(self) -> int:
+        """Rows down to the last one with a value."""
+        for index in range(len(self.rows) - 1, -1, -1):
+            if any(value is not None for value in self.rows[index]):
+                return index + 1
+        return 0
+
+    def properties(self, index: int) -> dict[str, Any]:
+        return {
+            "sheetId": self.sheet_id,
+            "title": self.title,
+            "index": index,
+            "sheetType": "GRID",
+            "gridProperties": {"rowCount": self.row_count, "columnCount": self.column_count},
+        }
+
+
+@dataclass
+class _Spreadsheet:
+    id: str
+    title: str
+    locale: str
+    time_zone: str
+    tabs: list[_Tab] = field(default_factory=list)
+    access: str = "write"  # "write" | "read" | "none", for every caller
+
+    def tab(self, title: str) -> _Tab | None:
+        """By exact title: whether Google matches titles in a range case-insensitively has
+        not been verified, so the stricter reading is taken."""
+        return next((tab for tab in self.tabs if tab.title == title), None)
+
+
+@dataclass(frozen=True)
+class _Box:
+    """A range within a tab, 0-based; ``None`` runs to the edge of the grid."""
+
+    top: int
+    left: int
+    bottom: int | None
+    right: int | None
+    start_only: bool = False  # a bare tab name or a single cell: a write may run on from it
+
+
+def _full_scope(name: str) -> str:
+    return name if "://" in name else SCOPE_PREFIX + name
+
+
+def _new_sheet_id(tabs: list[_Tab]) -> int:
+    if not tabs:
+        return 0  # a spreadsheet's first tab, as at Google
+    used = {tab.sheet_id for tab in tabs}
+    while True:
+        candidate = secrets.randbelow(2**31 - 2) + 1
+        if candidate not in used:
+            return candidate
+
+
+def _cells_in(row: Sequence[Any]) -> list[Any]:
+    """A row as a test hands it over: ``""`` is an empty cell, as in the Sheets UI."""
+    cells: list[Any] = []
+    for value in row:
+        if value is None or (isinstance(value, str) and value == ""):
+            cells.append(None)
+        elif isinstance(value, str | int | float | date):
+            cells.append(value)
+        else:
+            raise TypeError(f"a cell holds text, a number, a bool or a date, not {value!r}")
+    return cells
+
+
+def _trim(line: list[Any]) -> list[Any]:
+    while line and line[-1] is None:
+        line.pop()
+    return line
+
+
+def _column_letters(index: int) -> str:
+    letters = ""
+    index += 1
+    while index:
+        index, rest = divmod(index - 1, 26)
+        letters = chr(65 + rest) + letters
+    return letters
+
+
+def _column_index(letters: str) -> int:
+    number = 0
+    for char in letters.upper():
+        number = number * 26 + ord(char) - 64
+    return number - 1
+
+
+def _ref(text: str) -> tuple[int | None, int | None] | None:
+    """``"B3"`` -> (1, 2), ``"B"`` -> (1, None), ``"3"`` -> (None, 2); else None."""
+    match = _REF.fullmatch(text)
+    if match is None or not (match[1] or match[2]) or (match[2] and int(match[2]) == 0):
+        return None
+    column = _column_index(match[1]) if match[1] else None
+    return column, (int(match[2]) - 1 if match[2] else None)
+
+
+def _quote_title(title: str) -> str:
+    if _PLAIN_TITLE.fullmatch(title) and not _CELL_LIKE.fullmatch(title):
+        return title
+    return "'" + title.replace("'", "''") + "'"
+
+
+def _a1(sheet: _Tab, top: int, left: int, bottom: int, right: int) -> str:
+    """Google's own spelling of a range: the tab quoted if need be, both corners."""
+    start = f"{_column_letters(left)}{top + 1}"
+    if (top, left) == (bottom, right):
+        return f"{_quote_title(sheet.title)}!{start}"
+    return f"{_quote_title(sheet.title)}!{start}:{_column_letters(right)}{bottom + 1}"
+
+
+def _split_a1(text: str) -> tuple[str | None, str | None]:
+    """(tab title or None, cell part or None) of an A1 range; ``'It''s'!A1`` unquoted."""
+    if not text.startswith("'"):
+        if "!" in text:
+            title, _, cells = text.partition("!")
+            return title, cells
+        return None, text
+    pieces, at = [], 1
+    while True:
+        end = text.find("'", at)
+        if end < 0:
+            raise ValueError(text)
+        pieces.append(text[at:end])
+        if text.startswith("''", end):
+            pieces.append("'")
+            at = end + 2
+            continue
+        rest = text[end + 1 :]
+        break
+    if rest and not rest.startswith("!"):
+        raise ValueError(text)
+    return "".join(pieces), (rest[1:] if rest else None)
+
+
+def _parse_cells(cells: str) -> _Box | None:
+    """``B2``, ``A1:Z``, ``A:F``, ``2:5``, ``A5:A``... (``$`` allowed); None if not a range."""
+    start, colon, end = cells.partition(":")
+    first = _ref(start)
+    if not colon:
+        if first is None or first[0] is None or first[1] is None:
+            return None
+        return _Box(first[1], first[0], first[1], first[0], start_only=True)
+    last = _ref(end)
+    if first is None or last is None:
+        return None
+    (c1, r1), (c2, r2) = first, last
+    top, left = r1 if r1 is not None else 0, c1 if c1 is not None else 0
+    if r2 is not None and r2 < top:
+        top, r2 = r2, top
+    if c2 is not None and c2 < left:
+        left, c2 = c2, left
+    return _Box(top, left, r2, c2)
+
+
+def _resolve(book: _Spreadsheet, text: str) -> tuple[_Tab, _Box]:
+    """The tab and box an A1 range names; a range without a tab means the first tab."""
+    unparsable = _ApiError(400, f"Unable to parse range: {text}", "badRequest")
+    try:
+        title, cells = _split_a1(text)
+    except ValueError:
+        raise unparsable from None
+    whole = _Box(0, 0, None, None, start_only=True)
+    if title is None:
+        named = book.tab(text)
+        if named is not None:
+            return named, whole
+        sheet = book.tabs[0] if book.tabs else None
+    else:
+        sheet = book.tab(title)
+    box = whole if cells is None else _parse_cells(cells)
+    if sheet is None or box is None:
+        raise unparsable
+    return sheet, box
+
+
+def _grid_error(sheet: _Tab, cells: str) -> _ApiError:
+    return _ApiError(
+        400,
+        f"Range ({_quote_title(sheet.title)}!{cells}) exceeds grid limits. "
+        f"Max rows: {sheet.row_count}, max columns: {sheet.column_count}",
+        "badRequest",
+    )
+
+
+def _within_grid(sheet: _Tab, box: _Box, text: str) -> tuple[int, int]:
+    """The box's bottom and right, open ends at the grid's edge; 400 beyond the grid."""
+    bottom = sheet.row_count - 1 if box.bottom is None else box.bottom
+    right = sheet.column_count - 1 if box.right is None else box.right
+    if max(box.top, bottom) >= sheet.row_count or max(box.left, right) >= sheet.column_count:
+        raise _grid_error(sheet, text.rpartition("!")[2])
+    return bottom, right
+
+
+def _write_area(
+    sheet: _Tab, box: _Box, text: str, values: list[list[Any]]
+) -> tuple[int, int, int, int]:
+    """Where ``values`` go: within a bounded range, from a start cell on, inside the grid."""
+    bottom, right = _within_grid(sheet, box, text)
+    height, width = len(values), max((len(line) for line in values), default=0)
+    if not (height and width):
+        return box.top, box.left, bottom, right
+    within = f"Requested writing within range [{_a1(sheet, box.top, box.left, bottom, right)}]"
+    if not box.start_only and height > bottom - box.top + 1:
+        raise _ApiError(400, f"{within}, but tried writing to row [{bottom + 2}]", "badRequest")
+    if not box.start_only and width > right - box.left + 1:
+        column = _column_letters(right + 1)
+        raise _ApiError(400, f"{within}, but tried writing to column [{column}]", "badRequest")
+    if box.top + height > sheet.row_count:
+        raise _grid_error(sheet, f"{_column_letters(box.left)}{sheet.row_count + 1}")
+    if box.left + width > sheet.column_count:
+        raise _grid_error(sheet, f"{_column_letters(sheet.column_count)}{box.top + 1}")
+    return box.top, box.left, box.top + height - 1, box.left + width - 1
+
+
+def _option(query: dict[str, list[str]], name: str, default: str) -> str:
+    return query.get(name, [default])[0]
+
+
+def _check_query(spec: dict[str, Any], query: dict[str, list[str]]) -> None:
+    """Only the parameters the discovery method (or every method) declares, valid values."""
+    known = {**_discovery("sheets.v4")["parameters"], **spec.get("parameters", {})}
+    for name, values in query.items():
+        param = known.get(name)
+        if param is None or param.get("location") != "query":
+            raise _ApiError(
+                400,
+                f'Invalid JSON payload received. Unknown name "{name}": Cannot bind query '
+                f"parameter. Field '{name}' could not be found in request message.",
+                "invalid",
+            )
+        for value in values:
+            if "enum" in param and value not in param["enum"]:
+                kind = "type.googleapis.com/google.apps.sheets.v4." + _ENUM_TYPES.get(name, name)
+            elif param.get("type") == "boolean" and value.lower() not in ("true", "false"):
+                kind = "TYPE_BOOL"
+            else:
+                continue
+            snake = re.sub(r"(?<!^)([A-Z])", r"_\1", name).lower()
+            raise _ApiError(400, f"Invalid value at '{snake}' ({kind}), \"{value}\"", "invalid")
+
+
+def _values_in(values: list[list[Any]], major: str | None) -> list[list[Any]]:
+    """A ValueRange's values, row-major; objects and lists are not cell values."""
+    for i, line in enumerate(values):
+        for j, value in enumerate(line):
+            if isinstance(value, dict | list):
+                kind = "struct_value" if isinstance(value, dict) else "list_value"
+                message = f"Invalid values[{i}][{j}]: {kind} {json.dumps(value)}"
+                raise _ApiError(400, message, "badRequest")
+    if major == "COLUMNS":
+        width = max((len(line) for line in values), default=0)
+        return [[line[k] if k < len(line) else None for line in values] for k in range(width)]
+    return values
+
+
+def _cell_from_json(value: Any, option: str, book: _Spreadsheet) -> Any:
+    """RAW stores what came; USER_ENTERED parses text as if typed into the sheet."""
+    if isinstance(value, str) and value == "":
+        return None  # Google: an empty string clears the cell
+    if option != "USER_ENTERED" or not isinstance(value, str):
+        return value
+    if value.startswith("'"):
+        return value[1:] or None
+    if value.upper() in ("TRUE", "FALSE"):
+        return value.upper() == "TRUE"
+    plain = value.strip()
+    if _NUMBER.fullmatch(plain) and any(char.isdigit() for char in plain):
+        number = float(plain.replace(",", ""))
+        return int(number) if number.is_integer() and abs(number) < 2**53 else number
+    parsed = _parse_date(plain, book.locale)
+    return value if parsed is None else parsed  # formulas (=...) are kept as text
+
+
+def _parse_date(text: str, locale: str) -> date | None:
+    """ISO 8601, or the locale's own order (``11/3/2026`` in en_US), with an optional time."""
+    order, separator, _ = SHEET_LOCALES[locale]
+    match = _ISO_DATE.fullmatch(text)
+    if match is not None:
+        year, month, day = match[1], match[2], match[3]
+    else:
+        sep = re.escape(separator)
+        match = re.fullmatch(
+            rf"(\d{{1,2}}){sep}(\d{{1,2}}){sep}(\d{{4}})(?: (\d{{1,2}}):(\d{{2}})(?::(\d{{2}}))?)?",
+            text,
+        )
+        if match is None:
+            return None
+        month, day = (match[1], match[2]) if order == "mdy" else (match[2], match[1])
+        year = match[3]
+    hour, minute, second = match.group(4, 5, 6)
+    try:
+        if hour is None:
+            return date(int(year), int(month), int(day))
+        return datetime(int(year), int(month), int(day), int(hour), int(minute), int(second or 0))
+    except ValueError:
+        return None
+
+
+def _format_date(value: date, locale: str) -> str:
+    order, separator, padded = SHEET_LOCALES[locale]
+    parts = {"d": value.day, "m": value.month, "y": value.year}
+    return separator.join(
+        f"{parts[key]:02}" if padded and key != "y" else str(parts[key]) for key in order
+    )
+
+
+def _formatted(value: Any, locale: str) -> str:
+    """FORMATTED_VALUE: what the cell shows (default formats; no custom number formats)."""
+    if isinstance(value, bool):
+        return "TRUE" if value else "FALSE"
+    if isinstance(value, datetime):
+        return f"{_format_date(value, locale)} {value.hour}:{value:%M:%S}"
+    if isinstance(value, date):
+        return _format_date(value, locale)
+    if isinstance(value, float):
+        return str(int(value)) if value.is_integer() else f"{value:.10g}"
+    return str(value)
+
+
+def _serial(value: date) -> int | float:
+    """Days since 1899-12-30, the fraction the time of day (Lotus 1-2-3's serial numbers)."""
+    if isinstance(value, datetime):
+        moment = value.replace(tzinfo=None)
+    else:
+        moment = datetime(value.year, value.month, value.day)
+    delta = moment - _SERIAL_EPOCH
+    days = delta.days + (delta.seconds + delta.microseconds / 1e6) / 86400
+    return int(days) if days.is_integer() else days
+
+
+def _cell_out(value: Any, render: str, dates: str, locale: str) -> Any:
+    if value is None:
+        return ""
+    if render == "FORMATTED_VALUE" or (isinstance(value, date) and dates == "FORMATTED_STRING"):
+        return _formatted(value, locale)
+    if isinstance(value, date):
+        return _serial(value)
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+def _value_range(
+    book: _Spreadsheet,
+    sheet: _Tab,
+    area: tuple[int, int, int, int],
+    major: str,
+    render: str,
+    dates: str,
+) -> dict[str, Any]:
+    """A ValueRange as Google answers: trailing empty cells and rows left out, gaps ``""``."""
+    top, left, bottom, right = area
+    grid = [row[left : right + 1] for row in sheet.rows[top : bottom + 1]]
+    if major == "COLUMNS":
+        width = max((len(row) for row in grid), default=0)
+        grid = [[row[k] if k < len(row) else None for row in grid] for k in range(width)]
+    lines = [_trim(list(line)) for line in grid]
+    while lines and not lines[-1]:
+        lines.pop()
+    answer: dict[str, Any] = {
+        "range": _a1(sheet, *area),
+        "majorDimension": "COLUMNS" if major == "COLUMNS" else "ROWS",
+    }
+    if lines:
+        answer["values"] = [
+            [_cell_out(value, render, dates, book.locale) for value in line] for line in lines
+        ]
+    return answer
+
+
+def _spreadsheet_resource(book: _Spreadsheet) -> dict[str, Any]:
+    return {
+        "spreadsheetId": book.id,
+        "properties": {
+            "title": book.title,
+            "locale": book.locale,
+            "autoRecalc": "ON_CHANGE",
+            "timeZone": book.time_zone,
+        },
+        "sheets": [{"properties": tab.properties(i)} for i, tab in enumerate(book.tabs)],
+        "spreadsheetUrl": f"https://docs.google.com/spreadsheets/d/{book.id}/edit",
+    }
+
+
+def _apply_request(tabs: list[_Tab], index: int, request: dict[str, Any]) -> dict[str, Any]:
+    """One batchUpdate request (a oneof): addSheet and appendDimension are implemented."""
+    kinds = [name for name, value in request.items() if value is not None]
+    if len(kinds) != 1:
+        problem = "No request set." if not kinds else f"More than one request set: {kinds}."
+        raise _ApiError(400, f"Invalid requests[{index}]: {problem}", "badRequest")
+    (kind,) = kinds
+    where = f"Invalid requests[{index}].{kind}"
+    if kind == "addSheet":
+        return {"addSheet": {"properties": _add_sheet(tabs, where, request[kind])}}
+    if kind == "appendDimension":
+        _append_dimension(tabs, where, request[kind])
+        return {}
+    raise _ApiError(
+        400,
+        f"Invalid requests[{index}]: {kind} is not implemented by the test server.",
+        "badRequest",
+    )
+
+
+def _add_sheet(tabs: list[_Tab], where: str, request: dict[str, Any]) -> dict[str, Any]:
+    properties = request.get("properties") or {}
+    title = properties.get("title")
+    if title is None:
+        number = len(tabs) + 1
+        while any(tab.title == f"Sheet{number}" for tab in tabs):
+            number += 1
+        title = f"Sheet{number}"
+    if any(tab.title.lower() == title.lower() for tab in tabs):  # unique regardless of case
+        message = (
+            f'{where}: A sheet with the name "{title}" already exists. Please enter another name.'
+        )
+        raise _ApiError(400, message, "badRequest")
+    sheet_id = properties.get("sheetId")
+    if sheet_id is None:
+        sheet_id = _new_sheet_id(tabs)
+    elif any(tab.sheet_id == int(sheet_id) for tab in tabs):
+        raise _ApiError(400, f"{where}: Sheet with id {sheet_id} already exists.", "badRequest")
+    grid = properties.get("gridProperties") or {}
+    tab = _Tab(
+        int(sheet_id),
+        title,
+        row_count=int(grid.get("rowCount", _DEFAULT_ROWS)),
+        column_count=int(grid.get("columnCount", _DEFAULT_COLUMNS)),
+    )
+    position = properties.get("index")
+    position = len(tabs) if position is None else min(max(int(position), 0), len(tabs))
+    tabs.insert(position, tab)
+    return tab.properties(position)
+
+
+def _append_dimension(tabs: list[_Tab], where: str, request: dict[str, Any]) -> None:
+    sheet_id = int(request.get("sheetId", 0))
+    tab = next((tab for tab in tabs if tab.sheet_id == sheet_id), None)
+    if tab is None:
+        raise _ApiError(400, f"{where}: No grid with id: {sheet_id}", "badRequest")
+    length = int(request.get("length", 0))
+    if length <= 0:
+        raise _ApiError(400, f"{where}: length must be greater than zero.", "badRequest")
+    if request.get("dimension") == "ROWS":
+        tab.row_count += length
+    elif request.get("dimension") == "COLUMNS":
+        tab.column_count += length
+    else:
+        raise _ApiError(400, f"{where}: dimension must be ROWS or COLUMNS.", "badRequest")
+
+
+def _select_fields(answer: dict[str, Any], text: str, schema_name: str) -> dict[str, Any]:
+    """A partial response (``fields=``): ``a.b,c(d,e)``, checked against the response schema."""
+    tree = _parse_fields(text.replace(" ", ""))
+    _check_fields(tree, {"$ref": schema_name}, _discovery("sheets.v4")["schemas"])
+    return _select(answer, tree)
+
+
+def _parse_fields(text: str) -> dict[str, Any]:
+    tree, at = _parse_field_list(text, 0)
+    if at != len(text):
+        raise _ApiError(400, f"Invalid field selection {text}", "invalidParameter")
+    return tree
+
+
+def _parse_field_list(text: str, at: int) -> tuple[dict[str, Any], int]:
+    """A selection tree: name -> None (all of it) or a tree of the names chosen inside."""
+    tree: dict[str, Any] = {}
+    while True:
+        match = re.compile(r"[A-Za-z_*][A-Za-z0-9_]*(?:[./][A-Za-z_*][A-Za-z0-9_]*)*").match(
+            text, at
+        )
+        if match is None:
+            raise _ApiError(400, f"Invalid field selection {text}", "invalidParameter")
+        names, at = re.split(r"[./]", match[0]), match.end()
+        inner: dict[str, Any] | None = None
+        if text.startswith("(", at):
+            inner, at = _parse_field_list(text, at + 1)
+            if not text.startswith(")", at):
+                raise _ApiError(400, f"Invalid field selection {text}", "invalidParameter")
+            at += 1
+        _merge_fields(tree, names, inner)
+        if not text.startswith(",", at):
+            return tree, at
+        at += 1
+
+
+def _merge_fields(tree: dict[str, Any], names: list[str], inner: dict[str, Any] | None) -> None:
+    node = tree
+    for name in names[:-1]:
+        if name in node and node[name] is None:
+            return  # the whole of it is selected already
+        node = node.setdefault(name, {})
+    last = names[-1]
+    if inner is None or (last in node and node[last] is None):
+        node[last] = None
+        return
+    target = node.setdefault(last, {})
+    for name, sub in inner.items():
+        _merge_fields(target, [name], sub)
+
+
+def _check_fields(tree: dict[str, Any], schema: dict[str, Any], schemas: dict[str, Any]) -> None:
+    while "$ref" in schema or schema.get("type") == "array":
+        schema = schemas[schema["$ref"]] if "$ref" in schema else schema.get("items", {})
+    properties = schema.get("properties", {})
+    for name, inner in tree.items():
+        if name == "*":
+            continue
+        if name not in properties:
+            raise _ApiError(400, f"Invalid field selection {name}", "invalidParameter")
+        if inner is not None:
+            _check_fields(inner, properties[name], schemas)
+
+
+def _select(value: Any, tree: dict[str, Any] | None) -> Any:
+    if tree is None or "*" in tree:
+        return value
+    if isinstance(value, list):
+        return [_select(item, tree) for item in value]
+    if isinstance(value, dict):
+        return {name: _select(value[name], inner) for name, inner in tree.items() if name in value}
+    return value
 
 
 def _render_raw(message: _StoredMessage) -> dict[str, Any]:

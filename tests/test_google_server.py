@@ -765,20 +765,21 @@ def test_reset_and_running_server() -> None:
 def test_routes_match_the_discovery_documents(server: GoogleServer) -> None:
     """Every kind the server answers is a method of the bundled discovery document, at the
     same HTTP method and path (so the real client's requests land on it)."""
-    from google_server import CALENDAR_KINDS, GMAIL_KINDS, _discovery
+    from google_server import CALENDAR_KINDS, GMAIL_KINDS, SHEETS_KINDS, _discovery
 
-    for kinds, document, prefix in (
-        (GMAIL_KINDS, "gmail.v1", "/"),
-        (CALENDAR_KINDS, "calendar.v3", "/calendar/v3/"),
+    for kinds, document, prefix, outer in (
+        (GMAIL_KINDS, "gmail.v1", "/", ["users"]),
+        (CALENDAR_KINDS, "calendar.v3", "/calendar/v3/", []),
+        (SHEETS_KINDS, "sheets.v4", "/", []),  # e.g. spreadsheets.values.get
     ):
-        resources = _discovery(document)["resources"]
-        if document == "gmail.v1":
-            resources = resources["users"]["resources"]
         for kind in sorted(kinds):
-            resource, method = kind.split(".")
-            spec = resources[resource]["methods"][method]
+            *resources, method = [*outer, *kind.split(".")]
+            node = _discovery(document)
+            for resource in resources:
+                node = node["resources"][resource]
+            spec = node["methods"][method]
             path = spec["path"].replace("{+", "{")
-            for name in ("userId", "id", "calendarId", "eventId"):
+            for name in ("userId", "id", "calendarId", "eventId", "spreadsheetId", "range"):
                 path = path.replace("{" + name + "}", "x1234")
             route = server._route(spec["httpMethod"], prefix + path)
             assert route is not None and route.kind == kind, (kind, spec["httpMethod"], path)
