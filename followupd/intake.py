@@ -10,10 +10,11 @@ from __future__ import annotations
 import codecs
 import csv
 import io
+import itertools
 import shutil
 import sys
 import tempfile
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import date
 from typing import IO, Literal
@@ -250,28 +251,88 @@ def import_csv(
             report.notices.append(
                 f"the file separates columns with {SEPARATORS[separator]}; read that way"
             )
-        if columns:
-            reader = _renamed(reader, columns)
-        header, report.ignored_columns = read_header(reader, kind, shown)
-        _, _, parse, upsert = _SPEC[kind]
-        directory = Directory()
-        batch: list[tuple[int, object]] = []
-        for line, row in _rows(reader, header, report, shown):
-            try:
-                batch.append((line, parse(row, therapists)))
-            except RowError as exc:
-                report.counts.rejected += 1
-                report.problems.append(f"line {line}, column {exc.column}: {exc.message}")
-            if len(batch) >= batch_rows:
-                _write(store, batch, upsert, directory, report, today)
-                batch = []
-                if progress:
-                    progress(binary.tell(), total)
-        if batch:
-            _write(store, batch, upsert, directory, report, today)
-        if progress:
-            progress(total, total)
+
+        def advance(done: int | None) -> None:
+            if progress:
+                progress(binary.tell() if done is not None else total, total)
+
+        _import_reader(
+            store, reader, kind, shown, report, advance, batch_rows, therapists, today, columns
+        )
     return report
+
+
+class _Table:
+    """Rows of text from anywhere but a file (an SQL query), read as the CSV reader's are:
+    the header first, and the line numbers a row error names."""
+
+    def __init__(self, header: list[str], rows: Iterable[list[str]]):
+        self.rows = itertools.chain([header], rows)
+        self.line_num = 0
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> list[str]:
+        row = next(self.rows)
+        self.line_num += 1
+        return row
+
+
+def import_rows(
+    store: Store,
+    header: list[str],
+    rows: Iterable[list[str]],
+    kind: Kind,
+    shown: str,
+    therapists: Therapists = NO_THERAPISTS,
+    today: date | None = None,
+    columns: Mapping[str, str] | None = None,
+) -> ImportReport:
+    """Import rows of text that did not come from a file (a query's), exactly as a CSV
+    file's: the same header checks, row errors (by row number and column) and upsert."""
+    report = ImportReport()
+    _import_reader(
+        store, _Table(header, rows), kind, shown, report, None, BATCH_ROWS, therapists, today,
+        columns,
+    )  # fmt: skip
+    return report
+
+
+def _import_reader(
+    store: Store,
+    reader,
+    kind: Kind,
+    shown: str,
+    report: ImportReport,
+    advance: Callable[[int | None], None] | None,
+    batch_rows: int,
+    therapists: Therapists,
+    today: date | None,
+    columns: Mapping[str, str] | None,
+) -> None:
+    """The one intake path: header, rows, validation, upsert in batches."""
+    if columns:
+        reader = _renamed(reader, columns)
+    header, report.ignored_columns = read_header(reader, kind, shown)
+    _, _, parse, upsert = _SPEC[kind]
+    directory = Directory()
+    batch: list[tuple[int, object]] = []
+    for line, row in _rows(reader, header, report, shown):
+        try:
+            batch.append((line, parse(row, therapists)))
+        except RowError as exc:
+            report.counts.rejected += 1
+            report.problems.append(f"line {line}, column {exc.column}: {exc.message}")
+        if len(batch) >= batch_rows:
+            _write(store, batch, upsert, directory, report, today)
+            batch = []
+            if advance:
+                advance(0)
+    if batch:
+        _write(store, batch, upsert, directory, report, today)
+    if advance:
+        advance(None)
 
 
 def _write(

@@ -1,25 +1,30 @@
 """Watched sources: the referral and visit tables a practice already keeps, read on a
 schedule through the same validation and upsert as `followupd import`.
 
-This version reads `folder` sources: a CSV file saved, copied or renamed into the folder is
+This version reads `folder` and `sql` sources. A query's rows are read in a read-only
+transaction and imported as a file's rows are. A CSV file saved, copied or renamed into a folder is
 imported once it is complete (its size and time have stopped changing between two looks),
 then moved to `imported/` with a short report beside it (counts and row errors by line and
 column, never a value); a file that cannot be read at all goes to `rejected/` with the reason.
-`google_sheet` and `sql` sources are refused by the configuration until they are read.
+`google_sheet` sources are refused by the configuration until they are read.
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
+from decimal import Decimal
 from pathlib import Path
 
+import sqlalchemy as sa
+
 from followupd.config import Settings, Source
-from followupd.intake import ImportRefused, ImportReport, import_csv
+from followupd.config.schema import ENV_REFERENCE
+from followupd.intake import ImportRefused, ImportReport, import_csv, import_rows
 from followupd.permissions import make_private_dir, write_private
 from followupd.records import Therapists
-from followupd.store import Store, read_source_states, write_source_state
+from followupd.store import Store, mask_url, read_source_states, write_source_state
 
 SHOWN_PROBLEMS = 20  # row errors kept in a source's state (the report file has them all)
 
@@ -54,7 +59,7 @@ def settled(now: Look, before: Look) -> list[str]:
 @dataclass
 class FileOutcome:
     name: str
-    moved_to: Path
+    moved_to: Path | None  # a file's new place (None: rows of a query)
     report: ImportReport | None = None  # None: refused whole
     refused: str | None = None
 
@@ -85,9 +90,14 @@ def read_folder(settings: Settings, store: Store, source: Source, ready: list[st
     return done
 
 
+def _therapists(settings: Settings) -> Therapists:
+    config = settings.config
+    return Therapists(frozenset(t.key for t in config.therapists), config.default_therapist())
+
+
 def _import_one(settings: Settings, store: Store, source: Source, path: Path) -> FileOutcome:
     config = settings.config
-    therapists = Therapists(frozenset(t.key for t in config.therapists), config.default_therapist())
+    therapists = _therapists(settings)
     try:
         report = import_csv(
             store,
@@ -124,7 +134,7 @@ def _move(path: Path, into: str, report: str) -> Path:
     return target
 
 
-def _record(store: Store, source: Source, done: SourceRead) -> None:
+def _record(store: Store, source: Source, done: SourceRead, **more) -> None:
     """Keep what this read found, with the totals so far, for `followupd sources`."""
     with store.session() as session:
         state = read_source_states(session).get(source.name, {})
@@ -143,8 +153,146 @@ def _record(store: Store, source: Source, done: SourceRead) -> None:
             last_files=len(done.files),
             problems=last[-SHOWN_PROBLEMS:] if done.files else state.get("problems", []),
             last_error=done.error,
+            **more,
         )
         write_source_state(session, source.name, state)
+
+
+# --- sql -----------------------------------------------------------------------------------
+
+
+class SourceProblem(Exception):
+    """A source cannot be read now; the message names no value and no password."""
+
+
+def source_url(settings: Settings, source: Source) -> str:
+    """The source's database URL, read from the environment when written as ${NAME}."""
+    found = ENV_REFERENCE.match(source.url or "")
+    if found is None:
+        return source.url or ""
+    name = found.group(1)
+    if not settings.environ.get(name):
+        raise SourceProblem(f"{name} is not set (put the database URL in .env as {name})")
+    return settings.environ[name]
+
+
+def _text(value: object) -> str:
+    """A database value as the text a CSV cell would hold."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, date):
+        return value.isoformat()
+    return str(value)
+
+
+def _query(source: Source, since: object | None) -> sa.TextClause:
+    """The source's query; only its rows changed after `since` when it names a
+    `changed_column` (an incremental read)."""
+    text = (source.query or "").strip().rstrip(";")
+    if source.changed_column and since is not None:
+        column = source.changed_column.replace('"', '""')
+        wrapped = f'SELECT * FROM ({text}) AS followupd_source WHERE "{column}" > :since'
+        return sa.text(wrapped).bindparams(since=since)
+    return sa.text(text)
+
+
+def _read_only(connection: sa.Connection) -> None:
+    """Ask the database to refuse any write in this transaction, where it can."""
+    dialect = connection.dialect.name
+    if dialect in ("postgresql", "mysql", "mariadb"):
+        connection.exec_driver_sql("SET TRANSACTION READ ONLY")
+    elif dialect == "sqlite":
+        connection.exec_driver_sql("PRAGMA query_only = ON")
+
+
+def fetch_rows(url: str, source: Source, since: object | None) -> tuple[list[str], list[list]]:
+    """(header, rows) of the source's query, read in a read-only transaction that is then
+    rolled back; errors name the database masked and the error's kind, never a value."""
+    shown = mask_url(url)
+    try:
+        engine = sa.create_engine(url, hide_parameters=True, poolclass=sa.pool.NullPool)
+    except (sa.exc.ArgumentError, ValueError, ModuleNotFoundError) as exc:
+        raise SourceProblem(f"{shown}: not a usable database URL ({type(exc).__name__})") from None
+    try:
+        with engine.connect() as connection, connection.begin() as transaction:
+            _read_only(connection)
+            result = connection.execute(_query(source, since))
+            header = list(result.keys())
+            rows = [list(row) for row in result.fetchall()]
+            transaction.rollback()
+            return header, rows
+    except sa.exc.SQLAlchemyError as exc:
+        kind = type(getattr(exc, "orig", None) or exc).__name__
+        raise SourceProblem(f"{shown}: the query failed ({kind})") from None
+    finally:
+        engine.dispose()
+
+
+def read_sql(settings: Settings, store: Store, source: Source) -> SourceRead:
+    """Run the source's query and import its rows as a file's rows are imported."""
+    done = SourceRead(source.name)
+    with store.session() as session:
+        state = read_source_states(session).get(source.name, {})
+    since = _since(state)
+    try:
+        header, rows = fetch_rows(source_url(settings, source), source, since)
+    except SourceProblem as exc:
+        done.error = str(exc)
+        _record(store, source, done)
+        return done
+    report = import_rows(
+        store,
+        header,
+        ([_text(v) for v in row] for row in rows),
+        source.table,
+        source.name,
+        _therapists(settings),
+        datetime.now(settings.config.practice.zone).date(),
+        source.columns,
+    )
+    done.files.append(
+        FileOutcome(f"{len(rows)} row{'' if len(rows) == 1 else 's'}", None, report=report)
+    )
+    newest = _latest(header, rows, source) or {
+        key: state[key] for key in ("changed_through", "changed_type") if key in state
+    }
+    _record(store, source, done, **newest)
+    return done
+
+
+def _latest(header: list[str], rows: list[list], source: Source) -> dict:
+    """The newest value of the changed column, with its type: the next read starts after
+    it, compared as the database compares that column."""
+    column = source.changed_column
+    if not column or column not in header:
+        return {}
+    index = header.index(column)
+    values = [row[index] for row in rows if row[index] is not None]
+    if not values:
+        return {}
+    newest = max(values)
+    return {"changed_through": _text(newest), "changed_type": type(newest).__name__}
+
+
+_TYPES = {
+    "datetime": datetime.fromisoformat,
+    "date": date.fromisoformat,
+    "int": int,
+    "float": float,
+    "Decimal": Decimal,
+}
+
+
+def _since(state: dict) -> object | None:
+    """The value after which the next incremental read starts (None: read everything)."""
+    text = state.get("changed_through")
+    if text is None:
+        return None
+    return _TYPES.get(state.get("changed_type", ""), str)(text)
 
 
 class Watcher:
@@ -156,8 +304,15 @@ class Watcher:
         self.store = store
         self.looks: dict[str, Look] = {}
 
+    def look_only(self, source: Source) -> None:
+        """Remember what a folder holds now: the next read imports what stayed the same."""
+        self.looks[source.name] = look(folder_of(self.settings, source))
+
     def read(self, source: Source) -> SourceRead:
-        """One look at the source; imports what has settled since the last look."""
+        """One read of the source: a folder's files settled since the last look, or a
+        query's rows."""
+        if source.kind == "sql":
+            return read_sql(self.settings, self.store, source)
         folder = folder_of(self.settings, source)
         try:
             folder.mkdir(mode=0o700, parents=True, exist_ok=True)

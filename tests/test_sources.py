@@ -10,10 +10,11 @@ from __future__ import annotations
 import os
 import re
 import stat
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 from test_daemon import drafts, env_for, start_daemon, stop
 
 from conftest import SAMPLE_PATIENT_VALUES, wait_for
@@ -161,3 +162,127 @@ def test_the_daemon_drafts_a_referral_saved_into_the_folder(home, db_url):
     finally:
         if daemon.poll() is None:
             daemon.kill()
+
+
+# --- sql ---------------------------------------------------------------------------------
+
+
+SQL = """  - name: ehr
+    kind: sql
+    table: referrals
+    url: ${EHR_DATABASE_URL}
+    query: "{query}"
+    every: 1 minute
+"""
+SELECT = (
+    "SELECT ref, received AS received_on, doctor AS physician, email AS physician_email, "
+    "client AS client_name, released AS release_on_file, changed_at FROM referral_log"
+)
+
+
+def ehr_database(url: str) -> sa.Engine:
+    """The practice's own database: a referral log with its own column names."""
+    engine = sa.create_engine(url)
+    with engine.begin() as connection:
+        connection.execute(
+            sa.text(
+                "CREATE TABLE referral_log (ref TEXT, received DATE, doctor TEXT, email TEXT, "
+                "client TEXT, released BOOLEAN, changed_at TIMESTAMP)"
+            )
+        )
+    return engine
+
+
+def log_referral(engine: sa.Engine, ref: str, changed_at: datetime) -> None:
+    with engine.begin() as connection:
+        connection.execute(
+            sa.text("INSERT INTO referral_log VALUES (:r, :d, :p, :e, :c, :y, :t)"),
+            {
+                "r": ref,
+                "d": date.today() - timedelta(days=7),
+                "p": "Dr. Ann Lee",
+                "e": "ann@lee.example",
+                "c": "Avery Quinlan",
+                "y": True,
+                "t": changed_at,
+            },
+        )
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def ehr_url(request, tmp_path):
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'ehr.sqlite3'}"
+    return request.getfixturevalue("postgres_url")
+
+
+def test_an_sql_source_reads_its_rows_then_only_those_changed(cli, home, ehr_url):
+    ehr = ehr_database(ehr_url)
+    log_referral(ehr, "E-1", datetime(2026, 11, 30, 9))
+    log_referral(ehr, "E-2", datetime(2026, 11, 30, 10))
+    add_source(home, SQL.replace("{query}", SELECT) + "    changed_column: changed_at\n")
+    env = {"EHR_DATABASE_URL": ehr_url}
+    first = cli("sources", "read", "ehr", env=env)
+    assert first.stdout.strip() == "ehr: 2 rows: added 2, updated 0, unchanged 0, rejected 0"
+    again = cli("sources", "read", "ehr", env=env)
+    assert again.stdout.strip() == "ehr: 0 rows: added 0, updated 0, unchanged 0, rejected 0"
+    log_referral(ehr, "E-3", datetime(2026, 11, 30, 11))
+    third = cli("sources", "read", "ehr", env=env)
+    assert third.stdout.strip() == "ehr: 1 row: added 1, updated 0, unchanged 0, rejected 0"
+    listing = cli("sources", env=env).stdout
+    assert "${EHR_DATABASE_URL}" in listing and "Avery" not in listing
+    ehr.dispose()
+    assert cli("run", "--once", env=env).stdout.startswith("made 3 drafts")
+
+
+def test_an_sql_source_is_read_in_a_read_only_transaction(cli, home, ehr_url):
+    ehr = ehr_database(ehr_url)
+    log_referral(ehr, "E-1", datetime(2026, 11, 30, 9))
+    add_source(home, SQL.replace("{query}", "DELETE FROM referral_log RETURNING ref"))
+    ran = cli("sources", "read", "ehr", env={"EHR_DATABASE_URL": ehr_url})
+    assert ran.code == 1 and "ehr: cannot be read: " in ran.stdout
+    assert "the query failed" in ran.stdout
+    with ehr.connect() as connection:
+        assert connection.execute(sa.text("SELECT count(*) FROM referral_log")).scalar() == 1
+    ehr.dispose()
+
+
+def test_a_database_password_stays_out_of_followupd_yaml(cli, home):
+    add_source(
+        home,
+        SQL.replace("${EHR_DATABASE_URL}", "postgresql://ehr:s3cret@db.example/ehr").replace(
+            "{query}", "SELECT 1"
+        ),
+    )
+    ran = cli("check")
+    assert ran.code == 2 and "url: holds a password: write url: ${NAME}" in ran.stderr
+    assert "s3cret" not in ran.stderr
+
+
+def test_an_unset_url_variable_says_which(cli, home):
+    add_source(home, SQL.replace("{query}", SELECT))
+    ran = cli("sources", "read", "ehr")
+    assert ran.code == 1
+    assert "EHR_DATABASE_URL is not set (put the database URL in .env as" in ran.stdout
+    assert "EHR_DATABASE_URL is not set" in cli("sources").stdout
+
+
+@pytest.mark.slow  # a read every 10 seconds (the least an SQL source may ask): 10-30 s
+def test_the_daemon_drafts_a_row_added_to_the_database_within_one_every(home, db_url, tmp_path):
+    ehr_url = f"sqlite:///{tmp_path / 'ehr.sqlite3'}"
+    ehr = ehr_database(ehr_url)
+    add_source(home, SQL.replace("{query}", SELECT).replace("every: 1 minute", "every: 10 seconds"))
+    config = home / "followupd.yaml"
+    config.write_text(config.read_text().replace("poll: 5 minutes", "poll: 1 minute"))
+    daemon = start_daemon(home, env_for(db_url, EHR_DATABASE_URL=ehr_url))
+    try:
+        assert wait_for(lambda: "event=started" in (home / "daemon.log").read_text(), 30)
+        log_referral(ehr, "E-9", datetime(2026, 11, 30, 9))
+        # one `every` (10 s) plus a tick, with room for a loaded machine
+        assert wait_for(lambda: drafts(home), 40), (home / "daemon.log").read_text()
+        code, _ = stop(daemon)
+        assert code == 0
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+        ehr.dispose()

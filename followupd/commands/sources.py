@@ -14,7 +14,7 @@ from followupd import config as configuration
 from followupd.commands.common import EXIT_CONFIG, Home, fail, load_settings, opened_store, out
 from followupd.daemon import wake
 from followupd.sources import FileOutcome, Watcher, folder_of
-from followupd.store import read_source_states
+from followupd.store import mask_url, read_source_states
 
 sources_app = typer.Typer(
     help="Watched sources: the tables you already keep, read on their own.",
@@ -58,7 +58,7 @@ def _table(settings: configuration.Settings, states: dict[str, dict]) -> Table:
             Text(source.name),
             source.kind,
             source.table,
-            Text(str(folder_of(settings, source))),
+            Text(_where(settings, source)),
             str(source.interval),
             state.get("last_read", "never"),
             *(
@@ -67,6 +67,13 @@ def _table(settings: configuration.Settings, states: dict[str, dict]) -> Table:
             ),
         )
     return table
+
+
+def _where(settings: configuration.Settings, source: configuration.Source) -> str:
+    """Where a source is read from; a database URL without its password."""
+    if source.kind == "folder":
+        return str(folder_of(settings, source))
+    return mask_url(source.url or "") if "${" not in (source.url or "") else source.url
 
 
 @sources_app.command("read")
@@ -84,9 +91,11 @@ def sources_read(
         fail(EXIT_CONFIG, f"no source {name!r} in followupd.yaml (sources: {known})")
     with opened_store(settings) as store:
         watcher = Watcher(settings, store)
-        for source in chosen:  # a first look, then the one that imports what stayed the same
-            watcher.read(source)
-        time.sleep(SETTLE_SECONDS)
+        folders = [source for source in chosen if source.kind == "folder"]
+        for source in folders:  # a first look, then the one that imports what stayed the same
+            watcher.look_only(source)
+        if folders:
+            time.sleep(SETTLE_SECONDS)
         reads = [watcher.read(source) for source in chosen]
     for read in reads:
         if read.error:
@@ -104,4 +113,5 @@ def sources_read(
 def _outcome(outcome: FileOutcome) -> str:
     if outcome.refused:
         return f"{outcome.name}: refused ({outcome.refused}); moved to {outcome.moved_to}"
-    return f"{outcome.name}: {outcome.report.counts}; moved to {outcome.moved_to}"
+    moved = f"; moved to {outcome.moved_to}" if outcome.moved_to else ""
+    return f"{outcome.name}: {outcome.report.counts}{moved}"

@@ -421,13 +421,30 @@ class Source(Strict):
             )
         return self
 
+    @field_validator("url")
+    @classmethod
+    def _credentials_from_the_environment(cls, url: str | None) -> str | None:
+        """A database password never sits in followupd.yaml: `url: ${NAME}`, and NAME in
+        `.env` or the environment. A URL without a password may be written out."""
+        if url is None or ENV_REFERENCE.match(url):
+            return url
+        if re.match(r"^[^:/@\s]+://[^:/@\s]*:[^@\s]*@", url):
+            raise PydanticCustomError(
+                "source_url",
+                "holds a password: write url: ${NAME} and put the URL in .env as NAME "
+                "(credentials only from the environment)",
+                {},
+            )
+        return url
+
     @property
     def interval(self) -> Duration:
         """How often it is read: `every`, or its kind's default."""
         return self.every or SOURCE_EVERY[self.kind][1]
 
 
-SOURCE_KINDS_READ = ("folder",)  # google_sheet and sql: issue 16, later slices
+SOURCE_KINDS_READ = ("folder", "sql")  # google_sheet: issue 16, a later slice
+ENV_REFERENCE = re.compile(r"^\$\{([A-Za-z_][A-Za-z0-9_]*)\}$")
 SOURCE_KEYS_ALL = {"path", "spreadsheet", "range", "write_status", "url", "query", "changed_column"}
 
 
