@@ -244,16 +244,21 @@ def read_sql(settings: Settings, store: Store, source: Source) -> SourceRead:
         done.error = str(exc)
         _record(store, source, done)
         return done
-    report = import_rows(
-        store,
-        header,
-        ([_text(v) for v in row] for row in rows),
-        source.table,
-        source.name,
-        _therapists(settings),
-        datetime.now(settings.config.practice.zone).date(),
-        source.columns,
-    )
+    try:
+        report = import_rows(
+            store,
+            header,
+            ([_text(v) for v in row] for row in rows),
+            source.table,
+            source.name,
+            _therapists(settings),
+            datetime.now(settings.config.practice.zone).date(),
+            source.columns,
+        )
+    except ImportRefused as exc:  # e.g. a column renamed in their database: this source only
+        done.error = str(exc)
+        _record(store, source, done)
+        return done
     done.files.append(
         FileOutcome(f"{len(rows)} row{'' if len(rows) == 1 else 's'}", None, report=report)
     )

@@ -286,3 +286,16 @@ def test_the_daemon_drafts_a_row_added_to_the_database_within_one_every(home, db
         if daemon.poll() is None:
             daemon.kill()
         ehr.dispose()
+
+
+def test_a_column_gone_from_the_query_fails_that_source_alone_naming_it(cli, home, tmp_path):
+    ehr_url = f"sqlite:///{tmp_path / 'ehr.sqlite3'}"
+    ehr = ehr_database(ehr_url)
+    log_referral(ehr, "E-1", datetime(2026, 11, 30, 9))
+    ehr.dispose()
+    add_source(home, SQL.replace("{query}", SELECT.replace("ref, ", "ref AS referral, ")) + FOLDER)
+    drop(home / "inbox", "monday.csv", rows("R-1"))
+    ran = cli("sources", "read", env={"EHR_DATABASE_URL": ehr_url})
+    assert ran.code == 1
+    assert "ehr: cannot be read: ehr: required column ref missing from the header" in ran.stdout
+    assert "exports: monday.csv: added 1" in ran.stdout  # the other source went on
