@@ -12,6 +12,7 @@ column, never a value); a file that cannot be read at all goes to `rejected/` wi
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from decimal import Decimal
@@ -43,17 +44,27 @@ def look(folder: Path) -> Look:
     except FileNotFoundError:
         return found
     for entry in entries:
-        if entry.name.startswith(".") or not entry.name.lower().endswith(".csv"):
-            continue
+        if entry.name.startswith((".", "~$")) or not entry.name.lower().endswith(".csv"):
+            continue  # hidden or partial files, and Excel's lock files
         if entry.is_file(follow_symlinks=False):
             stat = entry.stat(follow_symlinks=False)
             found[entry.name] = (stat.st_size, stat.st_mtime_ns)
     return found
 
 
-def settled(now: Look, before: Look) -> list[str]:
-    """Files unchanged since the look before: complete, however they were written."""
-    return sorted(name for name, seen in now.items() if before.get(name) == seen)
+SETTLE_NS = 2_000_000_000  # a file untouched this long (and the same at two looks) is whole
+
+
+def settled(now: Look, before: Look, at_ns: int | None = None) -> list[str]:
+    """Files unchanged since the look before and untouched for SETTLE_NS: complete, however
+    they were written. Oldest first: a later export's rows win over an earlier one's."""
+    at_ns = time.time_ns() if at_ns is None else at_ns
+    ready = [
+        name
+        for name, seen in now.items()
+        if before.get(name) == seen and at_ns - seen[1] >= SETTLE_NS
+    ]
+    return sorted(ready, key=lambda name: (now[name][1], name))
 
 
 @dataclass
@@ -109,14 +120,29 @@ def _import_one(settings: Settings, store: Store, source: Source, path: Path) ->
         )
     except ImportRefused as exc:
         reason = str(exc).replace(str(path), path.name)
-        moved = _move(path, "rejected", f"refused: {reason}\n")
+        try:
+            moved = _move(path, "rejected", f"refused: {reason}\n")
+        except OSError as move:
+            reason += f" (and it could not be moved to rejected/: {move.strerror})"
+            moved = None
         return FileOutcome(path.name, moved, refused=reason)
-    moved = _move(path, "imported", _report_text(source, report))
+    try:
+        moved = _move(path, "imported", _report_text(source, report))
+    except OSError as exc:
+        return FileOutcome(
+            path.name,
+            None,
+            report=report,
+            refused=f"imported, but it could not be moved to imported/ "
+            f"({exc.strerror or type(exc).__name__}): move it out of the folder yourself",
+        )
     return FileOutcome(path.name, moved, report=report)
 
 
 def _report_text(source: Source, report: ImportReport) -> str:
     lines = [f"{source.table}: {report.counts}"]
+    if report.ignored_columns:
+        lines.append(f"ignored columns (not followupd's): {', '.join(report.ignored_columns)}")
     lines += [f"note: {line}" for line in report.notices]
     lines += [f"rejected: {line}" for line in report.problems]
     lines += [f"address held: physician {pid}: {why}" for pid, why in report.flagged.items()]
@@ -189,21 +215,26 @@ def _text(value: object) -> str:
     return str(value)
 
 
-def _query(source: Source, since: object | None) -> sa.TextClause:
-    """The source's query; only its rows changed after `since` when it names a
-    `changed_column` (an incremental read)."""
+def _query(source: Source, since: object | None, dialect: sa.Dialect) -> sa.TextClause:
+    """The source's query as one statement with a bound parameter: wrapped, so a second
+    statement after a `;` cannot run (the extended protocol refuses it too); with a
+    `changed_column`, only rows changed at or after the newest one read last time (rows of
+    that same moment are read again: the upsert leaves them unchanged)."""
     text = (source.query or "").strip().rstrip(";")
+    wrapped = f"SELECT * FROM ({text}) AS followupd_source WHERE :one = 1"
     if source.changed_column and since is not None:
-        column = source.changed_column.replace('"', '""')
-        wrapped = f'SELECT * FROM ({text}) AS followupd_source WHERE "{column}" > :since'
-        return sa.text(wrapped).bindparams(since=since)
-    return sa.text(text)
+        column = dialect.identifier_preparer.quote(source.changed_column)
+        return sa.text(f"{wrapped} AND {column} >= :since").bindparams(one=1, since=since)
+    return sa.text(wrapped).bindparams(one=1)
 
 
 def _read_only(connection: sa.Connection) -> None:
-    """Ask the database to refuse any write in this transaction, where it can."""
+    """Ask the database to refuse any write in this session and transaction, where it can."""
     dialect = connection.dialect.name
-    if dialect in ("postgresql", "mysql", "mariadb"):
+    if dialect == "postgresql":
+        connection.exec_driver_sql("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")
+        connection.exec_driver_sql("SET TRANSACTION READ ONLY")
+    elif dialect in ("mysql", "mariadb"):
         connection.exec_driver_sql("SET TRANSACTION READ ONLY")
     elif dialect == "sqlite":
         connection.exec_driver_sql("PRAGMA query_only = ON")
@@ -220,7 +251,7 @@ def fetch_rows(url: str, source: Source, since: object | None) -> tuple[list[str
     try:
         with engine.connect() as connection, connection.begin() as transaction:
             _read_only(connection)
-            result = connection.execute(_query(source, since))
+            result = connection.execute(_query(source, since, connection.dialect))
             header = list(result.keys())
             rows = [list(row) for row in result.fetchall()]
             transaction.rollback()
@@ -308,6 +339,10 @@ class Watcher:
         self.settings = settings
         self.store = store
         self.looks: dict[str, Look] = {}
+        # Files that could not be moved after their import, as they were then: reading one
+        # again would apply its rows again (a revoke over a later grant), so it waits for
+        # a person to move it (or to change it).
+        self.stuck: dict[str, set[tuple[str, tuple[int, int]]]] = {}
 
     def look_only(self, source: Source) -> None:
         """Remember what a folder holds now: the next read imports what stayed the same."""
@@ -326,6 +361,15 @@ class Watcher:
             done = SourceRead(source.name, error=f"{folder}: {exc.strerror or type(exc).__name__}")
             _record(self.store, source, done)
             return done
-        ready = settled(now, self.looks.get(source.name, {}))
+        stuck = self.stuck.setdefault(source.name, set())
+        ready = [
+            name
+            for name in settled(now, self.looks.get(source.name, {}))
+            if (name, now[name]) not in stuck
+        ]
         self.looks[source.name] = now
-        return read_folder(self.settings, self.store, source, ready)
+        done = read_folder(self.settings, self.store, source, ready)
+        for outcome in done.files:  # imported but not moved: never imported again as is
+            if outcome.moved_to is None and outcome.name in now:
+                stuck.add((outcome.name, now[outcome.name]))
+        return done

@@ -224,15 +224,16 @@ def test_an_sql_source_reads_its_rows_then_only_those_changed(cli, home, ehr_url
     env = {"EHR_DATABASE_URL": ehr_url}
     first = cli("sources", "read", "ehr", env=env)
     assert first.stdout.strip() == "ehr: 2 rows: added 2, updated 0, unchanged 0, rejected 0"
-    again = cli("sources", "read", "ehr", env=env)
-    assert again.stdout.strip() == "ehr: 0 rows: added 0, updated 0, unchanged 0, rejected 0"
-    log_referral(ehr, "E-3", datetime(2026, 11, 30, 11))
+    again = cli("sources", "read", "ehr", env=env)  # the newest moment is read again
+    assert again.stdout.strip() == "ehr: 1 row: added 0, updated 0, unchanged 1, rejected 0"
+    log_referral(ehr, "E-3", datetime(2026, 11, 30, 10))  # the same moment as E-2: not lost
+    log_referral(ehr, "E-4", datetime(2026, 11, 30, 11))
     third = cli("sources", "read", "ehr", env=env)
-    assert third.stdout.strip() == "ehr: 1 row: added 1, updated 0, unchanged 0, rejected 0"
+    assert third.stdout.strip() == "ehr: 3 rows: added 2, updated 0, unchanged 1, rejected 0"
     listing = cli("sources", env=env).stdout
     assert "${EHR_DATABASE_URL}" in listing and "Avery" not in listing
     ehr.dispose()
-    assert cli("run", "--once", env=env).stdout.startswith("made 3 drafts")
+    assert cli("run", "--once", env=env).stdout.startswith("made 4 drafts")
 
 
 def test_an_sql_source_is_read_in_a_read_only_transaction(cli, home, ehr_url):
@@ -299,3 +300,88 @@ def test_a_column_gone_from_the_query_fails_that_source_alone_naming_it(cli, hom
     assert ran.code == 1
     assert "ehr: cannot be read: ehr: required column ref missing from the header" in ran.stdout
     assert "exports: monday.csv: added 1" in ran.stdout  # the other source went on
+
+
+def test_a_second_statement_in_the_query_cannot_run(cli, home, ehr_url):
+    """`SELECT ...; COMMIT; DELETE ...` once ended the read-only transaction and deleted."""
+    ehr = ehr_database(ehr_url)
+    log_referral(ehr, "E-1", datetime(2026, 11, 30, 9))
+    add_source(home, SQL.replace("{query}", SELECT + "; COMMIT; DELETE FROM referral_log"))
+    ran = cli("sources", "read", "ehr", env={"EHR_DATABASE_URL": ehr_url})
+    assert ran.code == 1 and "the query failed" in ran.stdout
+    with ehr.connect() as connection:
+        assert connection.execute(sa.text("SELECT count(*) FROM referral_log")).scalar() == 1
+    ehr.dispose()
+
+
+def test_a_password_passed_as_a_url_parameter_is_refused_and_never_shown(cli, home):
+    url = "postgresql+psycopg://ehr@127.0.0.1:1/ehr?password=hunter2"
+    add_source(home, SQL.replace("${EHR_DATABASE_URL}", url).replace("{query}", "SELECT 1"))
+    ran = cli("check")
+    assert ran.code == 2 and "holds a password" in ran.stderr and "hunter2" not in ran.stderr
+    config = home / "followupd.yaml"  # from the environment it is allowed, and masked
+    config.write_text(config.read_text().replace(url, "${EHR_DATABASE_URL}"))
+    ran = cli("sources", "read", "ehr", env={"EHR_DATABASE_URL": url})
+    assert "password=***" in ran.stdout and "hunter2" not in ran.stdout + ran.stderr
+    assert "hunter2" not in cli("sources", env={"EHR_DATABASE_URL": url}).stdout
+
+
+@pytest.mark.parametrize(
+    ("columns", "problem"),
+    [
+        ('      client_dbo: "Birth date"\n', "columns: client_dbo is not a column of referrals"),
+        (
+            '      physician: "Doctor"\n      practice: "doctor"\n',
+            'their header "doctor" is mapped to two of our columns',
+        ),
+    ],
+    ids=["typo", "twice"],
+)
+def test_a_column_mapping_names_our_columns_once_each(cli, home, columns, problem):
+    add_source(home, FOLDER + columns)
+    ran = cli("check")
+    assert ran.code == 2 and problem in ran.stderr, ran.stderr
+
+
+def test_files_are_imported_oldest_first(cli, home):
+    """A later export's release wins over an earlier one's, whatever their names."""
+    inbox = home / "inbox"
+    add_source(home, FOLDER.replace("    columns:", "    columns:\n      release_on: Signed"))
+    head = "Referral #,Date received,physician,physician_email,Client,release_on_file,Signed\n"
+    later = drop(inbox, "export-10.csv", head + f"R-1,{WEEK_AGO},Dr. Ann Lee,ann@lee.example,"
+                 f"Avery Quinlan,yes,{WEEK_AGO}\n")  # fmt: skip
+    earlier = drop(inbox, "export-9.csv", head + f"R-1,{WEEK_AGO},Dr. Ann Lee,ann@lee.example,"
+                   "Avery Quinlan,no,\n")  # fmt: skip
+    os.utime(earlier, ns=(later.stat().st_mtime_ns - 60 * 10**9,) * 2)
+    assert cli("sources", "read").code == 0
+    assert cli("run", "--once").stdout.startswith("made 1 draft")  # released: the later file
+
+
+def test_a_file_changed_or_touched_moments_ago_waits():
+    from followupd.sources import SETTLE_NS, settled
+
+    now = {"a.csv": (10, 5 * SETTLE_NS), "b.csv": (10, 9 * SETTLE_NS), "c.csv": (11, SETTLE_NS)}
+    before = {"a.csv": (10, 5 * SETTLE_NS), "b.csv": (10, 9 * SETTLE_NS), "c.csv": (10, SETTLE_NS)}
+    assert settled(now, before, at_ns=9 * SETTLE_NS + 1) == ["a.csv"]  # b: too fresh; c: grew
+    assert settled(now, before, at_ns=10 * SETTLE_NS) == ["a.csv", "b.csv"]  # oldest first
+
+
+def test_a_file_that_cannot_be_moved_is_not_imported_again_by_the_daemon(home, db_url, tmp_path):
+    from followupd import config as configuration
+    from followupd.sources import Watcher
+    from followupd.store import Store
+
+    add_source(home, FOLDER)
+    inbox = home / "inbox"
+    drop(inbox, "a.csv", rows("R-1"))
+    (inbox / "imported").write_text("not a folder")  # moving into it fails
+    os.utime(inbox / "a.csv", ns=(0, 0))
+    settings = configuration.load(home, environ={"FOLLOWUPD_DATABASE_URL": db_url})
+    store = Store(settings.database_url)
+    [source] = settings.config.sources
+    watcher = Watcher(settings, store)
+    watcher.look_only(source)
+    [outcome] = watcher.read(source).files
+    assert outcome.report.counts.added == 1 and "could not be moved" in outcome.refused
+    assert watcher.read(source).files == []  # the daemon's next look leaves it alone
+    store.close()

@@ -22,7 +22,7 @@ sources_app = typer.Typer(
 )
 
 COUNTS = ("files", "added", "updated", "rejected", "refused")
-SETTLE_SECONDS = 1.0  # a file must look the same this long apart before it is imported
+SETTLE_SECONDS = 2.0  # a file must look the same this long apart before it is imported
 
 
 @sources_app.callback(invoke_without_command=True)
@@ -111,7 +111,9 @@ def sources_read(
 
 
 def _outcome(outcome: FileOutcome) -> str:
+    where = f"; moved to {outcome.moved_to}" if outcome.moved_to else ""
+    if outcome.refused and outcome.report is not None:  # imported, then not moved
+        return f"{outcome.name}: {outcome.report.counts}; {outcome.refused}"
     if outcome.refused:
-        return f"{outcome.name}: refused ({outcome.refused}); moved to {outcome.moved_to}"
-    moved = f"; moved to {outcome.moved_to}" if outcome.moved_to else ""
-    return f"{outcome.name}: {outcome.report.counts}{moved}"
+        return f"{outcome.name}: refused ({outcome.refused}){where}"
+    return f"{outcome.name}: {outcome.report.counts}{where}"

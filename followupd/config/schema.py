@@ -24,6 +24,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from followupd.records import REFERRAL_COLUMNS, VISIT_COLUMNS
 from followupd.timing import DURATION_HINT, Duration
 
 EVENTS = ("referral.received", "referral.closed", "release.recorded", "visit.logged")
@@ -428,7 +429,9 @@ class Source(Strict):
         `.env` or the environment. A URL without a password may be written out."""
         if url is None or ENV_REFERENCE.match(url):
             return url
-        if re.match(r"^[^:/@\s]+://[^:/@\s]*:[^@\s]*@", url):
+        if re.match(r"^[^:/@\s]+://[^:/@\s]*:[^@\s]*@", url) or re.search(
+            r"[?&;][^=&;]*(pass|pwd|secret|token)[^=&;]*=", url, re.I
+        ):
             raise PydanticCustomError(
                 "source_url",
                 "holds a password: write url: ${NAME} and put the URL in .env as NAME "
@@ -436,6 +439,27 @@ class Source(Strict):
                 {},
             )
         return url
+
+    @model_validator(mode="after")
+    def _columns_are_ours(self) -> Source:
+        """`columns:` maps followupd's columns of the table to the source's own headers."""
+        ours = REFERRAL_COLUMNS if self.table == "referrals" else VISIT_COLUMNS
+        unknown = sorted(set(self.columns) - set(ours))
+        if unknown:
+            raise PydanticCustomError(
+                "source",
+                "columns: {unknown} is not a column of {table} (they are: {ours})",
+                {"unknown": ", ".join(unknown), "table": self.table, "ours": ", ".join(ours)},
+            )
+        theirs = [header.strip().casefold() for header in self.columns.values()]
+        twice = sorted({h for h in theirs if theirs.count(h) > 1})
+        if twice:
+            raise PydanticCustomError(
+                "source",
+                'columns: their header "{header}" is mapped to two of our columns',
+                {"header": twice[0]},
+            )
+        return self
 
     @property
     def interval(self) -> Duration:

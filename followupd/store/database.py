@@ -68,11 +68,19 @@ def _on_sqlite_connect(dbapi_connection, _record) -> None:
 
 
 def mask_url(url: str) -> str:
-    """A database URL fit to print: its password replaced, even when the URL is malformed."""
+    """A database URL fit to print: its password replaced (also one passed as a query
+    parameter, `?password=`), even when the URL is malformed."""
     try:
-        return sa.make_url(url).render_as_string(hide_password=True)
+        shown = sa.make_url(url).render_as_string(hide_password=True)
     except (sa.exc.ArgumentError, ValueError):
-        return _PASSWORD.sub(r"\1***@", url)
+        shown = _PASSWORD.sub(r"\1***@", url)
+    return _SECRET_PARAMETER.sub(r"\1***", shown)
+
+
+# A query parameter that carries a secret: ?password=..., &sslpassword=..., &token=...
+_SECRET_PARAMETER = re.compile(
+    r"((?:^|[?&;])[^=&;?]*(?:pass|pwd|secret|token|key)[^=&;]*=)[^&;]*", re.I
+)
 
 
 _PASSWORD = re.compile(r"^((?:[^:/@\s]*://)?[^:/@\s]*:)[^@\s]*@")  # [scheme://]user:PASSWORD@
