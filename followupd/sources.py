@@ -1,12 +1,13 @@
 """Watched sources: the referral and visit tables a practice already keeps, read on a
 schedule through the same validation and upsert as `followupd import`.
 
-This version reads `folder` and `sql` sources. A query's rows are read in a read-only
-transaction and imported as a file's rows are. A CSV file saved, copied or renamed into a folder is
-imported once it is complete (its size and time have stopped changing between two looks),
-then moved to `imported/` with a short report beside it (counts and row errors by line and
-column, never a value); a file that cannot be read at all goes to `rejected/` with the reason.
-`google_sheet` sources are refused by the configuration until they are read.
+Three kinds. A `google_sheet`'s range is read through the Sheets API (its first row the
+header, values as the sheet shows them); an `sql` query's rows in a read-only transaction;
+both are imported as a file's rows are. A CSV file saved, copied or renamed into a `folder`
+is imported once it is complete (its size and time have stopped changing between two
+looks), then moved to `imported/` with a short report beside it (counts and row errors by
+line and column, never a value); a file that cannot be read at all goes to `rejected/` with
+the reason.
 """
 
 from __future__ import annotations
@@ -275,6 +276,23 @@ def read_sql(settings: Settings, store: Store, source: Source) -> SourceRead:
         done.error = str(exc)
         _record(store, source, done)
         return done
+    newest = _latest(header, rows, source) or {
+        key: state[key] for key in ("changed_through", "changed_type") if key in state
+    }
+    return _import_table(settings, store, source, done, header, rows, **newest)
+
+
+def _import_table(
+    settings: Settings,
+    store: Store,
+    source: Source,
+    done: SourceRead,
+    header: list[str],
+    rows: list[list],
+    **state,
+) -> SourceRead:
+    """Import a query's or a sheet's rows through the one intake path; `state`: what the
+    next read needs (an incremental read's newest value)."""
     try:
         report = import_rows(
             store,
@@ -286,17 +304,14 @@ def read_sql(settings: Settings, store: Store, source: Source) -> SourceRead:
             datetime.now(settings.config.practice.zone).date(),
             source.columns,
         )
-    except ImportRefused as exc:  # e.g. a column renamed in their database: this source only
+    except ImportRefused as exc:  # e.g. a column renamed at their end: this source only
         done.error = str(exc)
         _record(store, source, done)
         return done
     done.files.append(
         FileOutcome(f"{len(rows)} row{'' if len(rows) == 1 else 's'}", None, report=report)
     )
-    newest = _latest(header, rows, source) or {
-        key: state[key] for key in ("changed_through", "changed_type") if key in state
-    }
-    _record(store, source, done, **newest)
+    _record(store, source, done, **state)
     return done
 
 
@@ -331,6 +346,81 @@ def _since(state: dict) -> object | None:
     return _TYPES.get(state.get("changed_type", ""), str)(text)
 
 
+# --- google_sheet ----------------------------------------------------------------------------
+
+# What Google's answer means for the person who keeps the sheet (by HTTP status).
+SHEET_ANSWERS = {
+    400: "the range {range} cannot be read (a renamed or deleted tab?)",
+    403: "no access: share the spreadsheet with the Google account followupd signs in as, "
+    "or run `followupd auth` again (the sign-in must allow reading spreadsheets)",
+    404: "no such spreadsheet: check the id in followupd.yaml, and that it is shared with "
+    "the Google account followupd signs in as",
+    429: "Google asked to slow down; read again at the next turn",
+}
+
+
+def fetch_sheet(settings: Settings, source: Source) -> tuple[list[str], list[list[str]]]:
+    """(header, rows) of the sheet's range, as the sheet shows them (formatted values)."""
+    from googleapiclient.errors import HttpError
+
+    from followupd.delivery.googleapi import (
+        UNREACHABLE,
+        CredentialsProblem,
+        Transport,
+        build_service,
+        load_credentials,
+        unreachable,
+    )
+
+    google = settings.config.google
+    try:
+        credentials, token = load_credentials(settings)
+    except CredentialsProblem as exc:
+        raise SourceProblem(str(exc)) from None
+    transport = Transport(credentials, google.timeout)
+    try:
+        values = build_service("sheets", "v4", transport, google.api_endpoint).spreadsheets()
+        answer = (
+            values.values()
+            .get(
+                spreadsheetId=source.spreadsheet,
+                range=source.range,
+                majorDimension="ROWS",
+                valueRenderOption="FORMATTED_VALUE",
+            )
+            .execute()
+        )
+    except HttpError as exc:
+        status = exc.resp.status
+        why = SHEET_ANSWERS.get(status, "Google answered {status}; read again at the next turn")
+        raise SourceProblem(why.format(range=source.range, status=status)) from None
+    except Exception as exc:
+        cause = unreachable(exc)
+        if cause is None:
+            raise
+        raise SourceProblem(f"{UNREACHABLE} ({cause}); read again at the next turn") from None
+    finally:
+        if token is not None:
+            token.save_if_refreshed()
+        transport.close()
+    grid = answer.get("values", [])
+    if not grid:
+        raise SourceProblem(f"the range {source.range} is empty (its first row must be a header)")
+    return [str(cell) for cell in grid[0]], [[str(cell) for cell in row] for row in grid[1:]]
+
+
+def read_sheet(settings: Settings, store: Store, source: Source) -> SourceRead:
+    """Read the sheet's range and import its rows as a file's rows are imported."""
+    done = SourceRead(source.name)
+    try:
+        header, rows = fetch_sheet(settings, source)
+    except SourceProblem as exc:
+        done.error = str(exc)
+        _record(store, source, done)
+        return done
+    return _import_table(settings, store, source, done, header, rows)
+
+
 class Watcher:
     """Reads the folder sources on their schedule: a file must look the same twice before
     it is imported, so a copy in progress is never read half-written."""
@@ -353,6 +443,8 @@ class Watcher:
         query's rows."""
         if source.kind == "sql":
             return read_sql(self.settings, self.store, source)
+        if source.kind == "google_sheet":
+            return read_sheet(self.settings, self.store, source)
         folder = folder_of(self.settings, source)
         try:
             folder.mkdir(mode=0o700, parents=True, exist_ok=True)

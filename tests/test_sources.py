@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import stat
+import time
 from datetime import date, datetime, timedelta
 from pathlib import Path
 
@@ -69,9 +71,9 @@ def rows(*refs: str) -> str:
             "query is not a key of a folder source (it takes path)",
         ),
         (
-            "  - name: a\n    kind: google_sheet\n    table: referrals\n    spreadsheet: x\n"
-            "    range: A1:Z\n",
-            "kind google_sheet is not read by this version of followupd yet",
+            "  - name: a\n    kind: google_sheet\n    table: referrals\n"
+            "    spreadsheet: 1AbCdEfGhIjKlMnOpQ\n",
+            "a google_sheet source needs range",
         ),
         (
             "  - name: a\n    kind: folder\n    table: visits\n    path: x\n    every: 10 ms\n",
@@ -83,7 +85,7 @@ def rows(*refs: str) -> str:
             'source name "a" is used twice',
         ),
     ],
-    ids=["no-path", "foreign-key", "sheet-not-yet", "too-often", "twice"],
+    ids=["no-path", "foreign-key", "sheet-without-range", "too-often", "twice"],
 )
 def test_a_bad_source_names_the_file_line_and_key(cli, home, text, problem):
     add_source(home, text)
@@ -385,3 +387,129 @@ def test_a_file_that_cannot_be_moved_is_not_imported_again_by_the_daemon(home, d
     assert outcome.report.counts.added == 1 and "could not be moved" in outcome.refused
     assert watcher.read(source).files == []  # the daemon's next look leaves it alone
     store.close()
+
+
+# --- google_sheet ------------------------------------------------------------------------
+
+SHEET_ID = "1AbCdEfGhIjKlMnOpQrStUvWxYz0123456789"
+SHEET = f"""  - name: intake-sheet
+    kind: google_sheet
+    table: referrals
+    spreadsheet: https://docs.google.com/spreadsheets/d/{SHEET_ID}/edit#gid=0
+    range: "Referrals!A1:Z"
+    every: 1 minute
+    columns:
+      ref: "Referral #"
+      received_on: "Date received"
+      client_name: "Client"
+"""
+SHEET_HEADER = [
+    "Referral #",
+    "Date received",
+    "physician",
+    "physician_email",
+    "Client",
+    "release_on_file",
+]
+
+
+def sheet_row(ref: str) -> list[str]:
+    return [ref, WEEK_AGO, "Dr. Ann Lee", "ann@lee.example", "Avery Quinlan", "yes"]
+
+
+@pytest.fixture
+def sheets(home):
+    """The test server holding the practice's intake sheet; the home signed in to it."""
+    from google_server import running_server
+    from test_google import write_token
+
+    with running_server() as server:
+        server.put_sheet(SHEET_ID, "Referrals", [SHEET_HEADER, sheet_row("S-1"), sheet_row("S-2")])
+        write_token(home, token_uri=f"{server.base_url}/token")
+        os.chmod(home / "google-token.json", 0o600)
+        yield server, {"FOLLOWUPD_GOOGLE_API_ENDPOINT": server.sheets_endpoint}
+
+
+def test_a_google_sheet_is_read_through_the_sheets_api(cli, home, sheets):
+    server, env = sheets
+    add_source(home, SHEET)
+    ran = cli("sources", "read", env=env)
+    assert ran.stdout.strip() == (
+        "intake-sheet: 2 rows: added 2, updated 0, unchanged 0, rejected 0"
+    ), ran.stdout + ran.stderr
+    server.append_row(SHEET_ID, "Referrals", sheet_row("S-3"))
+    again = cli("sources", "read", env=env)
+    assert again.stdout.strip() == (
+        "intake-sheet: 3 rows: added 1, updated 0, unchanged 2, rejected 0"
+    )
+    assert cli("run", "--once", env=env).stdout.startswith("made 3 drafts")
+
+
+def test_a_renamed_tab_fails_that_source_alone_and_says_so(cli, home, sheets):
+    server, env = sheets
+    add_source(home, SHEET + FOLDER)
+    server.rename_tab(SHEET_ID, "Referrals", "Intake 2026")
+    drop(home / "inbox", "monday.csv", rows("R-1"))
+    ran = cli("sources", "read", env=env)
+    assert ran.code == 1
+    assert (
+        "intake-sheet: cannot be read: the range Referrals!A1:Z cannot be read (a renamed or "
+        "deleted tab?)"
+    ) in ran.stdout
+    assert "exports: monday.csv: added 1" in ran.stdout
+    assert "last error: the range Referrals!A1:Z cannot be read" in cli("sources", env=env).stdout
+
+
+def test_a_spreadsheet_not_found_or_google_unreachable_says_what_to_do(cli, home, sheets):
+    _, env = sheets
+    add_source(home, SHEET.replace(SHEET_ID, "1ZzZzZzZzZzZzZzZzZzZzZz"))
+    ran = cli("sources", "read", env=env)
+    assert "intake-sheet: cannot be read: no such spreadsheet: check the id" in ran.stdout
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        nowhere = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    ran = cli("sources", "read", env={"FOLLOWUPD_GOOGLE_API_ENDPOINT": nowhere})
+    assert "intake-sheet: cannot be read: Google could not be reached (connection refused)" in (
+        ran.stdout
+    )
+
+
+def test_a_spreadsheet_that_is_no_id_is_refused(cli, home):
+    add_source(
+        home,
+        SHEET.replace(f"https://docs.google.com/spreadsheets/d/{SHEET_ID}/edit#gid=0", "my sheet"),
+    )
+    ran = cli("check")
+    assert ran.code == 2 and "is neither a spreadsheet id nor a Google Sheets URL" in ran.stderr
+
+
+def test_signing_in_asks_for_the_spreadsheets_scope_only_with_a_sheet_source(home):
+    from followupd import config as configuration
+    from followupd.delivery.googleapi import SCOPE_SHEETS_READ, scopes, wants_sheets
+
+    assert not wants_sheets(configuration.load(home, environ={}))
+    add_source(home, SHEET)
+    settings = configuration.load(home, environ={})
+    assert wants_sheets(settings)
+    assert SCOPE_SHEETS_READ in scopes(settings.config.google.read_scope, wants_sheets(settings))
+
+
+@pytest.mark.slow  # a sheet is read at most once a minute: 60-90 s
+def test_the_daemon_drafts_a_referral_added_to_the_sheet_within_one_every(home, db_url, sheets):
+    server, env = sheets
+    add_source(home, SHEET)
+    config = home / "followupd.yaml"
+    config.write_text(config.read_text().replace("poll: 5 minutes", "poll: 10 minutes"))
+    daemon = start_daemon(home, env_for(db_url, **env))
+    try:
+        assert wait_for(lambda: len(drafts(home)) == 2, 60), (home / "daemon.log").read_text()
+        server.append_row(SHEET_ID, "Referrals", sheet_row("S-9"))
+        added = time.monotonic()
+        # read once a minute, then planned at once: one `every` plus seconds (bench: figures)
+        assert wait_for(lambda: len(drafts(home)) == 3, 90), (home / "daemon.log").read_text()
+        assert time.monotonic() - added < 90
+        code, _ = stop(daemon)
+        assert code == 0
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()

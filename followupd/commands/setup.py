@@ -176,14 +176,15 @@ def auth(
     On a headless server or in a container: forward the port first
     (ssh -L 8765:localhost:8765 server), then open the printed URL in your own browser.
     """
-    from followupd.delivery.googleapi import scopes
+    from followupd.delivery.googleapi import scopes, wants_sheets
 
     settings = _signing_in(load_settings(home), therapist)
     google = settings.config.google
     secrets = settings.path(google.client_secrets_file)
     from google_auth_oauthlib.flow import InstalledAppFlow
 
-    flow = InstalledAppFlow.from_client_secrets_file(str(secrets), scopes(google.read_scope))
+    wanted = scopes(google.read_scope, wants_sheets(settings))
+    flow = InstalledAppFlow.from_client_secrets_file(str(secrets), wanted)
     credentials = flow.run_local_server(
         host="localhost",
         bind_addr=bind,

@@ -461,13 +461,27 @@ class Source(Strict):
             )
         return self
 
+    @field_validator("spreadsheet")
+    @classmethod
+    def _spreadsheet_id(cls, value: str | None) -> str | None:
+        """The id, or the sheet's URL as the browser shows it (the id is taken from it)."""
+        if value is None:
+            return None
+        found = re.search(r"/spreadsheets/d/([A-Za-z0-9_-]+)", value)
+        spreadsheet = found.group(1) if found else value.strip()
+        if not re.fullmatch(r"[A-Za-z0-9_-]{10,100}", spreadsheet):
+            raise PydanticCustomError(
+                "source", "is neither a spreadsheet id nor a Google Sheets URL", {}
+            )
+        return spreadsheet
+
     @property
     def interval(self) -> Duration:
         """How often it is read: `every`, or its kind's default."""
         return self.every or SOURCE_EVERY[self.kind][1]
 
 
-SOURCE_KINDS_READ = ("folder", "sql")  # google_sheet: issue 16, a later slice
+SOURCE_KINDS_READ = ("folder", "sql", "google_sheet")
 ENV_REFERENCE = re.compile(r"^\$\{([A-Za-z_][A-Za-z0-9_]*)\}$")
 SOURCE_KEYS_ALL = {"path", "spreadsheet", "range", "write_status", "url", "query", "changed_column"}
 

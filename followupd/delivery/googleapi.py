@@ -45,8 +45,18 @@ REAUTH = "Google sign-in expired or was revoked: run `followupd auth`"
 TIMEOUT = 30.0
 
 
-def scopes(read_scope: bool) -> list[str]:
-    return [SCOPE_COMPOSE, SCOPE_EVENTS, *([SCOPE_READ] if read_scope else [])]
+SCOPE_SHEETS_READ = "https://www.googleapis.com/auth/spreadsheets.readonly"
+
+
+def scopes(read_scope: bool, sheets: bool = False) -> list[str]:
+    """What followupd asks Google for: drafts and events; reading mail with `read_scope`;
+    reading spreadsheets when a `google_sheet` source is configured."""
+    return [
+        SCOPE_COMPOSE,
+        SCOPE_EVENTS,
+        *([SCOPE_READ] if read_scope else []),
+        *([SCOPE_SHEETS_READ] if sheets else []),
+    ]
 
 
 class CredentialsProblem(Exception):
@@ -100,10 +110,15 @@ class TokenFile:
             self._saved = self.credentials.token
 
 
+def wants_sheets(settings: Settings) -> bool:
+    """A Google Sheet is configured as a source: the sign-in must cover reading it."""
+    return any(source.kind == "google_sheet" for source in settings.config.sources)
+
+
 def load_credentials(settings: Settings) -> tuple[Any, TokenFile | None]:
     """(credentials, the token file to keep up to date, or None for a service account)."""
     google = settings.config.google
-    wanted = scopes(google.read_scope)
+    wanted = scopes(google.read_scope, wants_sheets(settings))
     if google.service_account_file:
         path = settings.path(google.service_account_file)
         if not google.subject:
@@ -169,7 +184,7 @@ class Transport:
         self.session.close()
 
 
-SERVICE_PATH = {"gmail": "", "calendar": "calendar/v3/"}  # from the discovery documents
+SERVICE_PATH = {"gmail": "", "calendar": "calendar/v3/", "sheets": ""}  # discovery documents
 
 
 def build_service(api: str, version: str, transport: Transport, endpoint: str | None):
