@@ -16,7 +16,14 @@ from pathlib import Path
 import sqlalchemy as sa
 
 from followupd.config import Settings
-from followupd.store import Store, StoreError, health_facts, schema_state, write_meta
+from followupd.store import (
+    Store,
+    StoreError,
+    health_facts,
+    read_source_states,
+    schema_state,
+    write_meta,
+)
 from followupd.store.health import CREDENTIALS, HEARTBEAT
 
 
@@ -67,9 +74,36 @@ def judge(settings: Settings, now: datetime) -> Verdict:
     beat, credentials, backlog, failures = facts
     _judge_heartbeat(settings, beat, now, verdict)
     verdict.lines += [f"due backlog: {backlog}", f"failed in the last 24 hours: {failures}"]
+    verdict.lines += _source_lines(settings)
     if settings.config.delivery.backend == "google":
         _judge_credentials(settings, credentials, verdict)
     return verdict
+
+
+def _source_lines(settings: Settings) -> list[str]:
+    """A watched source that cannot be read is said here (delivery goes on without it)."""
+    if not settings.config.sources:
+        return []
+    try:
+        store = Store(settings.database_url, migrate_schema=False)
+        try:
+            with store.session() as session:
+                states = read_source_states(session)
+        finally:
+            store.close()
+    except (StoreError, sa.exc.SQLAlchemyError) as exc:  # a database from before sources
+        return [f"sources: their state cannot be read ({_first_line(exc)})"]
+    lines = []
+    for source in settings.config.sources:
+        state = states.get(source.name, {})
+        error = state.get("last_error")
+        when = state.get("last_read", "never")
+        lines.append(
+            f"source {source.name}: cannot be read: {error}"
+            if error
+            else f"source {source.name}: last import {when}"
+        )
+    return lines
 
 
 def _read_facts(settings: Settings, now: datetime, verdict: Verdict):

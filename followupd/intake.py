@@ -279,6 +279,17 @@ class _Table:
         return row
 
 
+def header_problem(header: list[str], kind: Kind, shown: str, columns=None) -> str | None:
+    """Why rows under this header could not be imported (a required column missing, none
+    of ours), or None: what `followupd check` asks of a watched source."""
+    reader = _Table(header, [])
+    try:
+        read_header(_renamed(reader, columns) if columns else reader, kind, shown)
+    except ImportRefused as exc:
+        return str(exc)
+    return None
+
+
 def import_rows(
     store: Store,
     header: list[str],

@@ -23,7 +23,13 @@ import sqlalchemy as sa
 
 from followupd.config import Settings, Source
 from followupd.config.schema import ENV_REFERENCE
-from followupd.intake import ImportRefused, ImportReport, import_csv, import_rows
+from followupd.intake import (
+    ImportRefused,
+    ImportReport,
+    header_problem,
+    import_csv,
+    import_rows,
+)
 from followupd.permissions import make_private_dir, write_private
 from followupd.records import Therapists
 from followupd.store import Store, mask_url, read_source_states, write_source_state
@@ -241,7 +247,9 @@ def _read_only(connection: sa.Connection) -> None:
         connection.exec_driver_sql("PRAGMA query_only = ON")
 
 
-def fetch_rows(url: str, source: Source, since: object | None) -> tuple[list[str], list[list]]:
+def fetch_rows(
+    url: str, source: Source, since: object | None, header_only: bool = False
+) -> tuple[list[str], list[list]]:
     """(header, rows) of the source's query, read in a read-only transaction that is then
     rolled back; errors name the database masked and the error's kind, never a value."""
     shown = mask_url(url)
@@ -254,7 +262,7 @@ def fetch_rows(url: str, source: Source, since: object | None) -> tuple[list[str
             _read_only(connection)
             result = connection.execute(_query(source, since, connection.dialect))
             header = list(result.keys())
-            rows = [list(row) for row in result.fetchall()]
+            rows = [] if header_only else [list(row) for row in result.fetchall()]
             transaction.rollback()
             return header, rows
     except sa.exc.SQLAlchemyError as exc:
@@ -419,6 +427,31 @@ def read_sheet(settings: Settings, store: Store, source: Source) -> SourceRead:
         _record(store, source, done)
         return done
     return _import_table(settings, store, source, done, header, rows)
+
+
+# --- followupd check ---------------------------------------------------------------------
+
+
+def probe(settings: Settings, source: Source) -> str:
+    """Can the source be read, and does its header name every column followupd needs?
+    A line saying so, or a SourceProblem saying what to fix."""
+    if source.kind == "folder":
+        folder = folder_of(settings, source)
+        if not folder.exists():
+            return f"{folder} does not exist yet; it is made on the first read"
+        if not os.access(folder, os.R_OK | os.W_OK | os.X_OK):
+            raise SourceProblem(f"{folder} cannot be read and written by this user")
+        return f"{folder}: {len(look(folder))} CSV files waiting"
+    if source.kind == "sql":
+        header, _ = fetch_rows(source_url(settings, source), source, None, header_only=True)
+        size = ""
+    else:
+        header, rows = fetch_sheet(settings, source)
+        size = f" ({len(rows)} rows now)"
+    problem = header_problem(header, source.table, source.name, source.columns)
+    if problem:
+        raise SourceProblem(problem)
+    return f"can be read; its header names followupd's columns{size}"
 
 
 class Watcher:

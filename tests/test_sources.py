@@ -513,3 +513,37 @@ def test_the_daemon_drafts_a_referral_added_to_the_sheet_within_one_every(home, 
     finally:
         if daemon.poll() is None:
             daemon.kill()
+
+
+# --- check and health ----------------------------------------------------------------------
+
+
+def test_check_reads_each_source_and_names_a_missing_column(cli, home, tmp_path, sheets):
+    _, env = sheets
+    ehr_url = f"sqlite:///{tmp_path / 'ehr.sqlite3'}"
+    ehr_database(ehr_url).dispose()
+    env = {**env, "EHR_DATABASE_URL": ehr_url}
+    add_source(home, SHEET + FOLDER + SQL.replace("{query}", SELECT))
+    ran = cli("check", env=env)
+    assert ran.code == 0, ran.stderr
+    assert (
+        "source intake-sheet: can be read; its header names followupd's columns (2 rows now)"
+        in ran.stdout
+    )
+    assert "source ehr: can be read; its header names followupd's columns" in ran.stdout
+    assert "source exports: " in ran.stdout and "made on the first read" in ran.stdout
+    config = home / "followupd.yaml"
+    config.write_text(config.read_text().replace("SELECT ref, ", "SELECT ref AS referral, "))
+    ran = cli("check", env=env)
+    assert ran.code == 2
+    assert "source ehr: ehr: required column ref missing from the header" in ran.stderr
+
+
+def test_health_says_which_source_cannot_be_read(cli, home, sheets):
+    server, env = sheets
+    add_source(home, SHEET)
+    cli("run", "--once", env=env)
+    server.rename_tab(SHEET_ID, "Referrals", "Intake")
+    cli("sources", "read", env=env)
+    shown = cli("health", env=env).stdout
+    assert "source intake-sheet: cannot be read: the range Referrals!A1:Z cannot be read" in shown

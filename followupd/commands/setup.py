@@ -107,6 +107,22 @@ def check(home: Home = None) -> None:
     else:
         out.print(f"delivery: outbox {settings.outbox_dir}", markup=False)
     out.print(f"database: {_database_state(settings)}", markup=False)
+    _check_sources(settings)
+
+
+def _check_sources(settings: configuration.Settings) -> None:
+    """Each watched source can be read and its header names the columns needed; a source
+    that cannot is exit 2, after all of them were tried."""
+    from followupd.sources import SourceProblem, probe
+
+    failed = []
+    for source in settings.config.sources:
+        try:
+            out.print(f"source {source.name}: {probe(settings, source)}", markup=False)
+        except SourceProblem as exc:
+            failed.append(f"source {source.name}: {exc}")
+    if failed:
+        fail(EXIT_CONFIG, *failed)
 
 
 def _check_google(settings: configuration.Settings) -> None:
