@@ -299,13 +299,15 @@ def import_rows(
     therapists: Therapists = NO_THERAPISTS,
     today: date | None = None,
     columns: Mapping[str, str] | None = None,
+    source: str | None = None,
 ) -> ImportReport:
     """Import rows of text that did not come from a file (a query's), exactly as a CSV
-    file's: the same header checks, row errors (by row number and column) and upsert."""
+    file's: the same header checks, row errors (by row number and column) and upsert.
+    `source`: the watched source they come from (recorded on each referral)."""
     report = ImportReport()
     _import_reader(
         store, _Table(header, rows), kind, shown, report, None, BATCH_ROWS, therapists, today,
-        columns,
+        columns, source,
     )  # fmt: skip
     return report
 
@@ -321,6 +323,7 @@ def _import_reader(
     therapists: Therapists,
     today: date | None,
     columns: Mapping[str, str] | None,
+    source: str | None = None,
 ) -> None:
     """The one intake path: header, rows, validation, upsert in batches."""
     if columns:
@@ -336,30 +339,36 @@ def _import_reader(
             report.counts.rejected += 1
             report.problems.append(f"line {line}, column {exc.column}: {exc.message}")
         if len(batch) >= batch_rows:
-            _write(store, batch, upsert, directory, report, today)
+            _write(store, batch, upsert, directory, report, today, source)
             batch = []
             if advance:
                 advance(0)
     if batch:
-        _write(store, batch, upsert, directory, report, today)
+        _write(store, batch, upsert, directory, report, today, source)
     if advance:
         advance(None)
 
 
 def _write(
-    store: Store, batch, upsert, directory: Directory, report: ImportReport, today: date | None
+    store: Store,
+    batch,
+    upsert,
+    directory: Directory,
+    report: ImportReport,
+    today: date | None,
+    source: str | None = None,
 ) -> None:
     """One transaction per batch; if the database refuses it, find the row row by row."""
     try:
         with store.session() as session:
-            outcomes = _upsert(session, upsert, batch, directory, report, today)
+            outcomes = _upsert(session, upsert, batch, directory, report, today, source)
     except (sa.exc.DBAPIError, RowError):  # a row the database or the directory refused
         directory.forget()  # cached ids may belong to the rolled-back transaction
         outcomes = []
         for one in batch:
             try:
                 with store.session() as session:
-                    outcomes += _upsert(session, upsert, [one], directory, report, today)
+                    outcomes += _upsert(session, upsert, [one], directory, report, today, source)
             except RowError as exc:  # e.g. a physician's name that is several physicians
                 directory.forget()
                 report.counts.rejected += 1
@@ -375,7 +384,13 @@ def _write(
 
 
 def _upsert(
-    session, upsert, batch, directory: Directory, report: ImportReport, today: date | None
+    session,
+    upsert,
+    batch,
+    directory: Directory,
+    report: ImportReport,
+    today: date | None,
+    source: str | None = None,
 ) -> list[str]:
     if upsert is not upsert_referrals:
         return upsert(session, [record for _, record in batch], directory)
@@ -387,6 +402,7 @@ def _upsert(
         by="import",
         today=today,
         notices=notices,
+        source=source,
     )
     report.notices += [f"line {batch[index][0]}: {text}" for index, text in notices]
     return outcomes

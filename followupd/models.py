@@ -92,6 +92,9 @@ class Referral(SQLModel, table=True):
     closed_on: date | None = None
     closing_summary: str | None = None
     therapist: str | None = Field(default=None, max_length=64)  # a key from `therapists:`
+    # The watched source it was last read from, and why its notes wait if it left it.
+    source: str | None = Field(default=None, max_length=64)
+    gone: str | None = Field(default=None, max_length=200)
     created_at: datetime = _stamp()
     updated_at: datetime = _stamp(index=True)
 

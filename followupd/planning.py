@@ -68,6 +68,7 @@ class Subject:
     closed: bool = False
     entered: datetime | None = None  # when it entered followupd (None: now)
     changed: datetime | None = None  # when it last changed (a close, a release recorded)
+    gone: str | None = None  # it left its watched source: its notes wait (the reason)
 
     def released_to(self, recipient: str) -> bool:
         return True if self.releases is None else bool(self.releases.get(recipient))
@@ -238,6 +239,8 @@ def desired(
 
 def _hold(rule: Rule, subject: Subject, recipient: str, needs_release: frozenset[str]):
     """Why this rule's follow-up of the subject may not go out yet, or None."""
+    if subject.gone:
+        return subject.gone
     if (rule.name in needs_release or rule.when.release == "required") and not subject.released_to(
         recipient
     ):

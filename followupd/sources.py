@@ -29,10 +29,17 @@ from followupd.intake import (
     header_problem,
     import_csv,
     import_rows,
+    normalize_header,
 )
 from followupd.permissions import make_private_dir, write_private
 from followupd.records import Therapists
-from followupd.store import Store, mask_url, read_source_states, write_source_state
+from followupd.store import (
+    Store,
+    mark_gone,
+    mask_url,
+    read_source_states,
+    write_source_state,
+)
 
 SHOWN_PROBLEMS = 20  # row errors kept in a source's state (the report file has them all)
 
@@ -287,7 +294,8 @@ def read_sql(settings: Settings, store: Store, source: Source) -> SourceRead:
     newest = _latest(header, rows, source) or {
         key: state[key] for key in ("changed_through", "changed_type") if key in state
     }
-    return _import_table(settings, store, source, done, header, rows, **newest)
+    full = not source.changed_column  # an incremental read does not show every row
+    return _import_table(settings, store, source, done, header, rows, full=full, **newest)
 
 
 def _import_table(
@@ -297,6 +305,7 @@ def _import_table(
     done: SourceRead,
     header: list[str],
     rows: list[list],
+    full: bool = False,
     **state,
 ) -> SourceRead:
     """Import a query's or a sheet's rows through the one intake path; `state`: what the
@@ -311,6 +320,7 @@ def _import_table(
             _therapists(settings),
             datetime.now(settings.config.practice.zone).date(),
             source.columns,
+            source=source.name if source.table == "referrals" else None,
         )
     except ImportRefused as exc:  # e.g. a column renamed at their end: this source only
         done.error = str(exc)
@@ -319,8 +329,30 @@ def _import_table(
     done.files.append(
         FileOutcome(f"{len(rows)} row{'' if len(rows) == 1 else 's'}", None, report=report)
     )
+    if full and source.table == "referrals":
+        _mark_gone(settings, store, source, header, rows)
     _record(store, source, done, **state)
     return done
+
+
+def _mark_gone(
+    settings: Settings, store: Store, source: Source, header: list[str], rows: list[list]
+) -> None:
+    """Referrals read from this source before whose rows are not in it now: their pending
+    notes wait, saying why, until the row returns or the therapist closes the referral."""
+    theirs = normalize_header(source.columns.get("ref", "ref"))
+    names = [normalize_header(str(name)) for name in header]
+    if theirs not in names:
+        return
+    index = names.index(theirs)
+    present = {_text(row[index]).strip() for row in rows if index < len(row)}
+    day = datetime.now(settings.config.practice.zone).date().isoformat()
+    reason = (
+        f"gone from source {source.name} since {day}: its row is no longer there (its notes "
+        "go once the row is back)"
+    )
+    with store.session() as session:
+        mark_gone(session, source.name, present, reason)
 
 
 def _latest(header: list[str], rows: list[list], source: Source) -> dict:
@@ -426,7 +458,7 @@ def read_sheet(settings: Settings, store: Store, source: Source) -> SourceRead:
         done.error = str(exc)
         _record(store, source, done)
         return done
-    return _import_table(settings, store, source, done, header, rows)
+    return _import_table(settings, store, source, done, header, rows, full=True)
 
 
 # --- followupd check ---------------------------------------------------------------------

@@ -35,6 +35,7 @@ class ReferralFacts:
     prescriber_email: str | None
     prescriber_email_check: str | None
     created_at: datetime | None = None  # when it entered followupd: history is older
+    gone: str | None = None  # it left the watched source it was read from: why notes wait
     updated_at: datetime | None = None  # when it last changed (a close, a release)
 
 
@@ -102,6 +103,7 @@ def referral_subject(row: ReferralFacts) -> Subject:
         closed=bool(row.closed_on),
         entered=row.created_at,
         changed=row.updated_at,
+        gone=getattr(row, "gone", None),
     )
 
 
@@ -147,6 +149,7 @@ def bundle_subject(bundle: Bundle) -> Subject | None:
                 prescriber_id=referral.prescriber_id,
                 prescriber_email=prescriber.email if prescriber else None,
                 prescriber_email_check=prescriber.email_check if prescriber else None,
+                gone=referral.gone,
             )
         )
     if bundle.visit is not None:

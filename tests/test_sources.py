@@ -7,6 +7,7 @@ names rows and columns, never a value; a file that cannot be read goes to `rejec
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import socket
@@ -547,3 +548,28 @@ def test_health_says_which_source_cannot_be_read(cli, home, sheets):
     cli("sources", "read", env=env)
     shown = cli("health", env=env).stdout
     assert "source intake-sheet: cannot be read: the range Referrals!A1:Z cannot be read" in shown
+
+
+def test_a_row_that_leaves_the_sheet_holds_its_notes_until_it_returns(cli, home, sheets):
+    """Not deleted: its referral is marked gone, its pending note held saying why; the row
+    back in the sheet, the note goes."""
+    server, env = sheets
+    add_source(home, SHEET)
+    config = home / "followupd.yaml"  # the acknowledgement due in a week: still pending
+    config.write_text(config.read_text().replace("after: 1 business day", "after: 10 days", 1))
+    assert cli("sources", "read", env=env).code == 0
+    cli("run", "--once", env=env)
+    server.delete_row(SHEET_ID, "Referrals", 3)  # S-2 (row 1 is the header)
+    assert cli("sources", "read", env=env).stdout.strip().startswith("intake-sheet: 1 row")
+    cli("run", "--once", env=env)
+    held = cli("status", "--json", "--state", "held", env=env).stdout.splitlines()
+    [row] = [json.loads(line) for line in held]
+    assert row["reason"].startswith("gone from source intake-sheet since ")
+    assert "S-2" not in row["reason"] and "Avery" not in row["reason"]
+    [kept] = [json.loads(x) for x in cli("referral", "list", "--json", env=env).stdout.splitlines()
+              if json.loads(x)["ref"] == "S-2"]  # fmt: skip
+    assert kept  # the referral itself is still there
+    server.append_row(SHEET_ID, "Referrals", sheet_row("S-2"))
+    assert "updated 1" in cli("sources", "read", env=env).stdout
+    cli("run", "--once", env=env)
+    assert cli("status", "--json", "--state", "held", env=env).stdout.strip() == ""

@@ -110,7 +110,7 @@ from followupd.store.people import (
 )
 from followupd.store.quota import SharedTokenBucket
 from followupd.store.reads import changed_referrals, changed_visits, ledger_rows, referrals_by_id
-from followupd.store.sources import read_source_states, write_source_state
+from followupd.store.sources import mark_gone, read_source_states, write_source_state
 from followupd.store.stamps import change_stamp
 
 __all__ = [
@@ -162,6 +162,7 @@ __all__ = [
     "ledger_rules",
     "ledger_size",
     "load_bundle",
+    "mark_gone",
     "mask_url",
     "merge_physicians",
     "migrate",

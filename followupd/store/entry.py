@@ -138,8 +138,11 @@ def upsert_referrals(
     by: str = "import",
     today: date | None = None,
     notices: list[tuple[int, str]] | None = None,
+    source: str | None = None,
 ) -> list[str]:
     """Insert or update referrals by `ref`; returns added/updated/unchanged for each.
+
+    `source`: the watched source these rows were read from (a row read again is back in it).
 
     Release columns go into the release history (see `releases`); what an import could not
     do with them (a revoke it may not undo) is appended to `notices` as (index, text).
@@ -154,6 +157,8 @@ def upsert_referrals(
                 directory.physician(session, record.prescriber)[0] if record.prescriber else None
             )
         values.pop("ref")
+        if source is not None:
+            values.update(source=source, gone=None)
         claims.append(releases.claims_of(values))
         items.append((record.ref, values))
         physician_changes.append(physician_changed)

@@ -62,6 +62,7 @@ def _changed_referrals_query(has_since: bool, has_after: bool):
             Referral.release_on,
             Referral.prescriber_release_on_file,
             Referral.prescriber_release_on,
+            Referral.gone,
             doctor.specialty,
             Referral.physician_id,
             doctor.email.label("physician_email"),

@@ -7,8 +7,29 @@ import json
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from followupd.models import SourceState, now_utc
+from followupd.models import Referral, SourceState, now_utc
 from followupd.store.dialect import put
+from followupd.store.stamps import change_stamp
+
+
+def mark_gone(session: Session, source: str, present: set[str], reason: str) -> int:
+    """Referrals last read from `source` whose rows are no longer in it: not deleted, but
+    marked (their pending notes are held with `reason`) until they return. How many."""
+    rows = session.execute(
+        sa.select(Referral.id, Referral.ref).where(
+            Referral.source == source, Referral.gone.is_(None)
+        )
+    ).all()
+    missing = [referral_id for referral_id, ref in rows if ref not in present]
+    if missing:
+        stamp = change_stamp(session, Referral)  # planned again: their notes are held
+        for start in range(0, len(missing), 500):
+            session.execute(
+                sa.update(Referral)
+                .where(Referral.id.in_(missing[start : start + 500]))
+                .values(gone=reason, updated_at=stamp)
+            )
+    return len(missing)
 
 
 def read_source_states(session: Session) -> dict[str, dict]:
