@@ -45,13 +45,14 @@ class Deliverer(EngineCore):
     def deliver_due(self, report: TickReport | None = None) -> TickReport:
         """Claim what is due, a batch at a time, and deliver each batch in one backend call."""
         report = report or TickReport()
-        if self._refuse_burst(report):
-            return report
         seen: set[int] = set()
         begun: set[str | None] = set()  # mailboxes whose round has started
         every = len(self.settings.config.mailboxes())
         while len(report.stopped_for) < every and not self.stopping:
             with self.store.session() as session:
+                # before the first claim, in its transaction (an idle tick's one look)
+                if not seen and self._refuse_burst(report, session):
+                    return report
                 claimed = claim_due(session, self.clock(), self.owner, self.lease, CLAIM_BATCH)
             claimed = [(i, f) for i, f in claimed if i not in seen]
             if not claimed:
@@ -60,13 +61,15 @@ class Deliverer(EngineCore):
             self._deliver_batch(claimed, report, begun)
         return report
 
-    def burst(self) -> int:
+    def burst(self, session: Session | None = None) -> int:
         """How many notes due now wait for a person's yes (0: within history.confirm_over)."""
         limit = self.settings.config.history.confirm_over
         if limit is None:
             return 0
-        with self.store.session() as session:
-            due = unconfirmed_due(session, self.clock(), over=limit)
+        if session is None:
+            with self.store.session() as own:
+                return self.burst(own)
+        due = unconfirmed_due(session, self.clock(), over=limit)
         return due if due > limit else 0
 
     def confirm_burst(self) -> int:
@@ -74,9 +77,9 @@ class Deliverer(EngineCore):
         with self.store.session() as session:
             return confirm_due(session, self.clock())
 
-    def _refuse_burst(self, report: TickReport) -> bool:
+    def _refuse_burst(self, report: TickReport, session: Session) -> bool:
         """Deliver nothing new while more notes are due at once than a person confirmed."""
-        due = self.burst()
+        due = self.burst(session)
         if not due:
             return False
         limit = self.settings.config.history.confirm_over

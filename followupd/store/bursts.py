@@ -11,11 +11,12 @@ the cut-off moved) or due only later is counted anew, whatever its id.
 from __future__ import annotations
 
 from datetime import datetime
+from functools import cache
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from followupd.models import FollowUp, State
+from followupd.models import FollowUp, State, UTCDateTime
 from followupd.store.meta import read_meta, write_meta
 
 CONFIRMED = "confirmed_at"
@@ -34,15 +35,20 @@ def _due_unconfirmed(session: Session, now: datetime) -> list:
     return conditions
 
 
+@cache
+def _due_count() -> sa.Select:
+    """Planned notes due now: built once, with a bound `now` (it runs on every tick)."""
+    return sa.select(sa.func.count()).where(
+        FollowUp.state == State.planned,
+        FollowUp.due_at <= sa.bindparam("now", type_=UTCDateTime),
+        FollowUp.external_id.is_(None),
+    )
+
+
 def unconfirmed_due(session: Session, now: datetime, over: int = 0) -> int:
     """How many planned follow-ups are due now that no confirmation covers; 0 when no more
     than `over` are due at all (an idle tick's case: one indexed count, no meta read)."""
-    due = (
-        FollowUp.state == State.planned,
-        FollowUp.due_at <= now,
-        FollowUp.external_id.is_(None),
-    )
-    if session.execute(sa.select(sa.func.count()).where(*due)).scalar_one() <= over:
+    if session.execute(_due_count(), {"now": now}).scalar_one() <= over:
         return 0
     query = sa.select(sa.func.count()).select_from(FollowUp).where(*_due_unconfirmed(session, now))
     return session.execute(query).scalar_one()
