@@ -1,6 +1,6 @@
 # followupd in a container: `docker build -t followupd .` then see compose.yaml.
-# The install and start commands here are the ones tests/test_container.py runs in a fresh
-# virtual environment as a non-root user, since our CI has no Docker engine.
+# CI builds this file with podman and runs the image as declared here (.ci/image.sh): its user,
+# volume, health check, entrypoint and command are checked against what the run finds.
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -17,7 +17,8 @@ COPY config /src/config
 # nothing but its data folder.
 RUN pip install --no-cache-dir "/src[postgres]" \
     && rm -rf /src \
-    && useradd --system --uid 10001 --user-group --home-dir /data --shell /usr/sbin/nologin followupd \
+    && groupadd --system --gid 10001 followupd \
+    && useradd --system --uid 10001 --gid 10001 --home-dir /data --shell /usr/sbin/nologin followupd \
     && mkdir -p /data \
     && chown followupd:followupd /data \
     && chmod 0700 /data

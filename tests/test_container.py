@@ -1,144 +1,146 @@
-"""The Dockerfile's own steps, proven without a Docker engine.
+"""The Dockerfile's declarations, and the checks CI runs on the image built from it.
 
-The test reads the Dockerfile and runs its install command, its environment, its user (any
-non-root one), its entrypoint and command, and its HEALTHCHECK, in a fresh virtual environment,
-so the two cannot drift apart unnoticed.
+CI builds the image for real and runs it as the Dockerfile declares (.ci/image.sh, in its slow
+tier; root and podman). These fast tests read the Dockerfile with the same code
+(.ci/image.py), so what they require and what the built image is checked against cannot
+drift apart, and they show that the checks name a broken Dockerfile.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
-import os
 import re
-import shlex
-import shutil
-import signal
-import subprocess
-import sys
-import tempfile
-import time
-from pathlib import Path
 
 import pytest
 
 from conftest import REPO
 
-NOBODY = 65534
+if not (REPO / ".ci" / "image.py").exists():  # an sdist carries the tests, not .ci/
+    pytest.skip("no .ci/image.py beside the tests", allow_module_level=True)
+_spec = importlib.util.spec_from_file_location("ci_image", REPO / ".ci" / "image.py")
+image = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(image)
 
 
-def dockerfile() -> dict:
-    """ENV, the pip install line, ENTRYPOINT, CMD and HEALTHCHECK of our Dockerfile."""
-    text = (REPO / "Dockerfile").read_text().replace("\\\n", " ")
-    lines = [
-        line.strip()
-        for line in text.splitlines()
-        if line.strip() and not line.lstrip().startswith("#")
-    ]
-    found: dict = {"env": {}}
-    for line in lines:
-        word, _, rest = line.partition(" ")
-        if word == "ENV":
-            found["env"].update(dict(re.findall(r"(\w+)=(\S+)", rest)))
-        elif word == "RUN" and "pip install" in rest:
-            install = rest.split("&&")[0].strip()
-            found["install"] = shlex.split(install)
-        elif word in ("ENTRYPOINT", "CMD"):
-            found[word.lower()] = json.loads(rest)
-        elif word == "HEALTHCHECK":
-            found["healthcheck"] = json.loads(rest.split("CMD", 1)[1])
-        elif word == "USER":
-            found["user"] = rest
-    return found
+@pytest.fixture
+def failures():
+    """What the checks of .ci/image.py reported as failed during the test."""
+    image.FAILED.clear()
+    yield image.FAILED
+    image.FAILED.clear()
 
 
-def as_unprivileged(args: list[str]) -> list[str]:
-    """Drop to `nobody` when the tests run as root (CI); otherwise we are non-root already."""
-    if os.geteuid() != 0:
-        return args
-    return ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", "--", *args]
+def broken(tmp_path, old: str, new: str):
+    """The Dockerfile with one thing changed."""
+    text = (REPO / "Dockerfile").read_text()
+    assert re.search(old, text, re.M), old
+    path = tmp_path / "Dockerfile"
+    path.write_text(re.sub(old, new, text, flags=re.M))
+    return path
 
 
-@pytest.fixture(scope="module")
-def installed():
-    """A fresh venv with followupd installed exactly as the Dockerfile installs it."""
-    spec = dockerfile()
-    assert spec["install"][:2] == ["pip", "install"]
-    root = Path(tempfile.mkdtemp(prefix="followupd-container-"))
-    root.chmod(0o755)  # the unprivileged user must reach the venv
-    venv = root / "venv"
-    umask = os.umask(0o022)  # an installed package is readable by every user, as in an image
-    try:
-        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-        args = [str(venv / "bin" / "pip"), *spec["install"][1:]]
-        args = [arg.replace("/src", str(REPO)) for arg in args]
-        subprocess.run(args, check=True, capture_output=True, timeout=600)
-    finally:
-        os.umask(umask)
-    yield spec, venv, root
-    shutil.rmtree(root, ignore_errors=True)
-
-
-def test_dockerfile_runs_as_non_root_with_a_healthcheck():
-    spec = dockerfile()
-    assert spec["user"] not in ("root", "0", "0:0")
-    assert spec["env"]["FOLLOWUPD_HOME"] == "/data"
-    assert spec["entrypoint"] == ["followupd"] and spec["cmd"] == ["run"]
-    assert spec["healthcheck"] == ["followupd", "health"]
-    assert "dev" not in " ".join(spec["install"])  # no development dependencies
-
-
-@pytest.mark.slow  # a fresh venv and a pip install: about a minute
-def test_the_image_steps_start_serve_pass_health_and_stop(installed):
-    spec, venv, root = installed
-    data = root / "data"  # the volume
-    data.mkdir(mode=0o700)
-    if os.geteuid() == 0:
-        os.chown(data, NOBODY, NOBODY)
-    bin_dir = venv / "bin"
-    env = {
-        "PATH": f"{bin_dir}:/usr/bin:/bin",
-        **spec["env"],
-        "FOLLOWUPD_HOME": str(data),
-        "HOME": str(data),
+def inspected(spec: dict) -> dict:
+    """What `podman image inspect` reports for an image built as the Dockerfile declares."""
+    return {
+        "Config": {
+            "User": spec["user"],
+            "Env": [
+                "PATH=/usr/local/bin:/usr/bin:/bin",
+                *(f"{k}={v}" for k, v in spec["env"].items()),
+            ],
+            "WorkingDir": spec["workdir"],
+            "Volumes": {volume: {} for volume in spec["volumes"]},
+            "ExposedPorts": {port: {} for port in spec["expose"]},
+            "Entrypoint": spec["entrypoint"],
+            "Cmd": spec["cmd"],
+        },
+        "Healthcheck": spec["healthcheck"],
     }
-    subprocess.run(
-        as_unprivileged([str(bin_dir / "followupd"), "init", str(data)]),
-        check=True,
-        env=env,
-        capture_output=True,
-    )
-    config = data / "followupd.yaml"
-    config.write_text(config.read_text().replace("poll: 5 minutes", "poll: 1 second"))
-    command = [str(bin_dir / spec["entrypoint"][0]), *spec["entrypoint"][1:], *spec["cmd"]]
-    daemon = subprocess.Popen(
-        as_unprivileged(command), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
-    try:
-        health = [str(bin_dir / spec["healthcheck"][0]), *spec["healthcheck"][1:]]
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            check = subprocess.run(as_unprivileged(health), env=env, capture_output=True, text=True)
-            if check.returncode == 0:
-                break
-            time.sleep(0.5)
-        assert check.returncode == 0, check.stderr
-        database = data / "followupd.sqlite3"
-        assert database.stat().st_mode & 0o077 == 0  # private to its owner
-        if os.geteuid() == 0:
-            assert database.stat().st_uid == NOBODY  # written by the unprivileged user
-    finally:
-        daemon.send_signal(signal.SIGTERM)
-        code = daemon.wait(timeout=15)
-        _, errors = daemon.communicate()
-    assert code == 0, errors
-    assert "event=started" in errors and "event=stopped" in errors
 
 
-def test_the_replicas_compose_file_runs_postgres_and_several_daemons_on_it():
-    """compose.replicas.yaml: the daemons wait for a healthy PostgreSQL, point at it with
-    the psycopg driver the image installs, and share one data volume (config and tokens)."""
+def test_the_dockerfile_declares_what_the_image_must_be():
+    spec = image.declared(REPO / "Dockerfile")
+    assert image.requirements(spec) == []
+    assert spec["from"] == "python:3.11-slim"  # .ci/image.sh's stand-in base is this one
+    assert spec["user"] == "10001:10001"
+    assert spec["env"]["FOLLOWUPD_HOME"] == "/data" == spec["workdir"]
+    assert spec["volumes"] == ["/data"]
+    assert spec["entrypoint"] == ["followupd"] and spec["cmd"] == ["run"]
+    assert spec["healthcheck"] == {
+        "Test": ["CMD", "followupd", "health"],
+        "Interval": 60 * 10**9,
+        "Timeout": 15 * 10**9,
+        "StartPeriod": 60 * 10**9,
+        "Retries": 3,
+    }  # as docs/operations.md says: every 60 s, timeout 15 s, start period 60 s, 3 retries
+    (install,) = [run for run in spec["runs"] if "pip install" in run]
+    assert '"/src[postgres]"' in install and "dev" not in install
+    # the group is made with the USER's gid: /data is 10001:10001, as the process is
+    assert "--gid 10001" in install and "chown followupd:followupd /data" in install
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "named"),
+    [
+        (r"^USER .*$", "USER root", "USER is root"),
+        (r"^USER .*$", "", "USER is not set"),
+        (r"^VOLUME .*$", "", "FOLLOWUPD_HOME=/data is not a VOLUME"),
+        (r"^WORKDIR .*$", "WORKDIR /", "WORKDIR is /, not FOLLOWUPD_HOME=/data"),
+        (r"^HEALTHCHECK (.|\n)*?CMD .*$", "HEALTHCHECK NONE", "HEALTHCHECK is none"),
+        (r'^CMD \["run"\]$', 'CMD ["run", "--once"]', "CMD is ['run', '--once']"),
+        (r"\[postgres\]", "[postgres,dev]", "pip installs the dev extra"),
+    ],
+)
+def test_a_broken_dockerfile_is_named(tmp_path, old, new, named):
+    problems = image.requirements(image.declared(broken(tmp_path, old, new)))
+    assert any(named in problem for problem in problems), problems
+
+
+def test_the_built_image_is_compared_with_the_dockerfile(tmp_path, failures, capsys):
+    dockerfile = REPO / "Dockerfile"
+    found = inspected(image.declared(dockerfile))
+    report = tmp_path / "inspect.json"
+    report.write_text(json.dumps([found]))
+    image.config(dockerfile, report)
+    assert failures == []
+
+    found["Config"]["User"] = "0"  # what an image built from another file would show
+    del found["Config"]["Volumes"]
+    found["Healthcheck"] = None  # podman's OCI format drops it without --format docker
+    report.write_text(json.dumps([found]))
+    image.config(dockerfile, report)
+    assert failures == [
+        "the Dockerfile declares USER 10001:10001, the image has '0'",
+        "the Dockerfile declares VOLUME ['/data'], the image has []",
+        "the Dockerfile declares HEALTHCHECK {'Test': ['CMD', 'followupd', 'health'], "
+        "'Interval': 60000000000, 'Timeout': 15000000000, 'StartPeriod': 60000000000, "
+        "'Retries': 3}, the image has None",
+    ]
+    assert "FAIL: the Dockerfile declares USER" in capsys.readouterr().out
+
+
+def test_a_development_package_in_the_image_fails_the_check(tmp_path, failures):
+    listing = tmp_path / "pip-list.json"
+    runtime = [{"name": "followupd", "version": "0.1.0"}, {"name": "psycopg", "version": "3.2"}]
+    listing.write_text(json.dumps(runtime))
+    image.packages(REPO / "pyproject.toml", listing)
+    assert failures == []
+    listing.write_text(json.dumps([*runtime, {"name": "pytest_xdist", "version": "3.6"}]))
+    image.packages(REPO / "pyproject.toml", listing)
+    assert failures == ["test or development packages in the image: pytest-xdist"]
+
+
+def test_the_compose_files_use_the_image_as_declared():
+    """compose.yaml and compose.replicas.yaml mount a volume on the image's VOLUME; the
+    replicas wait for a healthy PostgreSQL, point at it with the psycopg driver the image
+    installs, and share one data volume (config and tokens)."""
     import yaml
 
+    spec = image.declared(REPO / "Dockerfile")
+    (volume,) = spec["volumes"]
+    single = yaml.safe_load((REPO / "compose.yaml").read_text())["services"]["followupd"]
+    assert single["volumes"] == [f"followupd-data:{volume}"]
     compose = yaml.safe_load((REPO / "compose.replicas.yaml").read_text())
     postgres, daemon = compose["services"]["postgres"], compose["services"]["followupd"]
     assert "pg_isready" in postgres["healthcheck"]["test"]
@@ -146,6 +148,6 @@ def test_the_replicas_compose_file_runs_postgres_and_several_daemons_on_it():
     assert daemon["deploy"]["replicas"] >= 2
     url = daemon["environment"]["FOLLOWUPD_DATABASE_URL"]
     assert url.startswith("postgresql+psycopg://") and "@postgres/" in url
-    assert any("[postgres]" in arg for arg in dockerfile()["install"])
-    assert daemon["volumes"] == ["followupd-data:/data"]
+    assert any("[postgres]" in run for run in spec["runs"])
+    assert daemon["volumes"] == [f"followupd-data:{volume}"]
     assert daemon["stop_grace_period"] == "15s"  # longer than a tick's 9 s stop timeout
