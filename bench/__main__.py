@@ -12,7 +12,18 @@ import time
 
 from bench.common import RESULTS, Row, print_table, write_json
 
-MODULES = ["delivery", "tick", "import_csv", "latency", "idle", "scaleout"]
+MODULES = [
+    "delivery",
+    "tick",
+    "import_csv",
+    "folder",
+    "sheet",
+    "latency",
+    "idle",
+    "scaleout",
+    "startup",
+    "report",
+]
 
 
 def main(argv: list[str] | None = None) -> None:

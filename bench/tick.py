@@ -10,7 +10,9 @@ the open ones without a release) and the ledger a daemon would have left for the
 acknowledgement and closing note delivered to the outbox, the unreleased acknowledgements
 held), all stamped a day ago. The planning cursor is then set where planning them would have
 left it (planning a million rows through `Engine.plan` would take minutes; the state it
-leaves is the same), and one untimed tick confirms that nothing is left to plan.
+leaves is the same), and so is the day quiet spells were last looked for (today: the spells
+after the build's last referrals, 100 days ago, began before it); one untimed tick confirms
+that nothing is left to plan.
 
 Timed, each the median of several:
 - idle tick: `Engine.tick()` with the outbox backend and nothing new: end dead claims, cancel
@@ -244,6 +246,7 @@ def engine_on(referrals: int, stamp: datetime) -> Iterator[tuple[Any, Path, floa
             write_cursor(
                 session, f"plan:referral:{engine.fingerprint}", stamp, prefix="plan:referral:"
             )
+            write_cursor(session, f"quiet:{engine.fingerprint}", datetime.now(UTC), prefix="quiet:")
         _expect_idle(engine.tick(), "the first tick after the build")
         built = time.perf_counter() - started
         try:

@@ -14,6 +14,10 @@ the referral and visit tables, so a new referral does not wait for the next poll
 - One daemon per SQLite database: a second one exits at once (status 2). Several replicas
   are for PostgreSQL: each runs its own ticks (APScheduler's job stores cannot be shared
   between processes) and the ledger's leases keep them from doing the same work twice.
+- `backup.every`: a backup job on a worker of its own copies the SQLite database (one
+  snapshot, in steps) while ticks go on writing; `followupd restore` takes this daemon's lock.
+- `report.every`: a report job rewrites the HTML report (`report.path`, readable by the
+  owner only, replaced whole); what it needs is imported when it first runs.
 """
 
 from __future__ import annotations
@@ -24,27 +28,41 @@ import os
 import signal
 import threading
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import sqlalchemy as sa
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.blocking import BlockingScheduler
 
-from followupd.config import ConfigError, Settings
+from followupd.config import ConfigError, Settings, Source
 from followupd.engine import Engine
+from followupd.folder_watch import QUIET_NS, FolderWatch
 from followupd.logs import Log
-from followupd.sources import Watcher
-from followupd.store import ChangeListener
+from followupd.sources import Watcher, retry_delay
+from followupd.store import (
+    BackupError,
+    ChangeListener,
+    default_target,
+    make_backup,
+    newest_backup_time,
+    rotate,
+)
 
 log = Log()
 WAKE_FILE = ".followupd-wake"
 WATCH_SECONDS = 1.0
 STOP_TIMEOUT = 9.0  # seconds to let the tick in hand finish before exiting anyway
+LOOK_AGAIN = QUIET_NS / 1e9  # seconds: a folder's file not complete yet is looked at again
+SOURCE_RUNS = 3  # a source's read running, one its `every` queued, one a folder event queued
 
 
 class AlreadyRunning(Exception):
-    """Another daemon holds this SQLite database."""
+    """Another daemon holds this SQLite database (`holder`: its pid, as it wrote it)."""
+
+    def __init__(self, message: str, holder: str = "unknown"):
+        super().__init__(message)
+        self.holder = holder
 
 
 def wake(home: Path) -> None:
@@ -68,7 +86,8 @@ def single_daemon_lock(settings: Settings) -> int | None:
         os.close(fd)
         raise AlreadyRunning(
             f"another `followupd run` (pid {holder}) is already using {url.database}; one "
-            "daemon per SQLite database (use PostgreSQL to run several)"
+            "daemon per SQLite database (use PostgreSQL to run several)",
+            holder,
         ) from None
     os.ftruncate(fd, 0)
     os.pwrite(fd, str(os.getpid()).encode(), 0)
@@ -92,6 +111,7 @@ class Daemon:
         self.wake_path = settings.home / WAKE_FILE
         self.wake_seen = self._wake_mtime()
         self.notified = threading.Event()  # PostgreSQL said referrals or visits changed
+        self.source_failures: dict[str, int] = {}  # reads failed in a row, by source
         self.listener = None
         if self.engine.store.engine.dialect.name == "postgresql":
             self.listener = ChangeListener(
@@ -99,10 +119,15 @@ class Daemon:
                 self.notified.set,
                 name=f"followupd listen {self.engine.owner}",
             )
-        self.watcher = Watcher(settings, self.engine.store)
+        self.folders = FolderWatch(self._wake_source)  # inotify, started by run()
+        self.watcher = Watcher(settings, self.engine.store, self.folders)
         self.scheduler = BlockingScheduler(
             timezone="UTC",
-            executors={"default": ThreadPoolExecutor(1), "watch": ThreadPoolExecutor(1)},
+            executors={
+                "default": ThreadPoolExecutor(1),
+                "watch": ThreadPoolExecutor(1),
+                "backup": ThreadPoolExecutor(1),  # a copy never waits for, or holds up, a tick
+            },
             job_defaults={"coalesce": True, "max_instances": 1},
         )
 
@@ -131,11 +156,13 @@ class Daemon:
         source = next((s for s in self.settings.config.sources if s.name == name), None)
         if source is None:
             return
+        self.folders.reading(name)  # a file completed from now on wakes this read again
         with self.busy:
             try:
                 done = self.watcher.read(source)
             except Exception as exc:  # noqa: BLE001 -- one source must not stop the rest
                 log.error("source read failed", source=name, error=type(exc).__name__)
+                self._back_off(source, f"internal error ({type(exc).__name__})")
                 return
         for outcome in done.files:
             counts = outcome.report.counts if outcome.report else None
@@ -147,10 +174,40 @@ class Daemon:
                 updated=counts.updated if counts else 0,
                 rejected=counts.rejected if counts else 0,
             )
-        if done.error:
-            log.warning("source cannot be read", source=name, error=done.error)
+        self._back_off(source, done.error)
+        if done.waiting:
+            self._look_again(name)
         if done.changed:
             self.scheduler.modify_job("tick", next_run_time=self.engine.clock())
+
+    def _wake_source(self, name: str) -> None:
+        """inotify says a folder's file is complete: read that source now (called from the
+        observer's thread; the scheduler is thread-safe)."""
+        self.scheduler.modify_job(f"source:{name}", next_run_time=self.engine.clock())
+
+    def _look_again(self, name: str) -> None:
+        """A folder's file is not complete yet (or an older one holds it back): look again
+        within LOOK_AGAIN, not only at the next `every` (an hour, where inotify notices)."""
+        job = self.scheduler.get_job(f"source:{name}")
+        soon = self.engine.clock() + timedelta(seconds=LOOK_AGAIN)
+        if job is not None and job.next_run_time is not None and job.next_run_time > soon:
+            job.modify(next_run_time=soon)
+
+    def _back_off(self, source: Source, error: str | None) -> None:
+        """A source that failed waits longer before each new try (its `every`, doubled
+        with each failure in a row, up to RETRY_CAP); a good read restores its pace."""
+        failures = self.source_failures[source.name] = (
+            self.source_failures.get(source.name, 0) + 1 if error else 0
+        )
+        if not error:
+            return
+        every = source.interval.as_timedelta().total_seconds()
+        delay = retry_delay(every, failures)
+        log.warning("source cannot be read", source=source.name, error=error, retry_in=delay)
+        if delay > every:
+            job = self.scheduler.get_job(f"source:{source.name}")
+            if job is not None:
+                job.modify(next_run_time=self.engine.clock() + timedelta(seconds=delay))
 
     def sync(self) -> None:
         with self.busy:
@@ -194,6 +251,7 @@ class Daemon:
             old, self.engine, self.settings = self.engine, engine, settings
             self.watcher.settings = settings
             old.close()
+        self.folders.restart(settings, engine.store)  # only if the folder sources changed
         self._schedule(replace=True)
         log.info(
             "reloaded", rules=len(settings.config.rules), poll=str(settings.config.schedule.poll)
@@ -222,6 +280,8 @@ class Daemon:
                 **starts,
             )
         self._schedule_sources(grace)
+        self._schedule_backup(grace)
+        self._schedule_report(grace)
 
     def _schedule_sources(self, grace: int) -> None:
         """One job a watched source, every `every`; a source removed on reload stops."""
@@ -237,9 +297,109 @@ class Daemon:
                 seconds=max(1.0, source.interval.as_timedelta().total_seconds()),
                 id=f"source:{source.name}",
                 replace_existing=True,
+                max_instances=SOURCE_RUNS,  # one worker runs them one after another
                 misfire_grace_time=grace,
                 next_run_time=self.engine.clock(),
             )
+
+    def backup(self) -> None:
+        """A scheduled backup, on its own thread: it copies one snapshot in steps while ticks
+        go on writing (WAL). A failure is logged; the next turn tries again."""
+        settings = self.settings
+        folder = settings.home / settings.config.backup.path
+        try:
+            made = make_backup(
+                settings.database_url, default_target(folder), stop=self.stop_requested.is_set
+            )
+            removed = rotate(folder, settings.config.backup.keep)
+        except BackupError as exc:
+            if self.stop_requested.is_set():
+                log.info("backup stopped")
+                return
+            log.error("backup failed", reason=str(exc))
+            return
+        except Exception as exc:  # noqa: BLE001 -- the next turn tries again
+            log.error("backup failed", error=type(exc).__name__, detail=_safe(exc))
+            return
+        log.info(
+            "backup",
+            file=str(made.path),
+            bytes=made.size,
+            seconds=round(made.seconds, 2),
+            removed=len(removed),
+        )
+
+    def _schedule_backup(self, grace: int) -> None:
+        """The backup job every `backup.every` (SQLite only), first due when the newest
+        backup there is that old: a daemon restarted every night still makes its nightly one."""
+        every = self.settings.config.backup.every
+        sqlite = self.engine.store.engine.dialect.name == "sqlite"
+        if every is None or not sqlite:
+            if self.scheduler.get_job("backup") is not None:
+                self.scheduler.remove_job("backup")
+            if every is not None:
+                log.warning("backup not scheduled", reason="not SQLite: back it up with pg_dump")
+            return
+        seconds = max(1.0, every.as_timedelta().total_seconds())
+        now = self.engine.clock()
+        newest = newest_backup_time(self.settings.home / self.settings.config.backup.path)
+        first = now
+        if newest is not None:
+            turn = timedelta(seconds=seconds)
+            first = min(max(now, newest + turn), now + turn)
+        self.scheduler.add_job(
+            self.backup,
+            "interval",
+            seconds=seconds,
+            id="backup",
+            executor="backup",
+            replace_existing=True,
+            misfire_grace_time=grace,
+            next_run_time=first,
+        )
+
+    def write_report(self) -> None:
+        """The HTML report of the last twelve months, replaced atomically, readable by the
+        owner only. A failure is logged (never a value); the next turn tries again."""
+        from followupd.permissions import write_private
+        from followupd.report.html import page_for
+
+        settings, engine = self.settings, self.engine
+        path = settings.home / settings.config.report.path
+        try:
+            today = engine.clock().astimezone(settings.config.practice.zone).date()
+            with engine.store.session() as session:
+                figures, page = page_for(settings, session, None, today)
+            write_private(path, page)
+        except Exception as exc:  # noqa: BLE001 -- the next turn tries again
+            log.error("report failed", error=type(exc).__name__, detail=_safe(exc))
+            return
+        log.info("report", file=str(path), referrals=figures.referrals, bytes=len(page))
+
+    def _schedule_report(self, grace: int) -> None:
+        """The report job every `report.every`, first due when the page there is that old
+        (a restarted daemon does not rewrite a fresh one at once)."""
+        every = self.settings.config.report.every
+        if every is None:
+            if self.scheduler.get_job("report") is not None:
+                self.scheduler.remove_job("report")
+            return
+        seconds = max(1.0, every.as_timedelta().total_seconds())
+        now = self.engine.clock()
+        first = now
+        with contextlib.suppress(OSError):  # no page yet: now
+            written = (self.settings.home / self.settings.config.report.path).stat().st_mtime
+            turn = timedelta(seconds=seconds)
+            first = min(max(now, datetime.fromtimestamp(written, UTC) + turn), now + turn)
+        self.scheduler.add_job(
+            self.write_report,
+            "interval",
+            seconds=seconds,
+            id="report",
+            replace_existing=True,
+            misfire_grace_time=grace,
+            next_run_time=first,
+        )
 
     def request_stop(self, signum: int, _frame) -> None:
         self.engine.stop()
@@ -264,6 +424,7 @@ class Daemon:
         )
         if self.listener is not None:
             self.listener.start()
+        self.folders.start(self.settings, self.engine.store)
         schedule = self.settings.config.schedule
         log.info(
             "started",
@@ -274,6 +435,7 @@ class Daemon:
             listen=self.listener is not None,
         )
         self.scheduler.start()  # returns once watch() shuts the scheduler down
+        self.folders.stop()
         if self.listener is not None:
             self.listener.stop()
         if self.busy.acquire(timeout=STOP_TIMEOUT):  # the tick in hand has finished

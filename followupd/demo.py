@@ -3,7 +3,8 @@
 The sample referrals and visits are dated relative to today so that notes are due now: some
 with a release of information (their notes are drafted), one without (its note is held), one
 whose physician has no email yet (held too), one closed, one with a separate prescriber and a
-release naming that prescriber too (a release covers only the recipient it names).
+release naming that prescriber too (a release covers only the recipient it names). A physician's
+first referral gets a thank-you, and a visit records a practice named in answer to the ask.
 """
 
 from __future__ import annotations
@@ -110,6 +111,10 @@ def _visits(today: date) -> list[dict[str, str]]:
             "business_manager": "Pat Lindqvist",
             "cards_left": "10",
             "handouts_left": "5",
+            # her answer to "Who is your favorite practice to refer to?": a prospect
+            "named_practice": "Harbor Family Medicine",
+            "named_physician": "Dr. Priya Raman",
+            "named_specialty": "family medicine",
         },
         {
             "visited_on": (today - timedelta(days=2)).isoformat(),

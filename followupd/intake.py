@@ -300,14 +300,16 @@ def import_rows(
     today: date | None = None,
     columns: Mapping[str, str] | None = None,
     source: str | None = None,
+    convert: Callable[[dict[str, str]], dict[str, str]] | None = None,
 ) -> ImportReport:
     """Import rows of text that did not come from a file (a query's), exactly as a CSV
     file's: the same header checks, row errors (by row number and column) and upsert.
-    `source`: the watched source they come from (recorded on each referral)."""
+    `source`: the watched source they come from (recorded on each referral); `convert`:
+    what a row's cells need first (a sheet's dates), raising RowError for a bad one."""
     report = ImportReport()
     _import_reader(
         store, _Table(header, rows), kind, shown, report, None, BATCH_ROWS, therapists, today,
-        columns, source,
+        columns, source, convert,
     )  # fmt: skip
     return report
 
@@ -324,6 +326,7 @@ def _import_reader(
     today: date | None,
     columns: Mapping[str, str] | None,
     source: str | None = None,
+    convert: Callable[[dict[str, str]], dict[str, str]] | None = None,
 ) -> None:
     """The one intake path: header, rows, validation, upsert in batches."""
     if columns:
@@ -334,7 +337,7 @@ def _import_reader(
     batch: list[tuple[int, object]] = []
     for line, row in _rows(reader, header, report, shown):
         try:
-            batch.append((line, parse(row, therapists)))
+            batch.append((line, parse(convert(row) if convert else row, therapists)))
         except RowError as exc:
             report.counts.rejected += 1
             report.problems.append(f"line {line}, column {exc.column}: {exc.message}")

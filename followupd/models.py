@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from enum import StrEnum
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.types import TypeDecorator
@@ -76,6 +77,11 @@ class Referral(SQLModel, table=True):
     """
 
     __tablename__ = "referral"
+    # a physician's first and last referral, read in one step each (physician.first_referral,
+    # physician.quiet)
+    __table_args__ = (
+        sa.Index("ix_referral_physician_received", "physician_id", "received_on", "id"),
+    )
     id: int | None = Field(default=None, primary_key=True)
     ref: str = Field(max_length=64, unique=True)  # the practice's own id, e.g. R-12
     received_on: date
@@ -142,6 +148,11 @@ class Visit(SQLModel, table=True):
     handouts_left: int = 0
     notes: str | None = None
     therapist: str | None = Field(default=None, max_length=64)
+    # The answer to "Who is your favorite practice to refer to?", as it was given: a
+    # prospect (the physician is also entered as a physician, with no address yet).
+    named_practice: str | None = Field(default=None, max_length=200)
+    named_physician: str | None = Field(default=None, max_length=200)
+    named_specialty: str | None = Field(default=None, max_length=120)
     created_at: datetime = _stamp()
     updated_at: datetime = _stamp(index=True)
 
@@ -177,10 +188,15 @@ class FollowUp(SQLModel, table=True):
         sa.Index("ix_follow_up_state_due", "state", "due_at"),
         # planning reads a page of subjects' follow-ups; the unique key starts with rule
         sa.Index("ix_follow_up_subject", "subject_type", "subject_id"),
+        # note.unsent reads the drafts made since its cursor
+        sa.Index("ix_follow_up_made", "made_at"),
     )
     id: int | None = Field(default=None, primary_key=True)
     rule: str = Field(max_length=64)
-    subject_type: str = Field(max_length=16)  # referral | visit
+    # What subject_id names: referral, visit, physician (its first referral's thank-you),
+    # quiet (a quiet spell, by the referral before it), draft (a follow-up: its unsent
+    # reminder), digest (the digest of a day: the date's ordinal)
+    subject_type: str = Field(max_length=16)
     subject_id: int
     kind: str = Field(max_length=16)  # Kind
     state: str = Field(default=State.planned, max_length=16)  # State
@@ -195,6 +211,7 @@ class FollowUp(SQLModel, table=True):
     fence: int = 0
     therapist: str | None = Field(default=None, max_length=64)  # whose mailbox holds it
     thread_id: str | None = Field(default=None, max_length=256)  # a Gmail draft's thread
+    made_at: datetime | None = Field(default=None, sa_type=UTCDateTime)  # when delivered
     created_at: datetime = _stamp()
     updated_at: datetime = _stamp()
 
@@ -226,6 +243,29 @@ class SourceState(SQLModel, table=True):
     updated_at: datetime = _stamp()
 
 
+class ImportedFile(SQLModel, table=True):
+    """A file a folder source took in, by its identity (name, size, time and SHA-256): kept
+    before its first row is written and again once its last is, so that after a crash a file
+    whose rows are all in is moved, never imported again, and one cut short is imported again
+    whole. Its report waits here until the file is beside it in imported/. Names, never a value.
+    """
+
+    __tablename__ = "imported_file"
+    __table_args__ = (sa.Index("ix_imported_file_pending", "source", "moved_at"),)
+    id: int | None = Field(default=None, primary_key=True)
+    source: str = Field(max_length=64)
+    name: str = Field(max_length=255)
+    size: int = Field(sa_type=sa.BigInteger)
+    mtime_ns: int = Field(sa_type=sa.BigInteger)
+    sha256: str = Field(max_length=64)
+    state: str = Field(max_length=16)  # importing, imported, refused
+    stamp: str = Field(max_length=32)  # its name's prefix in imported/ or rejected/
+    report: str | None = Field(default=None, sa_type=sa.Text)  # JSON: what its report says
+    started_at: datetime = _stamp()
+    finished_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    moved_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+
+
 class Cursor(SQLModel, table=True):
     """Bookkeeping for incremental work: how far planning has read each table."""
 
@@ -249,3 +289,11 @@ class Bundle:
     # a visit's reminder: the visit and the office (the physician met, if any, above)
     visit: Visit | None = None
     practice: Practice | None = None
+    # a physician's thank-you or quiet spell: what planning knows of their referrals
+    # (first and last; a `store.reads.physician_facts` row) and, for a reminder, their history
+    facts: Any = None
+    history: dict[str, Any] | None = None
+    # an unsent reminder: the draft it is about (its referral and physicians above)
+    note: FollowUp | None = None
+    # a digest: what it lists (refs and physician names only), gathered when it is made
+    digest: dict[str, Any] | None = None

@@ -10,20 +10,33 @@ from __future__ import annotations
 
 from collections.abc import Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import date, datetime, time
+from datetime import date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
 from followupd.config import Rule, normalize_specialty
+from followupd.config.schema import WEEKDAYS
 from followupd.models import State
 from followupd.timing import Duration, days_before, due_at, localize, next_business_moment
 
-# Which kind of subject each event belongs to.
+# Which kind of subject each event belongs to: a referral, a visit, a physician (their first
+# referral), a quiet spell (named by the referral before it), a draft (a delivered note) and,
+# for a digest rule (`to: me`), the digest of a day.
 EVENT_SUBJECT = {
     "referral.received": "referral",
     "referral.closed": "referral",
     "release.recorded": "referral",
     "visit.logged": "visit",
+    "physician.first_referral": "physician",
+    "physician.quiet": "quiet",
+    "prospect.named": "visit",
+    "note.unsent": "draft",
+    "digest": "digest",
 }
+DIGEST = "digest"  # the event (and subject type) of a digest rule: its day came
+DIGEST_AT = time(8)  # a digest without `at:` is made at 08:00 on its day
+NO_OFFSET = Duration(0, "days")
+QUIET_AFTER = Duration(90, "days")  # the defaults of `events:`
+UNSENT_AFTER = Duration(2, "business_days")
 PENDING = (State.planned, State.held)
 # An event older than the cut-off when first planned is history: recorded, never delivered.
 HISTORY = (
@@ -35,7 +48,23 @@ EVENT_WORDS = {
     "referral.closed": "closed",
     "release.recorded": "release recorded",
     "visit.logged": "visited",
+    "physician.first_referral": "first referral received",
+    "physician.quiet": "quiet since",
+    "prospect.named": "prospect named",
+    "note.unsent": "unsent since",
 }
+
+
+def event_of(rule: Rule) -> str:
+    """The event a rule follows (a digest: its day)."""
+    return DIGEST if rule.digest else rule.event
+
+
+def subject_type_of(rule: Rule) -> str:
+    """The kind of subject a rule's follow-ups are about."""
+    return EVENT_SUBJECT[event_of(rule)]
+
+
 NO_RELEASE = "no release of information on file for {label}"
 REVOKED = "release of information revoked for {label}"
 # A note with patient details that may already be in the therapist's Drafts: taken back when
@@ -69,6 +98,9 @@ class Subject:
     entered: datetime | None = None  # when it entered followupd (None: now)
     changed: datetime | None = None  # when it last changed (a close, a release recorded)
     gone: str | None = None  # it left its watched source: its notes wait (the reason)
+    # Whose release a note needs, as a hold reason names it, when not the label (a
+    # physician's thank-you: the client's release of their first referral)
+    release_label: str | None = None
 
     def released_to(self, recipient: str) -> bool:
         return True if self.releases is None else bool(self.releases.get(recipient))
@@ -76,12 +108,27 @@ class Subject:
 
 @dataclass(frozen=True)
 class Calendar:
+    """How the practice counts time: its zone, its closed days besides weekends, and when a
+    physician turns quiet and a draft counts as unsent (`events:`)."""
+
     zone: ZoneInfo
     holidays: Container[date] = frozenset()  # closed days besides weekends
+    quiet_after: Duration = QUIET_AFTER
+    unsent_after: Duration = UNSENT_AFTER
 
 
-# Events dated by the entry of their row; the others (a close, a release) by its last change.
-ENTRY_EVENTS = frozenset({"referral.received", "visit.logged"})
+# Events dated by the entry of their row (a referral's, a visit's, the first or the last
+# referral's, a draft's making); the others (a close, a release) by its last change.
+ENTRY_EVENTS = frozenset(
+    {
+        "referral.received",
+        "visit.logged",
+        "physician.first_referral",
+        "physician.quiet",
+        "prospect.named",
+        "note.unsent",
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -203,20 +250,24 @@ def desired(
     patient_rules = needs_release if patient_rules is None else patient_rules
     out = []
     for rule in rules:
-        if not rule.enabled or EVENT_SUBJECT[rule.event] != subject.type:
+        if not rule.enabled or subject_type_of(rule) != subject.type:
             continue
+        event = event_of(rule)
         recipient = rule.to if rule.make == "draft" else "physician"
         day = (
             subject.release_dates.get(recipient)
-            if rule.event == "release.recorded"
-            else subject.events.get(rule.event)
+            if event == "release.recorded"
+            else subject.events.get(event)
         )
         if day is None or not matches(rule, subject):
+            continue
+        if rule.digest and day.weekday() != WEEKDAYS.index(rule.day):
             continue
         if rule.make == "draft" and rule.to not in subject.recipients:
             continue
         start = localize(day, time(0), calendar.zone)
-        moment = due_at(start, rule.after, calendar.zone, rule.at, calendar.holidays)
+        at = DIGEST_AT if rule.digest and rule.at is None else rule.at
+        moment = due_at(start, rule.after or NO_OFFSET, calendar.zone, at, calendar.holidays)
         if rule.rolls:
             moment = next_business_moment(moment, calendar.zone, calendar.holidays)
         reminder = rule.make == "reminder"
@@ -231,10 +282,30 @@ def desired(
                 _hold(rule, subject, recipient, needs_release),
                 not reminder and rule.name in patient_rules,
                 recipient,
-                cutoff.skips(rule.event, day, subject) if cutoff else None,
+                cutoff.skips(event, day, subject) if cutoff and not rule.digest else None,
             )
         )
     return out
+
+
+def digest_days(rule: Rule, calendar: Calendar, now: datetime, since: datetime) -> list[date]:
+    """The days whose digest of this rule should exist at `now`: the latest one due by now,
+    unless it was due before the rules in force began (`since`: a digest rule added on a
+    Tuesday does not make Monday's), and the next one (planned, so `status` shows it)."""
+    today = now.astimezone(calendar.zone).date()
+    day = today - timedelta(days=(today.weekday() - WEEKDAYS.index(rule.day)) % 7)
+
+    def moment(on: date) -> datetime:  # as `desired` dates it
+        start = localize(on, rule.at if rule.at is not None else DIGEST_AT, calendar.zone)
+        return (
+            next_business_moment(start, calendar.zone, calendar.holidays) if rule.rolls else start
+        )
+
+    latest = day if moment(day) <= now else day - timedelta(days=7)
+    days = [latest + timedelta(days=7)]
+    if moment(latest) >= since:
+        days.insert(0, latest)
+    return days
 
 
 def _hold(rule: Rule, subject: Subject, recipient: str, needs_release: frozenset[str]):
@@ -244,10 +315,11 @@ def _hold(rule: Rule, subject: Subject, recipient: str, needs_release: frozenset
     if (rule.name in needs_release or rule.when.release == "required") and not subject.released_to(
         recipient
     ):
+        label = subject.release_label or subject.label
         whom = (
-            subject.label
+            label
             if recipient == "physician" or subject.type != "referral"
-            else f"the {recipient} of {subject.label}"
+            else f"the {recipient} of {label}"
         )
         return NO_RELEASE.format(label=whom)
     if rule.make == "draft":

@@ -54,8 +54,18 @@ VISIT_COLUMNS = (
     "handouts_left",
     "notes",
     "therapist",
+    # The answer to "Who is your favorite practice to refer to?": a prospect to introduce
+    # yourself to (prospect.named), and who named it.
+    "named_practice",
+    "named_physician",
+    "named_specialty",
 )
 VISIT_REQUIRED = ("visited_on", "practice")
+NAMED_COLUMNS = ("named_practice", "named_physician", "named_specialty")
+# The columns read as dates (a sheet's are turned from its locale's spelling first).
+DATE_COLUMNS = frozenset(
+    {"received_on", "client_dob", "closed_on", "release_on", "prescriber_release_on", "visited_on"}
+)
 
 # Free text may run over several lines; everything else is one line.
 MULTILINE = {"presenting_problem", "treatment_focus", "closing_summary", "notes"}
@@ -65,12 +75,13 @@ MAX_LENGTH = {
     "physician_email": 254,
     "prescriber_email": 254,
     "specialty": 120,
+    "named_specialty": 120,
 }
 DEFAULT_MAX_LENGTH = 200
 # Values that go into a note's headers (Subject, To): "=?" opens an RFC 2047 encoded word,
 # which a mail program decodes (a hidden line break, a Bcc), so rendering refuses it. Refused
 # here too, when it is typed or imported, rather than failing the note later.
-HEADER_COLUMNS = {"ref", "physician", "prescriber"}
+HEADER_COLUMNS = {"ref", "physician", "prescriber", "named_physician"}
 MULTILINE_MAX_LENGTH = 10_000
 
 YES = {"yes", "y", "true", "1", "x", "on file"}
@@ -276,6 +287,15 @@ class VisitRecord:
         assert self.physician_name
         return PhysicianRecord(self.physician_name, self.practice, self.specialty)
 
+    def prospect_record(self) -> PhysicianRecord | None:
+        """The physician named in answer to the ask, entered as a physician (a prospect)."""
+        name = self.fields.get("named_physician")
+        if not name:
+            return None
+        return PhysicianRecord(
+            name, self.fields.get("named_practice"), self.fields.get("named_specialty")
+        )
+
     def visit_values(self, practice_id: int, physician_id: int | None) -> dict[str, Any]:
         return {
             "visited_on": self.visited_on,
@@ -365,9 +385,13 @@ def parse_visit(row: Mapping[str, Any], therapists: Therapists = NO_THERAPISTS) 
     for column in ("cards_left", "handouts_left"):
         if column in present:
             fields[column] = parse_count(column, row[column])
-    for column in ("business_manager", "notes"):
+    for column in ("business_manager", "notes", *NAMED_COLUMNS):
         if column in present:
             fields[column] = clean_text(column, row[column])
+    if fields.get("named_specialty") and not (
+        fields.get("named_practice") or fields.get("named_physician")
+    ):
+        raise RowError("named_specialty", "is set but named_practice and named_physician are empty")
     return VisitRecord(
         visited_on=parse_date("visited_on", row.get("visited_on"), required=True),
         practice=required_text("practice", row.get("practice")),

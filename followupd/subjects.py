@@ -10,8 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import date, datetime
 
-from followupd.models import Bundle
-from followupd.planning import Subject
+from followupd.models import Bundle, State
+from followupd.planning import DIGEST, Calendar, Subject
+from followupd.timing import shift
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,39 @@ class VisitFacts:
     physician_email_check: str | None
     created_at: datetime | None = None
     updated_at: datetime | None = None
+    named_practice: str | None = None  # the answer to the ask: a prospect (prospect.named)
+    named_physician: str | None = None
+
+
+@dataclass(frozen=True)
+class PhysicianFacts:
+    """What planning reads of a physician who has referred: their address, and their first
+    and last referral (`store.reads.physician_facts` yields rows with these attributes)."""
+
+    id: int
+    specialty: str | None
+    email: str | None
+    email_check: str | None
+    first_id: int
+    first_ref: str
+    first_received_on: date
+    first_created_at: datetime | None
+    first_updated_at: datetime | None
+    first_release_on_file: bool
+    first_release_on: date | None
+    first_gone: str | None
+    last_id: int
+    last_received_on: date
+    last_created_at: datetime | None
+
+
+@dataclass(frozen=True)
+class DraftFacts:
+    """What planning reads of a delivered draft: whether it is still in Drafts, and since."""
+
+    id: int
+    state: str
+    made_at: datetime | None
 
 
 def _address(
@@ -114,6 +148,9 @@ def visit_subject(row: VisitFacts) -> Subject:
         recipients["physician"] = _address(
             row.physician_email, row.physician_email_check, row.physician_id, "physician", label
         )
+    events = {"visit.logged": row.visited_on}
+    if getattr(row, "named_practice", None) or getattr(row, "named_physician", None):
+        events["prospect.named"] = row.visited_on
     return Subject(
         "visit",
         row.id,
@@ -121,14 +158,98 @@ def visit_subject(row: VisitFacts) -> Subject:
         row.specialty,
         None,
         recipients,
-        {"visit.logged": row.visited_on},
+        events,
         entered=row.created_at,
         changed=row.updated_at,
     )
 
 
-def bundle_subject(bundle: Bundle) -> Subject | None:
+def physician_subject(row: PhysicianFacts) -> Subject:
+    """A physician who has referred: their first referral is their thank-you's event. A note
+    that names the client needs the client's release of that first referral."""
+    first = f"referral {row.first_ref}"
+    return Subject(
+        "physician",
+        row.id,
+        f"physician {row.id}",
+        row.specialty,
+        {"physician": bool(row.first_release_on_file)},
+        {"physician": _address(row.email, row.email_check, row.id, "physician", first)},
+        {"physician.first_referral": row.first_received_on},
+        {"physician": row.first_release_on} if row.first_release_on else {},
+        entered=row.first_created_at,
+        changed=row.first_updated_at,
+        gone=row.first_gone,
+        release_label=first,
+    )
+
+
+def quiet_subject(row: PhysicianFacts, calendar: Calendar, last_id: int | None = None) -> Subject:
+    """The quiet spell after a physician's last referral (named by that referral's id): it
+    begins `quiet_after` later. For `last_id` (a spell planned earlier) that is no longer
+    the last referral, the spell is over: a subject without the event."""
+    last_id = row.last_id if last_id is None else last_id
+    events = {}
+    if last_id == row.last_id:
+        events["physician.quiet"] = shift(
+            row.last_received_on, calendar.quiet_after, calendar.holidays
+        )
+    return Subject(
+        "quiet",
+        last_id,
+        f"the quiet spell of physician {row.id}",
+        row.specialty,
+        None,
+        {},
+        events,
+        entered=row.last_created_at,
+    )
+
+
+def draft_subject(row: DraftFacts, calendar: Calendar) -> Subject:
+    """A delivered draft: still in Drafts (`done`) `unsent_after` after it was made, it is
+    unsent. Once sync sees it sent or deleted (or it is withdrawn), it has no event."""
+    events = {}
+    if row.state == State.done and row.made_at is not None:
+        made = row.made_at.astimezone(calendar.zone).date()
+        events["note.unsent"] = shift(made, calendar.unsent_after, calendar.holidays)
+    return Subject("draft", row.id, f"note {row.id}", None, None, {}, events, entered=row.made_at)
+
+
+def digest_subject(day: date) -> Subject:
+    """The digest of a day, to the therapist's own mailbox: no patient details, no release."""
+    return Subject(
+        DIGEST,
+        day.toordinal(),
+        f"the digest of {day.isoformat()}",
+        None,
+        None,
+        {"me": None},
+        {DIGEST: day},
+    )
+
+
+def bundle_subject(bundle: Bundle, calendar: Calendar) -> Subject | None:
     """The same view, built from the rows loaded for delivery (None: the subject is gone)."""
+    follow_up = bundle.follow_up
+    kind = follow_up.subject_type
+    if kind == "physician":
+        return physician_subject(bundle.facts) if bundle.facts is not None else None
+    if kind == "quiet":
+        if bundle.facts is None:
+            return None
+        return quiet_subject(bundle.facts, calendar, follow_up.subject_id)
+    if kind == "draft":
+        note = bundle.note
+        if note is None:
+            return None
+        return draft_subject(DraftFacts(note.id, note.state, note.made_at), calendar)
+    if kind == DIGEST:
+        return digest_subject(date.fromordinal(follow_up.subject_id))
+    return _referral_or_visit(bundle)
+
+
+def _referral_or_visit(bundle: Bundle) -> Subject | None:
     doctor = bundle.physician
     if bundle.referral is not None:
         referral, prescriber = bundle.referral, bundle.prescriber
@@ -162,6 +283,8 @@ def bundle_subject(bundle: Bundle) -> Subject | None:
                 physician_id=visit.physician_id,
                 physician_email=doctor.email if doctor else None,
                 physician_email_check=doctor.email_check if doctor else None,
+                named_practice=visit.named_practice,
+                named_physician=visit.named_physician,
             )
         )
     return None

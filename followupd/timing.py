@@ -143,6 +143,29 @@ def next_business_moment(moment: datetime, zone: ZoneInfo, holidays: Container[d
     return localize(add_business_days(day, 0, holidays), local.time(), zone)
 
 
+def shift(day: date, span: Duration, holidays: Container[date] = ()) -> date:
+    """The date `span` after `day`, counted in calendar steps ("90 days", "3 months",
+    "2 business days"); when a physician turns quiet, when a draft counts as unsent."""
+    if span.unit == "months":
+        return add_months(day, span.amount)
+    if span.unit == "business_days":
+        return add_business_days(day, span.amount, holidays)
+    if span.unit in ("days", "weeks"):
+        return day + timedelta(days=span.as_timedelta().days)
+    raise ValueError(f"{span} is elapsed time, not a span of days")
+
+
+def latest_base(day: date, span: Duration, holidays: Container[date] = ()) -> date:
+    """The latest date whose `shift` by `span` is on or before `day` (its inverse: a draft
+    made on or before it counts as unsent by `day`)."""
+    base = day - timedelta(days=span.as_timedelta().days)  # an estimate; then step
+    while shift(base, span, holidays) > day:
+        base -= timedelta(days=1)
+    while shift(base + timedelta(days=1), span, holidays) <= day:
+        base += timedelta(days=1)
+    return base
+
+
 def add_business_days(day: date, count: int, holidays: Container[date] = ()) -> date:
     """Step forward over weekends and holidays; 0 rolls a non-business day forward."""
     closed = holidays

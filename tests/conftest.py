@@ -96,7 +96,19 @@ def pytest_sessionfinish(session, exitstatus):
         session.exitstatus = 1
 
 
+# Files a test saved for a person to look at (a screenshot): `record_property("artifact",
+# "what: path")`, listed at the end of the run (xdist hands each report to the controller).
+ARTIFACTS: list[str] = []
+
+
+def pytest_runtest_logreport(report):
+    if report.when == "call":
+        ARTIFACTS.extend(str(v) for name, v in report.user_properties if name == "artifact")
+
+
 def pytest_terminal_summary(terminalreporter):
+    for artifact in ARTIFACTS:
+        terminalreporter.write_line(f"saved: {artifact}")
     scanned, hits = getattr(terminalreporter.config, "_followupd_phi", (0, []))
     terminalreporter.write_line(
         f"patient data scan: {scanned} files the suite wrote, "

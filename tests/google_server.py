@@ -112,14 +112,15 @@ Other behaviour worth knowing (deliberately like Google)
   ``WWW-Authenticate: ... error="insufficient_scope"``. Without it any token may call anything.
   The token endpoint answers the granted scopes (else echoes those the client asked for).
 
-Sheets v4: spreadsheets.get, spreadsheets.batchUpdate, spreadsheets.values.get / update
--------------------------------------------------------------------------------------
+Sheets v4: spreadsheets.get, spreadsheets.batchUpdate, spreadsheets.values.get / update / clear
+-------------------------------------------------------------------------------------------
 * A test puts a tab in with ``server.put_sheet(spreadsheet_id, tab, rows)`` (cells: ``str``,
   numbers, ``bool``, ``date``/``datetime``, ``None``/``""`` empty; grid 1000 x 26 or larger)
   and changes it as the therapist would with ``set_cell(id, tab, "B3", v)``, ``append_row``,
   ``insert_row``, ``delete_row`` (rows below move up), ``rename_tab``,
   ``set_sheet_access(id, "read"|"none")`` and ``delete_spreadsheet``; ``sheet(id, tab)`` and
-  ``spreadsheet(id)`` read it back.
+  ``spreadsheet(id)`` read it back, ``tab_text(id, tab)`` as the sheet shows it (every cell a
+  string) and ``grid_size(id, tab)`` its row and column count.
 * Ranges in A1 notation: ``Referrals``, ``Referrals!A1:Z``, ``'My Tab'!A:F`` (``''`` for a
   quote), ``Referrals!2:5``, ``Referrals!B3``; without a tab (``A1:C``) the first tab. Tab
   titles match exactly: whether Google ignores case there is unverified, so this is stricter.
@@ -135,17 +136,29 @@ Sheets v4: spreadsheets.get, spreadsheets.batchUpdate, spreadsheets.values.get /
   gives strings as the sheet shows them (``"12"``, ``"TRUE"``, a date cell in the
   spreadsheet's locale: ``11/3/2026`` en_US, ``03/11/2026`` en_GB); UNFORMATTED_VALUE and
   FORMULA give numbers and booleans as such and date cells as serial numbers (days since
-  1899-12-30; ``dateTimeRenderOption=FORMATTED_STRING``: the shown text). No formulas, no
-  custom number formats.
+  1899-12-30; ``dateTimeRenderOption=FORMATTED_STRING``: the shown text). No custom number
+  formats. A formula (text typed with ``=`` first, see values.update) is kept, never computed:
+  FORMULA gives its text, the other render options ``#N/A`` (what Sheets shows for an
+  ``IMPORTXML`` that cannot fetch), so a test can tell a formula from text.
 * values.update: ``valueInputOption`` is required (400 "'valueInputOption' is required but
   not specified"; the discovery document does not mark it required, so the client does not
-  catch it). RAW stores values as given; USER_ENTERED reads text as if typed (numbers,
-  TRUE/FALSE, dates ISO or in the locale's order, a leading ``'`` keeps text). ``null``
-  leaves a cell alone, ``""`` clears it. A single cell or bare tab is where writing starts
-  (the values may run on from it); a bounded range refuses more: 400 "Requested writing
-  within range [Tab!A1:B2], but tried writing to row [3]" (or column [C]). The grid does not
-  grow: writing past it is 400 "exceeds grid limits"; grow it with batchUpdate
-  ``appendDimension`` (values.append, which would grow it, is not implemented).
+  catch it). RAW stores values as given (``=IMPORTXML(...)`` stays text); USER_ENTERED reads
+  text as if typed (numbers, TRUE/FALSE, dates ISO or in the locale's order, ``=...`` a
+  formula, a leading ``'`` keeps text). ``null`` leaves a cell alone, ``""`` clears it. A
+  single cell or bare tab is where writing starts (the values may run on from it); a bounded
+  range refuses more: 400 "Requested writing within range [Tab!A1:B2], but tried writing to
+  row [3]" (or column [C]). The grid does not grow: writing past it is 400 "exceeds grid
+  limits", as reported of Google: Sage-Bionetworks/schematic#1318 ("Range
+  (Sheet1!A11539:N15385) exceeds grid limits. Max rows: 11538, max columns: 25" on a
+  values.update), nithinmurali/pygsheets#124 (2306 rows into a 2280-row grid; the fix was to
+  resize first, #375), SpartanPlume/Tosurnament#43 ("the update of a spreadsheet can fail
+  because there are not enough rows/columns"). Those wrote bounded ranges; that values run on
+  from a single start cell past the grid fail too is unverified, and refused here as well
+  (the stricter reading). Grow the grid with batchUpdate ``appendDimension`` (values.append,
+  which would grow it, is not implemented).
+* values.clear (``POST .../values/{range}:clear``, body ``{}``) empties the range's cells;
+  as its discovery document says, a range past the grid is not an error: what is cleared is
+  bounded to the grid, and ``clearedRange`` says so.
 * batchUpdate applies all its requests or none: ``addSheet`` (titles unique regardless of
   case: 400 'A sheet with the name "x" already exists. Please enter another name.') and
   ``appendDimension``; any other request is 400 here. Under ``act-then-drop`` httplib2
@@ -196,6 +209,7 @@ __all__ = [
     "GMAIL_UNITS",
     "SHEETS_KINDS",
     "SHEET_LOCALES",
+    "Formula",
     "GoogleServer",
     "RecordedRequest",
     "ServerStats",
@@ -224,10 +238,13 @@ SHEETS_KINDS = frozenset(
         "spreadsheets.batchUpdate",
         "spreadsheets.values.get",
         "spreadsheets.values.update",
+        "spreadsheets.values.clear",
     }
 )
 # Sheets counts reads and writes against separate per-minute quotas.
-SHEETS_WRITES = frozenset({"spreadsheets.batchUpdate", "spreadsheets.values.update"})
+SHEETS_WRITES = frozenset(
+    {"spreadsheets.batchUpdate", "spreadsheets.values.update", "spreadsheets.values.clear"}
+)
 SCOPE_PREFIX = "https://www.googleapis.com/auth/"
 TOKEN_KIND = "oauth.token"
 JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
@@ -1072,6 +1089,19 @@ class GoogleServer:
         with self._lock:
             return _spreadsheet_resource(self._books[spreadsheet_id])
 
+    def tab_text(self, spreadsheet_id: str, tab: str) -> list[list[str]]:
+        """A tab as a person sees it: every cell's shown text (empty ``""``), rows trimmed."""
+        with self._lock:
+            locale = self._books[spreadsheet_id].locale
+            rows = self.sheet(spreadsheet_id, tab)
+        return [[_cell_out(value, "FORMATTED_VALUE", "", locale) for value in row] for row in rows]
+
+    def grid_size(self, spreadsheet_id: str, tab: str) -> tuple[int, int]:
+        """(rowCount, columnCount) of a tab's grid."""
+        with self._lock:
+            sheet = self._sheet(spreadsheet_id, tab)
+            return sheet.row_count, sheet.column_count
+
     def _sheet(self, spreadsheet_id: str, tab: str) -> _Tab:
         book = self._books.get(spreadsheet_id)
         sheet = book.tab(tab) if book else None
@@ -1362,6 +1392,9 @@ class GoogleServer:
             case "PUT", [book, "values", cells]:
                 kind, handler = "spreadsheets.values.update", self._values_update
                 args = (book, cells)
+            case "POST", [book, "values", target] if target.endswith(":clear"):
+                kind, handler = "spreadsheets.values.clear", self._values_clear
+                args = (book, target.removesuffix(":clear"))
             case "GET", [book] if ":" not in book:
                 kind, handler, args = "spreadsheets.get", self._spreadsheets_get, (book,)
             case "POST", [target] if target.endswith(":batchUpdate"):
@@ -1914,6 +1947,25 @@ class GoogleServer:
                 answer["updatedData"] = _value_range(book, sheet, area, "ROWS", render, dates)
             return answer
 
+    def _values_clear(
+        self, book_id: str, cells: str, *, query: dict[str, list[str]], body: bytes
+    ) -> dict[str, Any]:
+        """Empty the range's cells, bounded to the grid (a range past it is no error)."""
+        _validate_body("sheets.v4", "ClearValuesRequest", "", body)
+        with self._lock:
+            book = self._book(book_id, write=True)
+            sheet, box = _resolve(book, cells)
+            bottom = sheet.row_count - 1 if box.bottom is None else box.bottom
+            right = sheet.column_count - 1 if box.right is None else box.right
+            bottom, right = min(bottom, sheet.row_count - 1), min(right, sheet.column_count - 1)
+            for line in sheet.rows[box.top : bottom + 1]:
+                for column in range(box.left, min(right + 1, len(line))):
+                    line[column] = None
+            return {
+                "spreadsheetId": book.id,
+                "clearedRange": _a1(sheet, box.top, box.left, bottom, right),
+            }
+
     def _spreadsheets_batch_update(
         self, book_id: str, *, query: dict[str, list[str]], body: bytes
     ) -> dict[str, Any]:
@@ -1973,6 +2025,13 @@ _ENUM_TYPES = {
     "responseDateTimeRenderOption": "DateTimeRenderOption",
     "valueInputOption": "ValueInputOption",
 }
+
+
+@dataclass(frozen=True)
+class Formula:
+    """A formula cell (USER_ENTERED text with ``=`` first): kept as typed, never computed."""
+
+    text: str
 
 
 @dataclass(eq=False)
@@ -2056,7 +2115,7 @@ def _cells_in(row: Sequence[Any]) -> list[Any]:
     for value in row:
         if value is None or (isinstance(value, str) and value == ""):
             cells.append(None)
-        elif isinstance(value, str | int | float | date):
+        elif isinstance(value, str | int | float | date | Formula):
             cells.append(value)
         else:
             raise TypeError(f"a cell holds text, a number, a bool or a date, not {value!r}")
@@ -2261,6 +2320,8 @@ def _cell_from_json(value: Any, option: str, book: _Spreadsheet) -> Any:
         return value
     if value.startswith("'"):
         return value[1:] or None
+    if value.startswith("=") and len(value) > 1:
+        return Formula(value)
     if value.upper() in ("TRUE", "FALSE"):
         return value.upper() == "TRUE"
     plain = value.strip()
@@ -2268,7 +2329,7 @@ def _cell_from_json(value: Any, option: str, book: _Spreadsheet) -> Any:
         number = float(plain.replace(",", ""))
         return int(number) if number.is_integer() and abs(number) < 2**53 else number
     parsed = _parse_date(plain, book.locale)
-    return value if parsed is None else parsed  # formulas (=...) are kept as text
+    return value if parsed is None else parsed
 
 
 def _parse_date(text: str, locale: str) -> date | None:
@@ -2331,6 +2392,8 @@ def _serial(value: date) -> int | float:
 def _cell_out(value: Any, render: str, dates: str, locale: str) -> Any:
     if value is None:
         return ""
+    if isinstance(value, Formula):  # never computed here: its text, or an error value
+        return value.text if render == "FORMULA" else "#N/A"
     if render == "FORMATTED_VALUE" or (isinstance(value, date) and dates == "FORMATTED_STRING"):
         return _formatted(value, locale)
     if isinstance(value, date):

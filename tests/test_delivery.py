@@ -302,7 +302,7 @@ def test_demo_writes_drafts_and_reminders_that_read_back(demo_run):
     assert ran.returncode == 0, ran.stderr
     drafts = sorted((target / "outbox" / "drafts").glob("*.eml"))
     reminders = sorted((target / "outbox" / "reminders").glob("*.ics"))
-    assert len(drafts) == 4 and len(reminders) == 2
+    assert len(drafts) == 4 and len(reminders) == 3  # revisits, and the prospect named
     for path in drafts:
         raw = path.read_bytes()
         message = email.message_from_bytes(raw, policy=email.policy.default)

@@ -19,10 +19,10 @@ LAYERS: list[tuple[str, ...]] = [
     ("cli", "commands", "demo", "__main__"),
     ("daemon",),
     ("engine",),
-    ("health", "intake", "sources"),
+    ("health", "intake", "sources", "folder_watch", "sheet_status", "report"),
     ("planning", "subjects", "render", "delivery"),
     ("store",),
-    ("records", "config", "pacing", "timing"),
+    ("records", "config", "pacing", "timing", "sheet_dates"),
     ("models", "migrations", "permissions", "logs", "resources", "__init__"),
 ]
 LAYER_OF = {name: depth for depth, names in enumerate(LAYERS) for name in names}

@@ -19,6 +19,7 @@ import httplib2
 import pytest
 from google_server import (
     SHEETS_KINDS,
+    Formula,
     GoogleServer,
     _check_schema,
     _discovery,
@@ -345,6 +346,36 @@ def test_user_entered_values_are_parsed_as_typed(server: GoogleServer) -> None:
     assert server.sheet(BOOK, "In")[1] == ["11/3/2026"]  # RAW: text stays text
 
 
+def test_a_formula_is_a_formula_only_when_user_entered(server: GoogleServer) -> None:
+    """USER_ENTERED `=...` makes a formula (shown as its result); RAW keeps the text."""
+    server.put_sheet(BOOK, "In", [])
+    text = '=IMPORTXML("https://evil.example/x","//a")'
+    for cell, option in (("In!A1", "USER_ENTERED"), ("In!A2", "RAW")):
+        values(server).update(
+            spreadsheetId=BOOK, range=cell, valueInputOption=option, body={"values": [[text]]}
+        ).execute()
+    assert server.sheet(BOOK, "In") == [[Formula(text)], [text]]
+    assert get(server, "In!A1:A2")["values"] == [["#N/A"], [text]]
+    assert get(server, "In!A1:A2", valueRenderOption="FORMULA")["values"] == [[text], [text]]
+    assert server.tab_text(BOOK, "In") == [["#N/A"], [text]]
+
+
+def test_clear_empties_a_range_bounded_to_the_grid(server: GoogleServer) -> None:
+    server.put_sheet(BOOK, "T", [["a", "b", "c"], ["d", "e", "f"], ["g", "h", "i"]], row_count=3)
+    clear = values(server).clear
+    answer = clear(spreadsheetId=BOOK, range="T!B2:Z", body={}).execute()
+    assert answer == {"spreadsheetId": BOOK, "clearedRange": "T!B2:Z3"}
+    assert server.sheet(BOOK, "T") == [["a", "b", "c"], ["d"], ["g"]]
+    assert clear(spreadsheetId=BOOK, range="T!A9:B", body={}).execute()["clearedRange"]
+    assert server.grid_size(BOOK, "T") == (3, 26)  # nothing grew
+    with pytest.raises(HttpError) as caught:
+        clear(spreadsheetId=BOOK, range="T!A1", body={"range": "T!A1"}).execute()
+    assert caught.value.resp.status == 400  # ClearValuesRequest has no fields
+    clear(spreadsheetId=BOOK, range="T", body={}).execute()
+    assert server.sheet(BOOK, "T") == []
+    assert server.stats.count("spreadsheets.values.clear") == 4
+
+
 def test_update_includes_values_in_response(server: GoogleServer) -> None:
     answer = (
         values(server)
@@ -426,6 +457,7 @@ def test_update_refusals(server: GoogleServer) -> None:
 
 
 def test_grid_grows_with_append_dimension(server: GoogleServer) -> None:
+    """Writing past the grid is refused, as Google does; appendDimension grows it."""
     service = sheets(server).spreadsheets()
     reply = service.batchUpdate(
         spreadsheetId=BOOK,
@@ -456,6 +488,7 @@ def test_grid_grows_with_append_dimension(server: GoogleServer) -> None:
     ] == [{}]
     write.execute()
     assert get(server, "followupd!A1:A")["values"] == rows["values"]
+    assert server.grid_size(BOOK, "followupd") == (12, 3)
 
 
 def test_batch_update_refusals_change_nothing(server: GoogleServer) -> None:
@@ -546,6 +579,30 @@ def test_error_faults_reach_the_client_then_a_manual_retry_works(
     assert get(server, "Referrals!A1")["values"] == [["Referral #"]]
 
 
+@pytest.mark.parametrize(
+    "kind", ["spreadsheets.values.clear", "spreadsheets.batchUpdate", "spreadsheets.get"]
+)
+def test_faults_are_injected_into_the_write_side_too(server: GoogleServer, kind: str) -> None:
+    before = get(server, "Referrals")["values"]
+    server.inject(kind, "503")
+    service = sheets(server).spreadsheets()
+    call = {
+        "spreadsheets.values.clear": service.values().clear(
+            spreadsheetId=BOOK, range="Referrals!A2:D", body={}
+        ),
+        "spreadsheets.batchUpdate": service.batchUpdate(
+            spreadsheetId=BOOK, body={"requests": [{"addSheet": {}}]}
+        ),
+        "spreadsheets.get": service.get(spreadsheetId=BOOK),
+    }[kind]
+    with pytest.raises(HttpError) as caught:
+        call.execute()
+    assert caught.value.resp.status == 503
+    assert get(server, "Referrals")["values"] == before  # nothing changed
+    assert len(server.spreadsheet(BOOK)["sheets"]) == 1
+    call.execute()
+
+
 def test_error_fault_on_update_does_not_write(server: GoogleServer) -> None:
     server.inject("spreadsheets.values.update", "500")
     update = values(server).update(
@@ -620,6 +677,7 @@ def test_scopes_read_only_token_cannot_write(server: GoogleServer) -> None:
         values(server).update(
             spreadsheetId=BOOK, range="Referrals!H1", valueInputOption="RAW", body={"values": [[1]]}
         ),
+        values(server).clear(spreadsheetId=BOOK, range="Referrals!H1", body={}),
         sheets(server)
         .spreadsheets()
         .batchUpdate(spreadsheetId=BOOK, body={"requests": [{"addSheet": {}}]}),
@@ -700,6 +758,9 @@ def test_the_clients_requests_land_on_the_discovery_methods(server: GoogleServer
         "spreadsheets.values.get": service.values().get(spreadsheetId=BOOK, range="'A b'!A:B"),
         "spreadsheets.values.update": service.values().update(
             spreadsheetId=BOOK, range="A1", valueInputOption="RAW", body={}
+        ),
+        "spreadsheets.values.clear": service.values().clear(
+            spreadsheetId=BOOK, range="'A b'!A2:B", body={}
         ),
     }
     assert set(built) == SHEETS_KINDS

@@ -573,3 +573,245 @@ def test_a_row_that_leaves_the_sheet_holds_its_notes_until_it_returns(cli, home,
     assert "updated 1" in cli("sources", "read", env=env).stdout
     cli("run", "--once", env=env)
     assert cli("status", "--json", "--state", "held", env=env).stdout.strip() == ""
+
+
+# --- dates as the sheet shows them ---------------------------------------------------------
+
+
+def received(cli, env) -> dict[str, str]:
+    listed = cli("referral", "list", "--json", env=env).stdout.splitlines()
+    return {row["ref"]: row["received"] for row in map(json.loads, listed)}
+
+
+def dated_row(ref: str, when) -> list:
+    return [ref, when, "Dr. Ann Lee", "ann@lee.example", "Avery Quinlan", "yes"]
+
+
+def test_dates_are_read_in_the_spreadsheets_locale_and_the_read_says_how(cli, home, sheets):
+    """A date cell shows as the locale writes it (en_US: 11/3/2026); typed text, a serial
+    number and a month's name are read the way the sheet reads them."""
+    server, env = sheets
+    server.put_sheet(
+        SHEET_ID,
+        "Referrals",
+        [
+            SHEET_HEADER,
+            dated_row("D-1", date(2026, 11, 3)),  # a date cell, shown 11/3/2026
+            dated_row("D-2", "11/4/2026"),  # typed as text
+            dated_row("D-3", 46331),  # a date cell formatted as a number: 2026-11-05
+            dated_row("D-4", "Nov 6, 2026"),
+            dated_row("D-5", "2026-11-07"),
+        ],
+        locale="en_US",
+    )
+    add_source(home, SHEET)
+    ran = cli("sources", "read", env=env)
+    assert ran.code == 0, ran.stdout + ran.stderr
+    assert (
+        "intake-sheet: note: dates such as 11/3/2026 were read month first (November 3, "
+        "2026), as the spreadsheet's locale (en_US) writes them"
+    ) in ran.stdout
+    assert received(cli, env) == {
+        "D-1": "2026-11-03",
+        "D-2": "2026-11-04",
+        "D-3": "2026-11-05",
+        "D-4": "2026-11-06",
+        "D-5": "2026-11-07",
+    }
+    assert "note: dates such as 11/3/2026" in cli("sources", env=env).stdout
+
+
+def test_a_day_first_spreadsheet_reads_its_dates_day_first(cli, home, sheets):
+    server, env = sheets
+    server.put_sheet(
+        SHEET_ID,
+        "Referrals",
+        [SHEET_HEADER, dated_row("G-1", date(2026, 11, 3)), dated_row("G-2", "4/11/2026")],
+        locale="en_GB",
+    )
+    add_source(home, SHEET)
+    assert "read day first" in cli("sources", "read", env=env).stdout
+    assert received(cli, env) == {"G-1": "2026-11-03", "G-2": "2026-11-04"}
+
+
+def test_a_date_the_locale_cannot_have_written_is_refused_naming_row_and_column(cli, home, sheets):
+    server, env = sheets
+    server.put_sheet(
+        SHEET_ID,
+        "Referrals",
+        [SHEET_HEADER, dated_row("U-1", "13/3/2026"), dated_row("U-2", "3/12/2026")],
+        locale="en_US",
+    )
+    add_source(home, SHEET)
+    ran = cli("sources", "read", env=env)
+    assert ran.code == 1
+    assert (
+        "intake-sheet: rejected: line 2, column received_on: is not a calendar date as the "
+        "spreadsheet's locale (en_US) writes dates (month first); write it as YYYY-MM-DD"
+    ) in ran.stdout
+    assert "13/3" not in ran.stdout + ran.stderr
+    assert received(cli, env) == {"U-2": "2026-03-12"}
+
+
+def test_a_date_that_could_be_either_way_is_ambiguous_when_the_locale_is_unknown(cli, home, sheets):
+    """Without the spreadsheet's locale (its properties cannot be read now), 3/11/2026 is
+    refused as ambiguous rather than guessed; 13/11/2026 can only be one day."""
+    server, env = sheets
+    server.put_sheet(
+        SHEET_ID,
+        "Referrals",
+        [SHEET_HEADER, dated_row("A-1", "3/11/2026"), dated_row("A-2", "13/11/2026")],
+    )
+    server.inject("spreadsheets.get", "500", times=10)
+    add_source(home, SHEET)
+    ran = cli("sources", "read", env=env)
+    assert (
+        "line 2, column received_on: is ambiguous: it could be day or month first, and the "
+        "spreadsheet's locale (not given) does not say which; write it as YYYY-MM-DD"
+    ) in ran.stdout
+    assert received(cli, env) == {"A-2": "2026-11-13"}
+
+
+def test_iso_dates_need_no_locale_and_cost_no_extra_request(cli, home, sheets):
+    server, env = sheets
+    add_source(home, SHEET)
+    assert cli("sources", "read", env=env).code == 0
+    assert server.stats.count("spreadsheets.get") == 0
+    assert server.stats.count("spreadsheets.values.get") == 1
+
+
+def test_sheet_reads_keep_to_the_pace_of_the_users_quota(cli, home, sheets, monkeypatch):
+    """Every Sheets request of a home takes from one bucket (its Google user's quota):
+    ten at once, then SHEETS_PER_MINUTE less the burst a minute; time is simulated."""
+    from followupd import sources
+    from followupd.pacing import TokenBucket
+
+    server, env = sheets
+    now, slept = [0.0], []
+
+    def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        now[0] += seconds
+
+    pace = TokenBucket(sources.SHEETS_PER_MINUTE, burst=10, clock=lambda: now[0], sleep=sleep)
+    monkeypatch.setitem(sources._paces, (str(home), "read"), pace)
+    server.rate_limit("sheets", 60)
+    add_source(home, SHEET)
+    for _ in range(14):
+        assert cli("sources", "read", env=env).code == 0
+    assert server.stats.rate_limited == 0
+    refill = (sources.SHEETS_PER_MINUTE - 10) / 60  # a second
+    assert sum(slept) == pytest.approx(4 / refill, rel=0.05)
+
+
+# --- a failing source backs off -------------------------------------------------------------
+
+
+def test_a_failing_source_waits_longer_before_each_try_up_to_a_cap():
+    from followupd.sources import RETRY_CAP, retry_delay
+
+    assert [retry_delay(10, n) for n in (1, 2, 3, 4)] == [10, 20, 40, 80]
+    assert retry_delay(60, 20) == RETRY_CAP
+    assert retry_delay(3600, 5) == 3600  # never sooner than its own pace
+
+
+@pytest.mark.slow
+def test_the_daemon_backs_off_a_source_that_cannot_be_read(home, db_url):
+    """An SQL source whose URL variable is unset: retried after 10 s, then 20 s; the
+    log says when, and nothing else stops."""
+    add_source(home, SQL.replace("{query}", SELECT).replace("every: 1 minute", "every: 10 seconds"))
+    daemon = start_daemon(home, env_for(db_url))
+    log = home / "daemon.log"
+    try:
+        assert wait_for(lambda: "retry_in=20" in log.read_text(), 60), log.read_text()
+        lines = [line for line in log.read_text().splitlines() if "cannot be read" in line]
+        assert "retry_in=10" in lines[0] and "EHR_DATABASE_URL is not set" in lines[0]
+        assert "retry_in=20" in lines[1]
+        code, _ = stop(daemon)
+        assert code == 0
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+
+
+def test_a_sign_in_without_the_spreadsheets_scope_says_to_sign_in_again(cli, home, sheets):
+    """The token was granted Gmail and Calendar only (before the sheet source was added):
+    the refresh keeps to what was granted, and the sheet says to run `followupd auth`."""
+    from followupd.delivery.googleapi import SCOPE_COMPOSE, SCOPE_EVENTS, TokenFile, scopes
+
+    _, env = sheets
+    token = home / "google-token.json"
+    info = json.loads(token.read_text())
+    token.write_text(json.dumps({**info, "scopes": [SCOPE_COMPOSE, SCOPE_EVENTS]}))
+    add_source(home, SHEET)
+    ran = cli("sources", "read", env=env)
+    assert ran.code == 1
+    assert (
+        "intake-sheet: cannot be read: the Google sign-in does not allow reading spreadsheets "
+        "yet: run `followupd auth` again"
+    ) in ran.stdout
+    loaded = TokenFile(token, scopes(False, "read"))
+    assert loaded.credentials.scopes == [SCOPE_COMPOSE, SCOPE_EVENTS]  # what a refresh asks
+
+
+def test_hostile_date_cells_are_rejected_by_row_and_column_and_the_rest_go_in(cli, home, sheets):
+    """Huge numbers, a superscript digit, a year or a day typed in a date column: each row
+    is rejected naming its row and column (never its value), and the good row goes in."""
+    server, env = sheets
+    bad = ["1/1/99999999999999999999", "Nov 99999999999999999999, 2026", "1/2/²", "2026", "12"]
+    server.put_sheet(
+        SHEET_ID,
+        "Referrals",
+        [SHEET_HEADER, dated_row("OK-1", "2026-11-03")]
+        + [dated_row(f"H-{i}", cell) for i, cell in enumerate(bad)],
+    )
+    add_source(home, SHEET)
+    ran = cli("sources", "read", env=env)
+    assert ran.code == 1
+    for line in range(3, 3 + len(bad)):
+        assert f"rejected: line {line}, column received_on: " in ran.stdout
+    assert "9999999" not in ran.stdout + ran.stderr and "²" not in ran.stdout + ran.stderr
+    assert received(cli, env) == {"OK-1": "2026-11-03"}
+
+
+def test_a_read_only_sign_in_still_reads_a_sheet_that_keeps_a_status_tab(cli, home, sheets):
+    """write_status wants read and write; a sign-in that allows reading only still reads
+    (the status tab says what it lacks)."""
+    from followupd.delivery.googleapi import SCOPE_COMPOSE, SCOPE_EVENTS, SCOPE_SHEETS_READ
+
+    _, env = sheets
+    token = home / "google-token.json"
+    granted = [SCOPE_COMPOSE, SCOPE_EVENTS, SCOPE_SHEETS_READ]
+    token.write_text(json.dumps({**json.loads(token.read_text()), "scopes": granted}))
+    add_source(
+        home,
+        SHEET.replace("    every: 1 minute\n", "    every: 1 minute\n    write_status: true\n"),
+    )
+    ran = cli("sources", "read", env=env)
+    assert "intake-sheet: 2 rows: added 2" in ran.stdout, ran.stdout
+
+
+def test_a_sheet_whose_status_tab_would_be_the_tab_it_reads_is_refused(cli, home):
+    add_source(
+        home,
+        SHEET.replace("Referrals!A1:Z", "FollowUpD!A1:Z").replace(
+            "    every: 1 minute\n", "    every: 1 minute\n    write_status: true\n"
+        ),
+    )
+    ran = cli("check")
+    assert ran.code == 2
+    assert "range: the tab followupd is where write_status writes its status" in ran.stderr
+
+
+def test_a_file_whose_name_is_not_utf8_waits_and_the_rest_are_imported(cli, home):
+    inbox = home / "inbox"
+    add_source(home, FOLDER)
+    drop(inbox, "later.csv", rows("N-1"))
+    bad = os.path.join(os.fsencode(inbox), b"caf\xe9.csv")
+    with open(bad, "wb") as handle:
+        handle.write(rows("N-2").encode())
+    old = time.time_ns() - 60 * 10**9
+    os.utime(inbox / "later.csv", ns=(old, old))
+    ran = cli("sources", "read", "exports")
+    assert "exports: later.csv: added 1" in ran.stdout, ran.stdout + ran.stderr
+    assert os.path.exists(bad)

@@ -92,6 +92,9 @@ OPTION_NAMES = {
     "handouts_left": "--handouts",
     "business_manager": "--business-manager",
     "therapist": "--therapist",
+    "named_practice": "--named-practice",
+    "named_physician": "--named-physician",
+    "named_specialty": "--named-specialty",
 }
 
 Ref = Annotated[str, typer.Argument(help="The referral's id, e.g. R-12.")]
@@ -550,11 +553,23 @@ def visit_add(
     cards: Annotated[int, typer.Option(help="Business cards left.")] = 10,
     handouts: Annotated[int, typer.Option(help="Handouts left.")] = 1,
     notes: Annotated[str | None, typer.Option()] = None,
+    named_practice: Annotated[
+        str | None,
+        typer.Option(help='Their answer to "Who is your favorite practice to refer to?"'),
+    ] = None,
+    named_physician: Annotated[
+        str | None, typer.Option(help="The physician they named (a prospect).")
+    ] = None,
+    named_specialty: Annotated[
+        str | None, typer.Option(help="The named physician's or practice's specialty.")
+    ] = None,
     on: Day = None,
     therapist: TherapistOption = None,
     home: Home = None,
 ) -> None:
-    """Log an outreach visit (its revisit reminder goes on the calendar on the next tick)."""
+    """Log an outreach visit (its revisit reminder goes on the calendar on the next tick).
+    A practice or physician they named (--named-practice, --named-physician) becomes a
+    prospect: a reminder to introduce yourself, saying who suggested you."""
     settings = load_settings(home)
     row = {
         "visited_on": on or today(settings).isoformat(),
@@ -566,6 +581,9 @@ def visit_add(
         "handouts_left": str(handouts),
         "notes": notes,
         "therapist": therapist,
+        "named_practice": named_practice,
+        "named_physician": named_physician,
+        "named_specialty": named_specialty,
     }
     outcome = _entry(settings, parse_visit, upsert_visits, row)
     out.print(f"visit to {practice} on {row['visited_on']}: {outcome}", markup=False)

@@ -230,6 +230,7 @@ def _visit_record(row: sa.Row, group: bool) -> dict:
         "physician": row.physician,
         "cards": row.cards_left,
         "handouts": row.handouts_left,
+        "named": ", ".join(n for n in (row.named_physician, row.named_practice) if n) or None,
     }
     if group:
         record["therapist"] = row.therapist

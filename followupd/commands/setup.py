@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated
 
@@ -215,7 +216,10 @@ def auth(
         success_message="followupd is signed in; you can close this tab.",
     )
     token = settings.path(google.token_file)
-    write_private(token, credentials.to_json())
+    info = json.loads(credentials.to_json())
+    if getattr(credentials, "granted_scopes", None):  # what the person allowed, not asked
+        info["scopes"] = list(credentials.granted_scopes)
+    write_private(token, json.dumps(info))
     out.print(f"signed in; token written to {token} (readable by you only)", markup=False)
 
 

@@ -39,6 +39,10 @@ def sources(ctx: typer.Context, home: Home = None) -> None:
     out.print(_table(settings, states))
     for source in settings.config.sources:
         state = states.get(source.name, {})
+        if state.get("watch"):  # inotify, or polling and why (the daemon's last start)
+            out.print(f"{source.name}: new files noticed by {state['watch']}", markup=False)
+        for note in state.get("notes", []):
+            out.print(f"{source.name}: note: {note}", markup=False)
         for problem in state.get("problems", []):
             out.print(f"{source.name}: {problem}", markup=False)
         if state.get("last_error"):
@@ -102,6 +106,10 @@ def sources_read(
             out.print(f"{read.source}: cannot be read: {read.error}", markup=False)
         for outcome in read.files:
             out.print(f"{read.source}: {_outcome(outcome)}", markup=False)
+            for note in outcome.report.notices if outcome.report else []:
+                out.print(f"{read.source}: note: {note}", markup=False)
+            for problem in outcome.report.problems if outcome.report else []:
+                out.print(f"{read.source}: rejected: {problem}", markup=False)
         if not read.files and not read.error:
             out.print(f"{read.source}: nothing new", markup=False)
     if any(read.changed for read in reads):

@@ -19,6 +19,7 @@ from pydantic import (
     EmailStr,
     Field,
     PlainSerializer,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -27,7 +28,22 @@ from pydantic_core import PydanticCustomError
 from followupd.records import REFERRAL_COLUMNS, VISIT_COLUMNS
 from followupd.timing import DURATION_HINT, Duration
 
-EVENTS = ("referral.received", "referral.closed", "release.recorded", "visit.logged")
+EVENTS = (
+    "referral.received",
+    "referral.closed",
+    "release.recorded",
+    "visit.logged",
+    "physician.first_referral",
+    "physician.quiet",
+    "prospect.named",
+    "note.unsent",
+)
+# Events that make a reminder only: nobody to address a draft to (a quiet physician is
+# called or visited; a prospect is met; an unsent note is the therapist's own to send).
+REMINDER_EVENTS = ("physician.quiet", "prospect.named", "note.unsent")
+# Events whose notes can only go to the physician: `to: prescriber` is for referral events.
+PHYSICIAN_EVENTS = ("physician.first_referral",)
+WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
 
 
 # --- value types -------------------------------------------------------------------------
@@ -94,7 +110,21 @@ def _mail_domain(value: str | None) -> str | None:
     return value
 
 
+def _weekday(value: Any) -> str:
+    """A day of the week: "monday", "Mon", "MONDAY"."""
+    text = str(value).strip().casefold() if isinstance(value, str) else ""
+    for day in WEEKDAYS:
+        if len(text) >= 3 and day.startswith(text):
+            return day
+    raise PydanticCustomError(
+        "weekday",
+        '{value} is not a day of the week (try "monday" or "friday")',
+        {"value": f'"{value}"' if isinstance(value, str) else repr(value)},
+    )
+
+
 DurationField = Annotated[Duration, BeforeValidator(_duration), PlainSerializer(str)]
+Weekday = Annotated[str, BeforeValidator(_weekday)]
 TimeOfDay = Annotated[time, BeforeValidator(_time_of_day)]
 TimeZoneName = Annotated[str, BeforeValidator(_zone)]
 
@@ -168,32 +198,129 @@ class Conditions(Strict):
 
 
 class Rule(Strict):
+    """One rule: an event and what it makes, or (`to: me`) the weekly digest.
+
+    `make` and `to` come first, so that the checks of `event`, `after` and `on` (which
+    depend on them) can see them and name the key to fix.
+    """
+
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")
-    event: Literal[EVENTS]  # type: ignore[valid-type]
-    after: DurationField
-    at: TimeOfDay | None = None
     make: Literal["draft", "reminder"]
-    to: Literal["physician", "prescriber"] = "physician"
+    # physician (the referring one, or the one met), prescriber, or me: a digest to the
+    # therapist's own mailbox, made every week `on` a day, with refs and names only.
+    to: Literal["physician", "prescriber", "me"] = "physician"
+    event: Literal[EVENTS] | None = Field(None, validate_default=True)  # type: ignore[valid-type]
+    after: DurationField | None = Field(None, validate_default=True)
+    at: TimeOfDay | None = None
     template: str = Field(pattern=r"^[A-Za-z0-9_./-]+$")
     when: Conditions = Conditions()
     enabled: bool = True
     # A time landing on a weekend or holiday moves to the next business day (the default for
     # reminders: an office visit belongs on a day the office is open), or stays (`none`).
     roll: Literal["next_business_day", "none"] | None = None
+    # A digest's day of the week (`on:` would be read by YAML as the word for true).
+    day: Weekday | None = Field(None, validate_default=True)
 
     @property
     def rolls(self) -> bool:
         roll = self.roll or ("next_business_day" if self.make == "reminder" else "none")
         return roll == "next_business_day"
 
+    @property
+    def digest(self) -> bool:
+        """A digest to the therapist's own mailbox (`to: me`), not a note about one event."""
+        return self.to == "me"
+
+    @field_validator("to")
+    @classmethod
+    def _me_is_a_draft(cls, value: str, info: ValidationInfo) -> str:
+        if value == "me" and info.data.get("make") == "reminder":
+            raise PydanticCustomError(
+                "to_me", "to: me makes the digest, a draft to your own mailbox (make: draft)", {}
+            )
+        return value
+
     @field_validator("event", mode="before")
     @classmethod
     def _known_event(cls, value: Any) -> Any:
-        if value not in EVENTS:
+        if value is not None and value not in EVENTS:
             raise PydanticCustomError(
                 "event",
                 '"{value}" is not an event (one of: {events})',
                 {"value": value, "events": ", ".join(EVENTS)},
+            )
+        return value
+
+    @field_validator("event")
+    @classmethod
+    def _event_fits(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if "to" not in info.data:  # `to` is wrong already: that is the one to fix
+            return value
+        make, to = info.data.get("make"), info.data["to"]
+        if to == "me":
+            if value is not None:
+                raise PydanticCustomError(
+                    "event",
+                    "a digest (to: me) follows no event: it is made every week on its day "
+                    "(remove event:, give day: monday)",
+                    {},
+                )
+            return value
+        if value is None:
+            raise PydanticCustomError("missing", "required key is missing", {})
+        if value in REMINDER_EVENTS and make == "draft":
+            raise PydanticCustomError(
+                "event",
+                "{event} makes a reminder on your calendar (make: reminder)",
+                {"event": value},
+            )
+        if value in PHYSICIAN_EVENTS and to == "prescriber":
+            raise PydanticCustomError(
+                "event",
+                "{event} notes go to the physician (to: prescriber is for referral events)",
+                {"event": value},
+            )
+        return value
+
+    @field_validator("after")
+    @classmethod
+    def _after_fits(cls, value: Duration | None, info: ValidationInfo) -> Duration | None:
+        if "to" not in info.data:
+            return value
+        if info.data["to"] == "me":
+            if value is not None:
+                raise PydanticCustomError(
+                    "after",
+                    "a digest (to: me) has no offset: it is made on its day (day:) at its "
+                    "time (at:); remove after:",
+                    {},
+                )
+            return value
+        if value is None:
+            raise PydanticCustomError("missing", "required key is missing", {})
+        return value
+
+    @field_validator("day")
+    @classmethod
+    def _day_for_digests(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if info.data.get("to") == "me" and value is None:
+            raise PydanticCustomError(
+                "day", "a digest (to: me) needs its day of the week (e.g. day: monday)", {}
+            )
+        if info.data.get("to") not in (None, "me") and value is not None:
+            raise PydanticCustomError(
+                "day", "day: is the day of a digest (to: me); other rules follow an event", {}
+            )
+        return value
+
+    @field_validator("when")
+    @classmethod
+    def _no_conditions_on_a_digest(cls, value: Conditions, info: ValidationInfo) -> Conditions:
+        if info.data.get("to") == "me" and value != Conditions():
+            raise PydanticCustomError(
+                "when",
+                "a digest (to: me) lists the whole practice and takes no conditions; remove when:",
+                {},
             )
         return value
 
@@ -344,6 +471,70 @@ class History(Strict):
     confirm_over: int | None = Field(50, ge=1)  # null: never ask
 
 
+class Events(Strict):
+    """When the events that are spans of time begin: a physician who has referred before and
+    sent nothing for `quiet_after` is quiet (physician.quiet); a draft still in Drafts
+    `unsent_after` after it was made is unsent (note.unsent). The digest uses both."""
+
+    quiet_after: DurationField = Duration(90, "days")
+    unsent_after: DurationField = Duration(2, "business_days")
+
+    @field_validator("quiet_after", "unsent_after")
+    @classmethod
+    def _whole_days(cls, value: Duration, info: ValidationInfo) -> Duration:
+        hint = "90 days" if info.field_name == "quiet_after" else "2 business days"
+        if value.is_elapsed or value.amount < 1:
+            raise PydanticCustomError(
+                "span",
+                'is counted in days, business days, weeks or months, at least 1 (try "{hint}")',
+                {"hint": hint},
+            )
+        return value
+
+
+class Backup(Strict):
+    """Backups the daemon makes of a SQLite database (`followupd backup` makes one by
+    hand): every `every` into `path` (relative to the home), keeping the `keep` newest."""
+
+    every: DurationField | None = None  # null: no scheduled backups
+    keep: int = Field(7, ge=1)
+    path: str = Field("backups", min_length=1)
+
+    @field_validator("every")
+    @classmethod
+    def _elapsed(cls, value: Duration | None) -> Duration | None:
+        if value is not None and value.unit == "business_days":
+            raise PydanticCustomError(
+                "backup_every",
+                'a backup runs on elapsed time, not business days (try "1 day" or "12 hours")',
+                {},
+            )
+        if value is not None and value.as_timedelta().total_seconds() < 1:
+            raise PydanticCustomError("backup_every", "must be at least 1 second", {})
+        return value
+
+
+class ReportFile(Strict):
+    """The HTML report the daemon rewrites (`followupd report --html FILE` makes one by
+    hand): every `every` into `path` (relative to the home), readable by you only."""
+
+    every: DurationField | None = None  # null: the daemon writes no report (the default)
+    path: str = Field("report.html", min_length=1)
+
+    @field_validator("every")
+    @classmethod
+    def _elapsed(cls, value: Duration | None) -> Duration | None:
+        if value is not None and value.unit == "business_days":
+            raise PydanticCustomError(
+                "report_every",
+                'the report is made on elapsed time, not business days (try "1 day" or "6 hours")',
+                {},
+            )
+        if value is not None and value.as_timedelta().total_seconds() < 1:
+            raise PydanticCustomError("report_every", "must be at least 1 second", {})
+        return value
+
+
 # How often each kind of source may be read at most, and is read by default. A folder is
 # cheap to look at; a sheet is paced by Google's quota (about 60 reads a minute per user).
 SOURCE_EVERY = {
@@ -408,6 +599,19 @@ class Source(Strict):
                 "kind {kind} is not read by this version of followupd yet (it reads {read} "
                 "sources); import its rows with `followupd import` meanwhile",
                 {"kind": self.kind, "read": ", ".join(SOURCE_KINDS_READ)},
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _status_tab_is_not_read(self) -> Source:
+        """write_status keeps a tab named followupd: it must not be the tab read."""
+        tab = (self.range or "").rpartition("!")[0].strip("'")
+        if self.write_status and tab.casefold() == "followupd":
+            raise PydanticCustomError(
+                "source",
+                "range: the tab followupd is where write_status writes its status; read "
+                "your referrals from another tab (rename it)",
+                {},
             )
         return self
 
@@ -500,6 +704,9 @@ class Config(Strict):
     logging: Logging = Logging()
     holidays: Annotated[Holidays, BeforeValidator(_closed_days)] = Holidays()
     history: History = History()
+    events: Events = Events()
+    backup: Backup = Backup()
+    report: ReportFile = ReportFile()
     sources: list[Source] = []
     specialty_chain: dict[str, str] = {}
     therapists: list[Therapist] = []

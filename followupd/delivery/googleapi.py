@@ -14,6 +14,7 @@ import json
 import random
 import socket
 import ssl
+import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,17 +47,40 @@ TIMEOUT = 30.0
 
 
 SCOPE_SHEETS_READ = "https://www.googleapis.com/auth/spreadsheets.readonly"
+SCOPE_SHEETS = "https://www.googleapis.com/auth/spreadsheets"  # read and write (write_status)
 
 
-def scopes(read_scope: bool, sheets: bool = False) -> list[str]:
+def scopes(read_scope: bool, sheets: bool | str = False) -> list[str]:
     """What followupd asks Google for: drafts and events; reading mail with `read_scope`;
-    reading spreadsheets when a `google_sheet` source is configured."""
+    reading spreadsheets when a `google_sheet` source is configured, and writing them only
+    when one keeps a status tab (`sheets == "write"`: the one scope that also reads)."""
+    sheet_scope = SCOPE_SHEETS if sheets == "write" else SCOPE_SHEETS_READ
     return [
         SCOPE_COMPOSE,
         SCOPE_EVENTS,
         *([SCOPE_READ] if read_scope else []),
-        *([SCOPE_SHEETS_READ] if sheets else []),
+        *([sheet_scope] if sheets else []),
     ]
+
+
+# A scope that allows what another does (reading and writing spreadsheets reads them).
+COVERS = {SCOPE_SHEETS_READ: {SCOPE_SHEETS}}
+
+
+def granted_scopes(info: Mapping) -> list[str] | None:
+    """The scopes a token file says were granted (None: it does not say)."""
+    found = info.get("scopes")
+    if isinstance(found, str):
+        found = found.split()
+    return [str(scope) for scope in found] if found else None
+
+
+def missing_scopes(wanted: Sequence[str], granted: Sequence[str] | None) -> set[str]:
+    """The scopes followupd now wants that the sign-in did not grant (none when unknown)."""
+    if granted is None:
+        return set()
+    have = set(granted)
+    return {scope for scope in wanted if scope not in have and not COVERS.get(scope, set()) & have}
 
 
 class CredentialsProblem(Exception):
@@ -85,9 +109,14 @@ class TokenFile:
         refuse_exposed(path, "Google token file")
         try:
             info = json.loads(path.read_text())
+            granted = granted_scopes(info)
+            # A refresh asks for these scopes; asking for one never granted (a sheet source
+            # added since `followupd auth`) is refused by Google, and would stop delivery.
             credentials = user_credentials.Credentials.from_authorized_user_info(
-                info, list(wanted_scopes)
+                info, granted or list(wanted_scopes)
             )
+            self.granted = granted  # None: the file does not say
+            self.missing = missing_scopes(wanted_scopes, granted)
         except FileNotFoundError:
             raise CredentialsProblem(
                 f"no Google token at {path}: run `followupd auth` to sign in"
@@ -110,9 +139,13 @@ class TokenFile:
             self._saved = self.credentials.token
 
 
-def wants_sheets(settings: Settings) -> bool:
-    """A Google Sheet is configured as a source: the sign-in must cover reading it."""
-    return any(source.kind == "google_sheet" for source in settings.config.sources)
+def wants_sheets(settings: Settings) -> str:
+    """What the sign-in must allow on spreadsheets: "" (no `google_sheet` source), "read",
+    or "write" when a sheet source keeps a status tab (`write_status: true`)."""
+    sheets = [s for s in settings.config.sources if s.kind == "google_sheet"]
+    if any(source.write_status for source in sheets):
+        return "write"
+    return "read" if sheets else ""
 
 
 def load_credentials(settings: Settings) -> tuple[Any, TokenFile | None]:
@@ -156,6 +189,19 @@ class Transport:
         self.session.mount("http://", requests.adapters.HTTPAdapter(max_retries=0))
         self.timeout = timeout
         self.round_trips = 0
+        self._environment: dict[str, dict] = {}  # proxies and CA bundle by scheme and host
+
+    def _settings_for(self, uri: str) -> dict:
+        """The environment's proxies and CA bundle for a host, read once: requests reads
+        them (every variable, and ~/.netrc) on each request otherwise, a third of its CPU."""
+        parts = urllib.parse.urlsplit(uri)
+        key = f"{parts.scheme}://{parts.netloc}"
+        if key not in self._environment:
+            self.session.trust_env = True
+            found = self.session.merge_environment_settings(key + "/", {}, None, None, None)
+            self.session.trust_env = False
+            self._environment[key] = {"proxies": found["proxies"], "verify": found["verify"]}
+        return self._environment[key]
 
     def request(
         self,
@@ -168,7 +214,13 @@ class Transport:
     ) -> tuple[httplib2.Response, bytes]:
         self.round_trips += 1
         answer = self.session.request(
-            method, uri, data=body, headers=headers, timeout=self.timeout, allow_redirects=False
+            method,
+            uri,
+            data=body,
+            headers=headers,
+            timeout=self.timeout,
+            allow_redirects=False,
+            **self._settings_for(uri),
         )
         info = {
             k.lower(): v

@@ -13,7 +13,7 @@ import os
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from typing import TYPE_CHECKING
 
 from followupd.config import ConfigError, Rule, Settings
@@ -117,6 +117,7 @@ def rules_fingerprint(settings: Settings) -> str:
             "rules": [rule.model_dump(mode="json") for rule in config.rules],
             "holidays": config.holidays.model_dump(mode="json"),
             "history": str(config.history.cutoff),
+            "events": config.events.model_dump(mode="json"),
             "timezone": config.practice.timezone,
         },
         sort_keys=True,
@@ -138,7 +139,7 @@ def closed_days(settings: Settings) -> ClosedDays:
 def released_to(bundle: Bundle, rule: Rule) -> bool:
     """Is a release naming this note's recipient in force (so it may show patient details)?"""
     referral = bundle.referral
-    if referral is None or rule.make != "draft":
+    if referral is None or rule.make != "draft" or rule.digest:
         return False
     if rule.to == "prescriber":
         return bool(referral.prescriber_id and referral.prescriber_release_on_file)
@@ -181,7 +182,12 @@ class EngineCore:
             rule.name for rule in self.enabled if rule.when.release == "required"
         )
         config = settings.config
-        self.calendar = Calendar(config.practice.zone, closed_days(settings))
+        self.calendar = Calendar(
+            config.practice.zone,
+            closed_days(settings),
+            config.events.quiet_after,
+            config.events.unsent_after,
+        )
         self.fingerprint = rules_fingerprint(settings)
         self.lease = config.schedule.lease.as_timedelta()
         self.settle = settle_time(settings)
@@ -191,6 +197,13 @@ class EngineCore:
         self.stopping = False
         self._orphans_checked: datetime | None = None
         self._rules_since: datetime | None = None  # see Planner.rules_since
+        self._quiet_day: date | None = None  # the last day quiet spells were looked for
+        self._digest_days: list[date] | None = None  # the digests last planned
+        self._drafts_until: datetime | None = None  # drafts made before it were read
+
+    def today(self) -> date:
+        """Today in the practice's zone."""
+        return self.clock().astimezone(self.calendar.zone).date()
 
     # --- therapists: whose mailbox, signature and calendar -----------------------------
 
@@ -201,12 +214,19 @@ class EngineCore:
         return self._views[therapist]
 
     def therapist_of(self, bundle: Bundle) -> str | None:
+        """Whose mailbox or calendar: the referral's or visit's therapist; for an unsent
+        reminder, the therapist whose Drafts hold the note; a digest is the practice's."""
+        if bundle.note is not None and bundle.note.therapist:
+            return bundle.note.therapist
         subject = bundle.referral or bundle.visit
         own = subject.therapist if subject is not None else None
         return own or self.settings.config.default_therapist()
 
-    def unassigned(self, therapist: str | None) -> str | None:
-        """Why a follow-up of `therapist` cannot go out under this configuration, or None."""
+    def unassigned(self, therapist: str | None, subject_type: str | None = None) -> str | None:
+        """Why a follow-up of `therapist` cannot go out under this configuration, or None.
+        A digest (about the whole practice) may go to the practice's own mailbox."""
+        if therapist is None and subject_type == "digest":
+            return None
         if therapist is None and len(self.settings.config.therapists) > 1:
             return (
                 "no therapist: several are configured (import it again with a "

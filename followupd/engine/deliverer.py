@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import replace
-from datetime import timedelta
+from datetime import date, time, timedelta
 from typing import TYPE_CHECKING
 
 from followupd import planning
@@ -26,14 +26,19 @@ from followupd.models import Bundle, FollowUp, State
 from followupd.planning import Desired
 from followupd.render import RenderError, Rendering, build_draft, build_reminder, context_for
 from followupd.store import (
+    SUBJECT_ROWS,
+    Window,
     claim_due,
     confirm_due,
+    digest_facts,
     installation_id,
     load_bundle,
+    load_bundles,
     release_claim,
     unconfirmed_due,
 )
 from followupd.subjects import bundle_subject
+from followupd.timing import latest_base, localize
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
@@ -105,9 +110,7 @@ class Deliverer(EngineCore):
         ready: list[tuple[int, int, dict, Draft | Reminder]] = []
         with self.store.session() as session:  # one read for the batch: rows it shares
             installation = installation_id(session)  # (physicians, practices) load once
-            bundles = {
-                follow_up_id: load_bundle(session, follow_up_id) for follow_up_id, _ in claimed
-            }
+            bundles = load_bundles(session, [follow_up_id for follow_up_id, _ in claimed])
         for follow_up_id, fence in claimed:
             if self.stopping:  # shutting down: hand back what was not started
                 with self.store.session() as session:
@@ -181,7 +184,9 @@ class Deliverer(EngineCore):
             report.held.append((follow_up_id, wanted.hold))
             log.info("held", reason=wanted.hold, **fields)
             return None
-        stop = self.unassigned(therapist) or report.stopped_for.get(therapist)
+        stop = self.unassigned(therapist, follow_up.subject_type) or report.stopped_for.get(
+            therapist
+        )
         if stop:
             self._wait(follow_up_id, fence, stop, MAX_BACKOFF, report, attempts=not_an_attempt)
             return None
@@ -217,6 +222,7 @@ class Deliverer(EngineCore):
                 reason=None,
                 next_attempt_at=None,
                 therapist=fields["therapist"],
+                made_at=self.clock(),  # a draft still in Drafts later than this is unsent
                 **thread,
             )
             report.delivered.append((follow_up_id, fields["kind"], outcome.external_id))
@@ -277,9 +283,9 @@ class Deliverer(EngineCore):
         follow_up = bundle.follow_up
         if rule is None or not rule.enabled:
             return None, f"rule {follow_up.rule} is disabled or removed"
-        subject = bundle_subject(bundle)
+        subject = bundle_subject(bundle, self.calendar)
         if subject is None:
-            return None, f"the {follow_up.subject_type} was removed"
+            return None, f"{SUBJECT_ROWS[follow_up.subject_type][1]} was removed"
         wanted = planning.desired(
             subject, [rule], self.calendar, self.needs_release, self.patient_rules
         )
@@ -292,11 +298,36 @@ class Deliverer(EngineCore):
     ) -> Draft | Reminder:
         """Render as the therapist's own note or reminder (`view`: their settings)."""
         follow_up = bundle.follow_up
+        if follow_up.subject_type == "digest" and bundle.digest is None:
+            bundle.digest = self.digest_facts(follow_up.subject_id)
         context = context_for(view, rule, bundle, release=released_to(bundle, rule))
         job = Rendering(self.templates, rule, context, follow_up.id, view, installation)
         if rule.make == "draft":
             return build_draft(job, now=self.clock())
         return build_reminder(job, remind_at=follow_up.remind_at or follow_up.due_at)
+
+    def digest_facts(self, ordinal: int) -> dict:
+        """What the digest of a day lists: the week before it, as the ledger and the tables
+        say now (refs and physician names only)."""
+        day = date.fromordinal(ordinal)
+        calendar = self.calendar
+        today = min(day, self.today())
+        window = Window(
+            start=day - timedelta(days=7),
+            end=day,
+            quiet_upto=latest_base(today, calendar.quiet_after, calendar.holidays),
+            unsent_before=localize(
+                latest_base(today, calendar.unsent_after, calendar.holidays) + timedelta(days=1),
+                time(0),
+                calendar.zone,
+            ),
+        )
+        with self.store.session() as session:
+            facts = digest_facts(session, window)
+        facts["period"] = {"start": window.start, "end": day - timedelta(days=1)}
+        facts["quiet_after"] = str(calendar.quiet_after)
+        facts["unsent_after"] = str(calendar.unsent_after)
+        return facts
 
     def preview(self, follow_up_id: int) -> tuple[Draft | Reminder | None, str | None]:
         """Render one follow-up as it would be delivered now, changing nothing.

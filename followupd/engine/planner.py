@@ -7,7 +7,9 @@ nothing: the cursor has reached the newest row.
 
 from __future__ import annotations
 
-from datetime import datetime
+from collections.abc import Iterable
+from datetime import datetime, time, timedelta
+from functools import partial
 
 from followupd import planning
 from followupd.engine.core import CURSOR_OVERLAP, ORPHAN_CHECK, PAGE, EngineCore, TickReport, log
@@ -17,8 +19,11 @@ from followupd.store import (
     cancel_orphans,
     changed_referrals,
     changed_visits,
+    drafts_made,
     insert_follow_ups,
     ledger_rows,
+    physician_facts,
+    quiet_candidates,
     read_cursor,
     read_meta,
     referrals_by_id,
@@ -26,7 +31,17 @@ from followupd.store import (
     write_cursor,
     write_meta,
 )
-from followupd.subjects import referral_subject, visit_subject
+from followupd.subjects import (
+    digest_subject,
+    draft_subject,
+    physician_subject,
+    quiet_subject,
+    referral_subject,
+    visit_subject,
+)
+from followupd.timing import latest_base, localize
+
+QUIET_DAYS = "quiet:"  # the cursor of the days whose quiet spells were planned
 
 
 class Planner(EngineCore):
@@ -44,19 +59,32 @@ class Planner(EngineCore):
             ("visit", changed_visits, visit_subject),
         ):
             self._plan_table(subject_type, read, to_subject, report)
+        self._plan_quiet_days(report)
+        self._plan_drafts(report)
+        self._plan_digests(report)
         return report
 
-    def _plan_table(self, subject_type: str, read, to_subject, report: TickReport) -> None:
+    def _plan_table(
+        self,
+        subject_type: str,
+        read,
+        to_subject,
+        report: TickReport,
+        *,
+        stamp: str = "updated_at",
+        horizon: datetime | None = None,
+    ) -> None:
         """Plan every row changed after the cursor, a page (one transaction) at a time.
 
         The cursor stops short of the last minute: a row whose transaction started before
         this tick but committed after it was read carries an earlier timestamp, and must
         still be read next time. Once the table is quiet, the cursor reaches its newest row
-        and an idle tick reads nothing.
+        and an idle tick reads nothing. (`stamp` names the column the cursor follows;
+        `horizon`, if given, how far it may go instead.)
         """
         prefix = f"plan:{subject_type}:"
         cursor_name = prefix + self.fingerprint
-        horizon = self.clock() - CURSOR_OVERLAP
+        horizon = horizon or self.clock() - CURSOR_OVERLAP
         with self.store.session() as session:
             position = read_cursor(session, cursor_name)
         after, newest = None, None
@@ -65,9 +93,11 @@ class Planner(EngineCore):
                 rows = read(session, position, after, PAGE)
                 if rows:
                     self._reconcile(session, subject_type, [to_subject(r) for r in rows], report)
+                    if subject_type == "referral":
+                        self._plan_physicians(session, {r.physician_id for r in rows}, report)
             if not rows:
                 break
-            after = newest = (rows[-1].updated_at, rows[-1].id)
+            after = newest = (getattr(rows[-1], stamp), rows[-1].id)
             if len(rows) < PAGE:
                 break
         if newest is not None:
@@ -75,6 +105,104 @@ class Planner(EngineCore):
             if position is None or target > position:
                 with self.store.session() as session:
                     write_cursor(session, cursor_name, target, prefix=prefix)
+
+    # --- the outreach events: a physician's first referral and quiet spells, unsent drafts,
+    # --- the digest
+
+    def _follows(self, subject_type: str) -> bool:
+        """Does an enabled rule make follow-ups of this kind of subject?"""
+        return any(planning.subject_type_of(r) == subject_type for r in self.enabled)
+
+    def _physician_rules(self) -> bool:
+        return self._follows("physician") or self._follows("quiet")
+
+    def _plan_physicians(self, session, ids: Iterable[int], report: TickReport) -> None:
+        """Plan the physicians whose referrals changed: the thank-you for their first
+        referral, and the quiet spell after their last one once it has begun (a spell that
+        begins later is planned on its day, by `_plan_quiet_days`: a calendar does not fill
+        with calls that a referral may yet make needless)."""
+        if not self._physician_rules():
+            return
+        rows = physician_facts(session, sorted(i for i in ids if i is not None))
+        if not rows:
+            return
+        if self._follows("physician"):
+            self._reconcile(session, "physician", [physician_subject(r) for r in rows], report)
+        if self._follows("quiet"):
+            today = self.today()
+            spells = [quiet_subject(r, self.calendar) for r in rows]
+            begun = [s for s in spells if s.events["physician.quiet"] <= today]
+            if begun:
+                self._reconcile(session, "quiet", begun, report)
+
+    def _plan_quiet_days(self, report: TickReport) -> None:
+        """Once a day: the physicians whose quiet spell began since the last look (their last
+        referral was `quiet_after` ago). The day looked at is kept per rules fingerprint, so a
+        change of rules or of `quiet_after` looks again from the start (nothing is made twice)."""
+        if not self._follows("quiet"):
+            return
+        today = self.today()
+        if self._quiet_day is not None and self._quiet_day >= today:
+            return
+        zone = self.calendar.zone
+        with self.store.session() as session:
+            seen = read_cursor(session, QUIET_DAYS + self.fingerprint)
+            since = seen.astimezone(zone).date() if seen is not None else None
+            if since is None or since < today:
+                spans = self.calendar.quiet_after, self.calendar.holidays
+                after = latest_base(since, *spans) if since is not None else None
+                ids = quiet_candidates(session, after, latest_base(today, *spans))
+                for start in range(0, len(ids), PAGE):
+                    self._plan_physicians(session, ids[start : start + PAGE], report)
+                write_cursor(
+                    session,
+                    QUIET_DAYS + self.fingerprint,
+                    localize(today, time(0), zone),
+                    prefix=QUIET_DAYS,
+                )
+        self._quiet_day = today
+
+    def _plan_drafts(self, report: TickReport) -> None:
+        """Drafts still in Drafts `unsent_after` after they were made (note.unsent): read
+        once each, when that day comes, in the order they were made."""
+        if not self._follows("draft"):
+            return
+        zone = self.calendar.zone
+        last_made = latest_base(
+            self.today(), self.calendar.unsent_after, self.calendar.holidays
+        )  # a draft made on or before this day is unsent by today
+        until = localize(last_made + timedelta(days=1), time(0), zone)
+        if until == self._drafts_until:  # read already: no draft is made in the past
+            return
+        self._plan_table(
+            "draft",
+            partial(drafts_made, until=until),
+            partial(draft_subject, calendar=self.calendar),
+            report,
+            stamp="made_at",
+            horizon=until,
+        )
+        self._drafts_until = until
+
+    def _plan_digests(self, report: TickReport) -> None:
+        """Each digest rule's latest digest due by now and its next one (the ledger's unique
+        key makes each once); looked at again only when those days change."""
+        rules = [r for r in self.enabled if r.digest]
+        if not rules:
+            return
+        now = self.clock()
+        days = sorted(
+            {
+                d
+                for r in rules
+                for d in planning.digest_days(r, self.calendar, now, self.rules_since())
+            }
+        )
+        if days == self._digest_days:
+            return
+        with self.store.session() as session:
+            self._reconcile(session, "digest", [digest_subject(d) for d in days], report)
+        self._digest_days = days
 
     def cutoff(self) -> planning.Cutoff | None:
         """Where history ends (None: `history.cutoff: null`, every event makes its notes)."""
@@ -185,3 +313,4 @@ class Planner(EngineCore):
         with self.store.session() as session:
             rows = referrals_by_id(session, ids)
             self._reconcile(session, "referral", [referral_subject(r) for r in rows], report)
+            self._plan_physicians(session, {r.physician_id for r in rows}, report)

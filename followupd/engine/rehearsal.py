@@ -58,6 +58,9 @@ class Rehearser(Deliverer, Planner):
             rehearsal.burst = self.burst()
             with self.store.session() as session:
                 rows = plan_summary(session, self.clock(), newest)
+        # what planning remembers it did (the day it looked for quiet spells, the drafts and
+        # digests it read) was rolled back with it
+        self._quiet_day = self._drafts_until = self._digest_days = None
         for rule, kind, state, now, count in rows:
             bucket = _bucket(state, bool(now))
             if bucket is not None:

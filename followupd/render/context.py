@@ -21,7 +21,16 @@ def salutation(name: str) -> str:
 
 # A template's view of a referral or a visit row: these attributes, under their own names.
 REFERRAL_FIELDS = ("ref", "received_on", "closed_on", "release_on")
-VISIT_FIELDS = ("visited_on", "business_manager", "cards_left", "handouts_left", "specialty")
+VISIT_FIELDS = (
+    "visited_on",
+    "business_manager",
+    "cards_left",
+    "handouts_left",
+    "specialty",
+    "named_practice",
+    "named_physician",
+    "named_specialty",
+)
 
 
 def _fields(row: Any, names: tuple[str, ...]) -> dict[str, Any]:
@@ -82,7 +91,87 @@ def context_for(settings: Settings, rule: Rule, bundle: Bundle, *, release: bool
         specialty = bundle.visit.specialty or (
             bundle.physician.specialty if bundle.physician else None
         )
+        context["prospect"] = _prospect(bundle)
     context["next_specialty"] = config.next_specialty(specialty)
+    _outreach(context, settings, bundle)
     if rule.make == "draft":
         context["recipient"] = context.get(rule.to)
+    if rule.digest:
+        context["recipient"] = {"name": practice.therapist, "email": practice.email}
     return context
+
+
+def _prospect(bundle: Bundle) -> dict[str, Any] | None:
+    """The practice or physician named on a visit in answer to the ask, or None."""
+    visit = bundle.visit
+    if visit is None or not (visit.named_practice or visit.named_physician):
+        return None
+    name = visit.named_physician
+    return {
+        "name": name,
+        "salutation": salutation(name) if name else None,
+        "practice": visit.named_practice,
+        "specialty": visit.named_specialty,
+    }
+
+
+def _outreach(context: dict[str, Any], settings: Settings, bundle: Bundle) -> None:
+    """A quiet physician's history, the note an unsent reminder is about, a digest's lists:
+    counts, dates, refs and physician names."""
+    if bundle.history is not None:
+        context["history"] = dict(bundle.history)
+    if bundle.note is not None:
+        context["note"] = _note(settings, bundle)
+    if bundle.digest is not None:
+        context["digest"] = _digest(settings, bundle.digest)
+
+
+def _note(settings: Settings, bundle: Bundle) -> dict[str, Any]:
+    note = bundle.note
+    zone = settings.config.practice.zone
+    rules = {r.name: r for r in settings.config.rules}
+    to = rules[note.rule].to if note.rule in rules else "physician"
+    recipient = bundle.prescriber if to == "prescriber" else bundle.physician
+    return {
+        "id": note.id,
+        "rule": note.rule,
+        "made_on": note.made_at.astimezone(zone).date() if note.made_at else None,
+        "ref": bundle.referral.ref if bundle.referral is not None else None,
+        "recipient": recipient.name if recipient is not None else None,
+    }
+
+
+def _digest(settings: Settings, facts: dict[str, Any]) -> dict[str, Any]:
+    """A digest's lists for the template: each a dict of items, total and more; a waiting
+    draft names its recipient by its rule's `to`, a held note what would release it."""
+    zone = settings.config.practice.zone
+    rules = {r.name: r for r in settings.config.rules}
+    drafts = dict(facts["drafts"])
+    drafts["items"] = [
+        {
+            **item,
+            "made_on": item["made_at"].astimezone(zone).date() if item["made_at"] else None,
+            "recipient": item["prescriber"]
+            if item["rule"] in rules and rules[item["rule"]].to == "prescriber"
+            else item["physician"],
+        }
+        for item in facts["drafts"]["items"]
+    ]
+    held = dict(facts["held"])
+    held["items"] = [{**item, "fix": release_hint(item)} for item in facts["held"]["items"]]
+    return {**facts, "drafts": drafts, "held": held}
+
+
+def release_hint(held: dict[str, Any]) -> str | None:
+    """What would let a held note go, when its reason does not say so itself."""
+    reason, ref = held.get("reason") or "", held.get("ref")
+    if reason.startswith("no release of information on file for the prescriber") and ref:
+        return f"followupd referral release {ref} --prescriber"
+    if reason.startswith("no release of information on file") and ref:
+        return f"followupd referral release {ref}"
+    if reason.startswith("no release of information on file for referral "):
+        return f"followupd referral release {reason.rsplit(' ', 1)[-1]}"
+    if reason.startswith("no email address"):
+        whom = held.get("prescriber_id" if "for the prescriber" in reason else "physician_id")
+        return f"followupd physician edit {whom or 'ID'} --email ADDRESS"
+    return None

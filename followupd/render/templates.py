@@ -156,6 +156,11 @@ class Templates:
                     f"rules: {rule.name}: reminder template {rule.template} uses "
                     f"client fields; calendar reminders may not carry patient details"
                 )
+            elif patient and rule.digest:
+                out.append(
+                    f"rules: {rule.name}: digest template {rule.template} uses client "
+                    f"fields; a digest carries refs and physician names only"
+                )
         return out
 
     def render_text(self, name: str, context: dict[str, Any]) -> tuple[str, str]:

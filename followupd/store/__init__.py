@@ -12,14 +12,34 @@ One module a concept, lowest first:
 - `directory`: practices, physicians and the addresses notes go to
 - `entry`: data entry (upserts by natural key, releases, a referral changed by hand)
 - `reads`: planning's page reads, built once with bind parameters
+- `outreach`: what the outreach reminders and the digest list (a physician's history; the
+  week's referrals, drafts waiting, held notes, quiet physicians, prospects)
 - `ledger`: the follow-up ledger (planning's writes, delivery's loads, sync, counts)
 - `claims`: leases and fences on ledger rows
 - `listing`: what a person lists: the ledger for `status`, physicians, referrals, visits
+- `sources`: what each watched source's reads found; referrals gone from a source
+- `sheet_status`: what a Google Sheet source's status tab shows (refs, dates, states)
 - `health`: the facts a health check judges from
+- `report`: what `followupd report` reads, grouped in SQL (imported as `store.report`)
+- `backup`: copies of a SQLite database made while it is in use, and restoring one
 
 Import from here; the modules are the map, not the interface.
 """
 
+from followupd.store.backup import (
+    BackupError,
+    CopyRefused,
+    NotSQLite,
+    backups_in,
+    check_copy,
+    default_target,
+    make_backup,
+    newest_backup_time,
+    restore,
+    rotate,
+    sqlite_file,
+    staged_restore,
+)
 from followupd.store.bursts import (
     confirm_due,
     newest_follow_up,
@@ -61,6 +81,7 @@ from followupd.store.entry import (
 )
 from followupd.store.health import HealthFacts, health_facts
 from followupd.store.ledger import (
+    SUBJECT_ROWS,
     cancel_orphans,
     disclosed_notes,
     drafts_to_sync,
@@ -68,6 +89,7 @@ from followupd.store.ledger import (
     follow_ups_by_id,
     insert_follow_ups,
     load_bundle,
+    load_bundles,
     recent_failures,
     record_sync,
     update_follow_ups,
@@ -97,6 +119,7 @@ from followupd.store.meta import (
     write_cursor,
     write_meta,
 )
+from followupd.store.outreach import Window, digest_facts, physician_history
 from followupd.store.people import (
     Deleted,
     Merged,
@@ -109,16 +132,28 @@ from followupd.store.people import (
     revoke_releases,
 )
 from followupd.store.quota import SharedTokenBucket
-from followupd.store.reads import changed_referrals, changed_visits, ledger_rows, referrals_by_id
+from followupd.store.reads import (
+    changed_referrals,
+    changed_visits,
+    drafts_made,
+    ledger_rows,
+    physician_facts,
+    quiet_candidates,
+    referrals_by_id,
+)
+from followupd.store.sheet_status import NoteLine, StatusLine, status_lines
 from followupd.store.sources import mark_gone, read_source_states, write_source_state
 from followupd.store.stamps import change_stamp
 
 __all__ = [
     "REFERRAL_DEFAULTS",
     "SCHEMA_HEAD",
+    "SUBJECT_ROWS",
     "VISIT_DEFAULTS",
     "AmbiguousPhysician",
+    "BackupError",
     "ChangeListener",
+    "CopyRefused",
     "Counts",
     "Deleted",
     "Directory",
@@ -126,28 +161,37 @@ __all__ = [
     "LedgerFilter",
     "Merged",
     "NoPhysician",
+    "NotSQLite",
+    "NoteLine",
     "PhysicianConflict",
     "PhysicianShown",
     "ReferralFilter",
     "ReferralLine",
     "SharedTokenBucket",
+    "StatusLine",
     "Store",
     "StoreError",
     "VisitFilter",
+    "Window",
     "_alembic_config",
     "address_skeleton",
+    "backups_in",
     "cancel_orphans",
     "change_referral",
     "change_stamp",
     "changed_referrals",
     "changed_visits",
+    "check_copy",
     "claim_due",
     "claim_withdrawals",
     "confirm_address",
     "confirm_due",
     "create_engine",
+    "default_target",
     "delete_referral",
+    "digest_facts",
     "disclosed_notes",
+    "drafts_made",
     "drafts_to_sync",
     "due_backlog",
     "edit_physician",
@@ -162,14 +206,20 @@ __all__ = [
     "ledger_rules",
     "ledger_size",
     "load_bundle",
+    "load_bundles",
+    "make_backup",
     "mark_gone",
     "mask_url",
     "merge_physicians",
     "migrate",
+    "newest_backup_time",
     "newest_follow_up",
     "physician_count",
+    "physician_facts",
+    "physician_history",
     "physician_page",
     "plan_summary",
+    "quiet_candidates",
     "read_cursor",
     "read_meta",
     "read_meta_prefix",
@@ -183,8 +233,13 @@ __all__ = [
     "referral_page",
     "referrals_by_id",
     "release_claim",
+    "restore",
     "revoke_releases",
+    "rotate",
     "schema_state",
+    "sqlite_file",
+    "staged_restore",
+    "status_lines",
     "unconfirmed_due",
     "update_follow_ups",
     "upsert_referrals",

@@ -16,9 +16,9 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from followupd.models import Recipient, Referral, Visit
-from followupd.records import ReferralRecord, VisitRecord, visit_key
+from followupd.records import ReferralRecord, RowError, VisitRecord, visit_key
 from followupd.store import releases
-from followupd.store.directory import Directory
+from followupd.store.directory import AmbiguousPhysician, Directory
 from followupd.store.stamps import change_stamp
 
 
@@ -60,6 +60,9 @@ VISIT_DEFAULTS = {
     "cards_left": 0,
     "handouts_left": 0,
     "notes": None,
+    "named_practice": None,
+    "named_physician": None,
+    "named_specialty": None,
 }
 
 
@@ -222,6 +225,21 @@ def _adopt_legacy_visits(session: Session, legacy: dict[str, str]) -> None:
             )
 
 
+def _enter_prospect(session: Session, record: VisitRecord, directory: Directory) -> bool:
+    """The practice and physician named on a visit become known ones (a prospect: no address
+    yet); True if a physician was added or changed."""
+    directory.practice_id(session, record.fields.get("named_practice"))
+    prospect = record.prospect_record()
+    if prospect is None:
+        return False
+    try:
+        return directory.physician(session, prospect)[1]
+    except AmbiguousPhysician as exc:
+        raise RowError(
+            "named_physician", f"{exc.listing}; give named_practice to say which"
+        ) from None
+
+
 def upsert_visits(
     session: Session, records: Iterable[VisitRecord], directory: Directory
 ) -> list[str]:
@@ -242,7 +260,7 @@ def upsert_visits(
             record.fields.get("therapist"),
         )
         items.append((key, record.visit_values(practice_id, physician_id)))
-        physician_changes.append(physician_changed)
+        physician_changes.append(physician_changed | _enter_prospect(session, record, directory))
         if record.fields.get("therapist"):
             legacy[key] = visit_key(record.visited_on, record.practice, record.physician_name)
     _adopt_legacy_visits(session, legacy)

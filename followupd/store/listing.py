@@ -256,6 +256,8 @@ def visit_page(session: Session, where: VisitFilter, limit: int | None) -> Seque
             Visit.cards_left,
             Visit.handouts_left,
             Visit.therapist,
+            Visit.named_practice,
+            Visit.named_physician,
         )
         .join(Practice, Practice.id == Visit.practice_id)
         .outerjoin(Physician, Physician.id == Visit.physician_id)

@@ -186,6 +186,7 @@ def merge_physicians(session: Session, keep_id: int, merge_id: int) -> Merged:
     _move(session, Release, "physician_id", merge_id, keep_id)  # a release names its physician
     visit_stamp = change_stamp(session, Visit)
     merged.visits = _move(session, Visit, "physician_id", merge_id, keep_id, updated_at=visit_stamp)
+    _move_physician_notes(session, keep_id, merge_id)
     session.execute(sa.delete(Physician).where(Physician.id == merge_id))
     if took:
         session.execute(
@@ -198,6 +199,42 @@ def merge_physicians(session: Session, keep_id: int, merge_id: int) -> Merged:
     practice_id = took.get("practice_id", kept.practice_id)
     merged.kept = PhysicianShown(keep_id, kept.name, _practice_name(session, practice_id))
     return merged
+
+
+def _move_physician_notes(session: Session, keep_id: int, merge_id: int) -> None:
+    """The merged physician's own follow-ups (their first referral's thank-you) become the
+    kept one's, so a merge never thanks anyone a second time: a rule the kept physician has
+    no follow-up of takes the merged one's; one they have keeps theirs, and the merged
+    physician's is cancelled if pending and kept as history under no physician's id."""
+    mine = sa.and_(FollowUp.subject_type == "physician", FollowUp.subject_id == merge_id)
+    kept_rules = set(
+        session.execute(
+            sa.select(FollowUp.rule).where(
+                FollowUp.subject_type == "physician", FollowUp.subject_id == keep_id
+            )
+        ).scalars()
+    )
+    session.execute(
+        sa.update(FollowUp)
+        .where(mine, FollowUp.state.in_((State.planned, State.held)), FollowUp.rule.in_(kept_rules))
+        .values(
+            state=State.cancelled,
+            reason=f"physician {merge_id} was merged into physician {keep_id}",
+            updated_at=now_utc(),
+        )
+    )
+    session.execute(
+        sa.update(FollowUp)
+        .where(mine, FollowUp.rule.in_(kept_rules))
+        .values(subject_id=-FollowUp.id)
+        .execution_options(synchronize_session=False)
+    )
+    session.execute(
+        sa.update(FollowUp)
+        .where(mine)
+        .values(subject_id=keep_id, updated_at=now_utc())
+        .execution_options(synchronize_session=False)
+    )
 
 
 def revoke_releases(session: Session, ref: str, *, on: date, by: str) -> bool:
@@ -217,7 +254,10 @@ def delete_referral(session: Session, ref: str) -> Deleted | None:
     referral_id = session.execute(sa.select(Referral.id).where(Referral.ref == ref)).scalar()
     if referral_id is None:
         return None
-    mine = sa.and_(FollowUp.subject_type == "referral", FollowUp.subject_id == referral_id)
+    # its notes, and the quiet spell named by it (a physician's last referral)
+    mine = sa.and_(
+        FollowUp.subject_type.in_(("referral", "quiet")), FollowUp.subject_id == referral_id
+    )
     unfinished = session.execute(
         sa.select(sa.func.count()).where(mine, FollowUp.state.in_(UNFINISHED))
     ).scalar_one()

@@ -8,13 +8,13 @@ That was most of an idle tick's cost.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import date, datetime
 from functools import cache
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from followupd.models import FollowUp, Physician, Referral, UTCDateTime, Visit
+from followupd.models import FollowUp, Physician, Referral, State, UTCDateTime, Visit
 
 
 def _changed(model, columns, has_since: bool, has_after: bool):
@@ -109,6 +109,8 @@ def _changed_visits_query(has_since: bool, has_after: bool):
             Visit.physician_id,
             Physician.email.label("physician_email"),
             Physician.email_check.label("physician_email_check"),
+            Visit.named_practice,
+            Visit.named_physician,
         ),
         has_since,
         has_after,
@@ -122,6 +124,118 @@ def changed_visits(
     """Visits changed since a time, with their physician's address; paged as referrals are."""
     query = _changed_visits_query(since is not None, after is not None)
     return session.execute(query, _page_params(since, after, limit)).all()
+
+
+def _edge_referral(first: bool):
+    """A physician's first (or last) referral, by date then id: one step of the index
+    (physician_id, received_on, id)."""
+    order = (
+        (Referral.received_on, Referral.id)
+        if first
+        else (Referral.received_on.desc(), Referral.id.desc())
+    )
+    return (
+        sa.select(Referral.id)
+        .where(Referral.physician_id == Physician.id)
+        .order_by(*order)
+        .limit(1)
+        .correlate(Physician)
+        .scalar_subquery()
+    )
+
+
+@cache
+def _physician_facts_query():
+    ends = (
+        sa.select(
+            Physician.id,
+            Physician.specialty,
+            Physician.email,
+            Physician.email_check,
+            _edge_referral(True).label("first_id"),
+            _edge_referral(False).label("last_id"),
+        )
+        .where(Physician.id.in_(sa.bindparam("ids", expanding=True)))
+        .subquery()
+    )
+    first = sa.orm.aliased(Referral)
+    last = sa.orm.aliased(Referral)
+    return (
+        sa.select(
+            ends.c.id,
+            ends.c.specialty,
+            ends.c.email,
+            ends.c.email_check,
+            first.id.label("first_id"),
+            first.ref.label("first_ref"),
+            first.received_on.label("first_received_on"),
+            first.created_at.label("first_created_at"),
+            first.updated_at.label("first_updated_at"),
+            first.release_on_file.label("first_release_on_file"),
+            first.release_on.label("first_release_on"),
+            first.gone.label("first_gone"),
+            last.id.label("last_id"),
+            last.received_on.label("last_received_on"),
+            last.created_at.label("last_created_at"),
+        )
+        .join(first, first.id == ends.c.first_id)
+        .join(last, last.id == ends.c.last_id)
+        .order_by(ends.c.id)
+    )
+
+
+def physician_facts(session: Session, ids: Sequence[int]) -> Sequence[sa.Row]:
+    """What planning reads of these physicians (those who have referred): their address and
+    their first and last referral (`subjects.PhysicianFacts`). No patient field."""
+    if not ids:
+        return []
+    return session.execute(_physician_facts_query(), {"ids": list(ids)}).all()
+
+
+def quiet_candidates(session: Session, after: date | None, upto: date) -> list[int]:
+    """The physicians whose last referral was received after `after` (None: ever) and on or
+    before `upto`: those whose quiet spell began in that window of days."""
+    later = sa.orm.aliased(Referral)
+    query = sa.select(Referral.physician_id).where(
+        Referral.received_on <= upto,
+        ~sa.exists().where(
+            later.physician_id == Referral.physician_id,
+            sa.tuple_(later.received_on, later.id) > sa.tuple_(Referral.received_on, Referral.id),
+        ),
+    )
+    if after is not None:
+        query = query.where(Referral.received_on > after)
+    return sorted(set(session.execute(query).scalars()))
+
+
+def drafts_made(
+    session: Session,
+    since: datetime | None,
+    after: tuple[datetime, int] | None,
+    limit: int,
+    *,
+    until: datetime,
+) -> Sequence[sa.Row]:
+    """Drafts still `done` (in Drafts, as far as the sync knows) that were made after the
+    cursor and before `until`, keyset-paged on (made_at, id); digests are left out."""
+    query = sa.select(FollowUp.id, FollowUp.state, FollowUp.made_at).where(
+        FollowUp.kind == "draft",
+        FollowUp.state == State.done,
+        FollowUp.subject_type != "digest",
+        FollowUp.made_at < until,
+    )
+    if since is not None:
+        query = query.where(FollowUp.made_at > since)
+    if after is not None:
+        query = query.where(
+            sa.tuple_(FollowUp.made_at, FollowUp.id)
+            > sa.tuple_(
+                sa.bindparam("after_at", after[0], type_=UTCDateTime),
+                sa.bindparam("after_id", after[1], type_=sa.Integer),
+            )
+        )
+    query = query.order_by(FollowUp.made_at, FollowUp.id).limit(limit)
+    return session.execute(query).all()
 
 
 def ledger_rows(session: Session, subject_type: str, ids: Sequence[int]) -> Sequence[FollowUp]:
