@@ -166,10 +166,16 @@ def test_when_inotify_cannot_start_folders_are_polled_and_the_log_says_why_once(
     watch = FolderWatch(lambda name: None)
     logger, kept = logging.getLogger("followupd"), Kept()
     logger.addHandler(kept)
+    # an earlier test in this process may have set the level (logs.setup): warnings pass
+    level, disabled = logger.level, logger.disabled
+    logger.setLevel(logging.INFO)
+    logger.disabled = False
     try:
         watch.start(configuration.load(home, environ={}))
     finally:
         logger.removeHandler(kept)
+        logger.setLevel(level)
+        logger.disabled = disabled
     warnings = [r for r in kept.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and warnings[0].msg == "folders are polled: inotify cannot be used"
     assert watch.modes == {
