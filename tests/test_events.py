@@ -711,3 +711,25 @@ def test_import_visits_reads_the_named_columns(cli, tmp_path):
     # importing the same file again changes nothing
     again = cli("import", "visits", str(path))
     assert "added 0, updated 0, unchanged 2" in again.stdout
+
+
+def test_a_prospect_named_on_a_visit_never_changes_a_known_physicians_details(cli):
+    """Another physician's answer fills what is not known yet, never what is."""
+    import json
+
+    added = cli(
+        "physician", "add", "--name", "Dr. Ann Lee", "--practice", "Lee Clinic",
+        "--specialty", "internal medicine",
+    )  # fmt: skip
+    assert added.code == 0, added.stderr
+    ran = cli(
+        "visit", "add", "--practice", "Chan Clinic", "--named-practice", "Lee Clinic",
+        "--named-physician", "Dr. Ann Lee", "--named-specialty", "psychiatry",
+    )  # fmt: skip
+    assert ran.code == 0, ran.stderr
+    [lee] = [
+        row
+        for row in map(json.loads, cli("physician", "list", "--json").stdout.splitlines())
+        if row["name"] == "Dr. Ann Lee"
+    ]
+    assert lee["specialty"] == "internal medicine"

@@ -597,3 +597,20 @@ def test_the_running_daemon_rewrites_the_report(home):
         daemon.wait(timeout=15)
     assert os.stat(home / "report.html").st_mode & 0o777 == 0o600
     assert "report failed" not in log.read_text()
+
+
+def test_quiet_is_counted_as_the_reminders_count_it():
+    """60 business days and 3 months back, as the planner's quiet reminders reckon them."""
+    from datetime import date
+
+    from followupd.report.figures import quiet_cutoff
+    from followupd.timing import Duration, latest_base
+
+    for today, span in (
+        (date(2026, 11, 30), Duration(60, "business_days")),
+        (date(2026, 6, 30), Duration(3, "months")),
+        (date(2026, 11, 30), Duration(90, "days")),
+    ):
+        assert quiet_cutoff(today, span) == latest_base(today, span)
+    assert quiet_cutoff(date(2026, 6, 30), Duration(3, "months")) == date(2026, 3, 31)
+    assert quiet_cutoff(date(2026, 11, 30), Duration(60, "business_days")) == date(2026, 9, 7)

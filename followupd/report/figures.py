@@ -59,7 +59,7 @@ from followupd.store.report import (
     visit_totals,
     window_visits,
 )
-from followupd.timing import Duration, days_before
+from followupd.timing import Duration, latest_base
 
 WINDOW_DAYS = 90  # referrals in the 90 days after a visit against the 90 days before
 QUIET_AFTER = Duration(90, "days")  # unless events.quiet_after says otherwise
@@ -567,8 +567,14 @@ def _notes(session: Session, kind: str, notes: Notes, span: Span, options: Optio
 # --- needs attention ----------------------------------------------------------------------------
 
 
+def quiet_cutoff(today: date, quiet_after: Duration) -> date:
+    """A physician whose last referral is on or before this day is quiet: counted as the
+    planner's reminders and the digest count it (business days, month ends; holidays aside)."""
+    return latest_base(today, quiet_after)
+
+
 def _attention(session: Session, physicians: list[Source], options: Options) -> Attention:
-    quiet_since = days_before(options.today, options.quiet_after)
+    quiet_since = quiet_cutoff(options.today, options.quiet_after)
     quiet = sorted(
         (s for s in physicians if s.last is not None and s.last <= quiet_since),
         key=lambda s: (-s.ever, s.days_since, s.name.casefold()),

@@ -11,7 +11,7 @@ looks like another physician's, is held until a person confirms it (`confirm_add
 from __future__ import annotations
 
 import unicodedata
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 
 import sqlalchemy as sa
@@ -97,14 +97,22 @@ class Directory:
             self.practices[key] = found
         return self.practices[key]
 
-    def physician(self, session: Session, record: PhysicianRecord) -> tuple[int, bool]:
+    def physician(
+        self, session: Session, record: PhysicianRecord, fill_only: bool = False
+    ) -> tuple[int, bool]:
         """The id of the physician for `record`, created or brought up to date; True if
-        anything about the physician changed. Raises `AmbiguousPhysician` for a name given
-        without a practice that several physicians share."""
+        anything about the physician changed. `fill_only`: what a third party said (a
+        prospect named on a visit) fills a known physician's empty fields, never changes
+        one. Raises `AmbiguousPhysician` for a name given without a practice that several
+        physicians share."""
         key = physician_key(record.name, record.practice)
         known, adopted = self._match(session, record, key)
         if known is None:
             return self._add_physician(session, key, record), True
+        if fill_only:
+            record = replace(
+                record, **{f: None for f in ("specialty", "email", "fax") if getattr(known, f)}
+            )
         return known.id, self._update(session, known, record) or adopted
 
     def _match(

@@ -233,7 +233,7 @@ def _enter_prospect(session: Session, record: VisitRecord, directory: Directory)
     if prospect is None:
         return False
     try:
-        return directory.physician(session, prospect)[1]
+        return directory.physician(session, prospect, fill_only=True)[1]
     except AmbiguousPhysician as exc:
         raise RowError(
             "named_physician", f"{exc.listing}; give named_practice to say which"
