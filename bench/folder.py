@@ -38,7 +38,7 @@ from bench.import_csv import make_home, write_referrals
 from bench.latency import PAUSE, _drafts, _percentile, _row, daemon
 
 SAVES_FULL, SAVES_QUICK = 20, 3
-ROWS_FULL, ROWS_QUICK = 100_000, 10_000
+ROWS_FULL, ROWS_QUICK = 100_000, 3_000
 FLOOR_RUNS = 7
 TIMEOUT = 15.0  # seconds for a draft
 BIG_TIMEOUT = 900.0  # seconds for the big file

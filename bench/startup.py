@@ -17,7 +17,7 @@ from pathlib import Path
 
 from bench.common import ROOT, Row
 
-RUNS_FULL, RUNS_QUICK = 11, 5
+RUNS_FULL, RUNS_QUICK = 11, 2
 
 
 def _seconds(argv: list[str], env: dict[str, str], runs: int) -> float:
