@@ -54,6 +54,8 @@ class Practice(SQLModel, table=True):
 
 class Physician(SQLModel, table=True):
     __tablename__ = "physician"
+    # planning reads the physicians changed since its cursor (their thank-you, quiet spell)
+    __table_args__ = (sa.Index("ix_physician_updated", "updated_at", "id"),)
     id: int | None = Field(default=None, primary_key=True)
     key: str = Field(max_length=420, unique=True)  # case-folded "name|practice"
     name: str = Field(max_length=200)
@@ -190,6 +192,8 @@ class FollowUp(SQLModel, table=True):
         sa.Index("ix_follow_up_subject", "subject_type", "subject_id"),
         # note.unsent reads the drafts made since its cursor
         sa.Index("ix_follow_up_made", "made_at"),
+        # a changed referral finds the thank-you made about it
+        sa.Index("ix_follow_up_basis", "basis_id"),
     )
     id: int | None = Field(default=None, primary_key=True)
     rule: str = Field(max_length=64)
@@ -212,6 +216,8 @@ class FollowUp(SQLModel, table=True):
     therapist: str | None = Field(default=None, max_length=64)  # whose mailbox holds it
     thread_id: str | None = Field(default=None, max_length=256)  # a Gmail draft's thread
     made_at: datetime | None = Field(default=None, sa_type=UTCDateTime)  # when delivered
+    # A physician's thank-you: the referral it is about (their first, until it is made)
+    basis_id: int | None = None
     created_at: datetime = _stamp()
     updated_at: datetime = _stamp()
 

@@ -38,6 +38,9 @@ NO_OFFSET = Duration(0, "days")
 QUIET_AFTER = Duration(90, "days")  # the defaults of `events:`
 UNSENT_AFTER = Duration(2, "business_days")
 PENDING = (State.planned, State.held)
+NEVER_MADE = (State.cancelled, State.skipped, State.failed)  # without an external id
+# Once per subject whatever the rule is called: a physician's thank-you, a quiet spell's call
+ONCE = frozenset({"physician", "quiet"})
 # An event older than the cut-off when first planned is history: recorded, never delivered.
 HISTORY = (
     "history: {event} {day}, more than {cutoff} before followupd learned of it "
@@ -101,6 +104,8 @@ class Subject:
     # Whose release a note needs, as a hold reason names it, when not the label (a
     # physician's thank-you: the client's release of their first referral)
     release_label: str | None = None
+    # A physician's thank-you: the referral it is about (recorded on the ledger row)
+    basis_id: int | None = None
 
     def released_to(self, recipient: str) -> bool:
         return True if self.releases is None else bool(self.releases.get(recipient))
@@ -167,6 +172,7 @@ class Desired:
     patient: bool = False  # its template shows patient details (a release gates it)
     recipient: str = "physician"  # whom a release must name
     skip: str | None = None  # history: recorded as skipped when first planned, never made
+    basis_id: int | None = None  # a thank-you's referral (Subject.basis_id)
 
     @property
     def state(self) -> str:
@@ -197,10 +203,17 @@ class Existing:
     remind_at: datetime | None
     reason: str | None
     external_id: str | None
+    basis_id: int | None = None
+    kind: str | None = None
 
     @property
     def key(self) -> tuple[str, str, int]:
         return (self.rule, self.subject_type, self.subject_id)
+
+    @property
+    def made(self) -> bool:
+        """Has it been delivered (a draft or an event exists, or did)?"""
+        return self.external_id is not None or self.state not in (*PENDING, *NEVER_MADE)
 
 
 @dataclass
@@ -283,6 +296,7 @@ def desired(
                 not reminder and rule.name in patient_rules,
                 recipient,
                 cutoff.skips(event, day, subject) if cutoff and not rule.digest else None,
+                subject.basis_id,
             )
         )
     return out
@@ -345,7 +359,13 @@ def reconcile(
         if row is None:
             changes.inserts.append(want)
             continue
+        if _remade(row, want):  # the draft was made anew: a reminder of its own
+            changes.updates.append((row.id, {"subject_id": -row.id}))
+            changes.inserts.append(want)
+            continue
         update = _follow(row, want)
+        if not row.made and row.basis_id != want.basis_id:  # about what it will be made of
+            update["basis_id"] = want.basis_id
         if update:
             changes.updates.append((row.id, update))
     covered = set(subjects)
@@ -364,6 +384,37 @@ def reconcile(
                 )
             )
     return changes
+
+
+def once_only(
+    wanted: Sequence[Desired], existing: Sequence[Existing], in_force: Iterable[str]
+) -> list[Desired]:
+    """Leave out what a rule no longer in force (renamed, replaced) already made for the same
+    subject and kind, for the events that happen once (`ONCE`): a physician is thanked once,
+    whatever the thank-you rule is called now."""
+    in_force = set(in_force)
+    keys = {e.key for e in existing}
+    made = {
+        (e.subject_type, e.subject_id, e.kind)
+        for e in existing
+        if e.subject_type in ONCE and e.rule not in in_force and e.made
+    }
+    return [
+        w for w in wanted if w.key in keys or (w.subject_type, w.subject_id, w.kind) not in made
+    ]
+
+
+def _remade(row: Existing, want: Desired) -> bool:
+    """An unsent reminder made for a draft that was since taken back and made anew (its
+    basis is the day the draft was made): the new draft gets a reminder of its own."""
+    return (
+        row.subject_type == "draft"
+        and row.made
+        and row.state not in PENDING
+        and row.basis_id is not None
+        and want.basis_id is not None
+        and want.basis_id > row.basis_id
+    )
 
 
 def _follow(row: Existing, want: Desired) -> dict:
@@ -427,6 +478,7 @@ def _from_history(want: Desired) -> dict:
         "reason": want.hold,
         "due_at": want.due_at,
         "remind_at": want.remind_at,
+        "basis_id": want.basis_id,
     }
 
 

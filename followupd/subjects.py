@@ -165,8 +165,9 @@ def visit_subject(row: VisitFacts) -> Subject:
 
 
 def physician_subject(row: PhysicianFacts) -> Subject:
-    """A physician who has referred: their first referral is their thank-you's event. A note
-    that names the client needs the client's release of that first referral."""
+    """A physician who has referred: their first referral is their thank-you's event (or,
+    once it is made, the referral it was made about: `first_*` are then that one's). A note
+    that names the client needs the client's release of that referral."""
     first = f"referral {row.first_ref}"
     return Subject(
         "physician",
@@ -181,6 +182,7 @@ def physician_subject(row: PhysicianFacts) -> Subject:
         changed=row.first_updated_at,
         gone=row.first_gone,
         release_label=first,
+        basis_id=row.first_id,
     )
 
 
@@ -209,11 +211,22 @@ def quiet_subject(row: PhysicianFacts, calendar: Calendar, last_id: int | None =
 def draft_subject(row: DraftFacts, calendar: Calendar) -> Subject:
     """A delivered draft: still in Drafts (`done`) `unsent_after` after it was made, it is
     unsent. Once sync sees it sent or deleted (or it is withdrawn), it has no event."""
-    events = {}
-    if row.state == State.done and row.made_at is not None:
+    events, made = {}, None
+    if row.made_at is not None:
         made = row.made_at.astimezone(calendar.zone).date()
-        events["note.unsent"] = shift(made, calendar.unsent_after, calendar.holidays)
-    return Subject("draft", row.id, f"note {row.id}", None, None, {}, events, entered=row.made_at)
+        if row.state == State.done:
+            events["note.unsent"] = shift(made, calendar.unsent_after, calendar.holidays)
+    return Subject(
+        "draft",
+        row.id,
+        f"note {row.id}",
+        None,
+        None,
+        {},
+        events,
+        entered=row.made_at,
+        basis_id=made.toordinal() if made else None,  # a draft made anew: a new reminder
+    )
 
 
 def digest_subject(day: date) -> Subject:

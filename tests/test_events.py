@@ -28,6 +28,7 @@ from followupd.records import parse_referral, parse_visit
 from followupd.store import (
     Directory,
     Store,
+    delete_referral,
     merge_physicians,
     record_release,
     record_sync,
@@ -257,6 +258,165 @@ def test_a_thank_you_that_names_the_client_waits_for_the_release_to_that_physici
     [thanks] = p.rows("first-referral-thanks")
     assert thanks.state == State.withdrawn
     assert not (p.settings.outbox_dir / "drafts" / f"{thanks.id}.eml").exists()
+
+
+def _client_thank_you(home: Path) -> None:
+    """A thank-you template that names the client: a release to the physician gates it."""
+    templates = home / "templates"
+    templates.mkdir(exist_ok=True)
+    (templates / "first_referral.txt.j2").write_text(
+        "Subject: Thank you (our ref {{ referral.ref }})\n\n"
+        "Dear {{ recipient.salutation }},\n\nThank you for referring {{ client.name }}.\n"
+    )
+
+
+def test_a_thank_you_made_stays_about_its_referral_when_an_earlier_one_is_entered(
+    practice_at, home
+):
+    """The thank-you named R-2's client under R-2's release. A referral entered later but
+    dated earlier (R-1, no release) is now her first: the draft is still R-2's, neither
+    withdrawn for R-1's missing release nor left in Drafts when R-2's release is revoked."""
+    _client_thank_you(home)
+    p = practice_at(date(2026, 11, 2), 9)
+    p.refer("R-2", "Dr. Ann Lee", client_name=SAMPLE_PATIENT_VALUES[0], release_on_file="yes")
+    p.clock.to(date(2026, 11, 4), 9)
+    p.tick()
+    [thanks] = p.rows("first-referral-thanks")
+    assert thanks.state == State.done and thanks.basis_id == p.referral_id("R-2")
+    assert SAMPLE_PATIENT_VALUES[0] in p.file(thanks)
+
+    p.refer("R-1", "Dr. Ann Lee", on=date(2026, 10, 20), client_name=SAMPLE_PATIENT_VALUES[1])
+    p.clock.to(date(2026, 11, 5), 9)
+    p.tick()
+    [thanks] = p.rows("first-referral-thanks")
+    assert (thanks.state, thanks.reason) == (State.done, None)
+    assert thanks.basis_id == p.referral_id("R-2")
+
+    with p.store.session() as session:
+        record_release(session, "R-2", Recipient.physician, grant=False, on=p.clock.today, by="cli")
+    p.engine.withdraw_now()
+    [thanks] = p.rows("first-referral-thanks")
+    assert thanks.state == State.withdrawn
+
+
+def test_a_thank_you_made_is_taken_back_when_its_referral_moves_and_is_revoked(practice_at, home):
+    """R-1 was Dr. Lee's and her thank-you names its client; corrected to Dr. Pine's, a
+    revoke of R-1's release still takes Dr. Lee's draft back."""
+    _client_thank_you(home)
+    p = practice_at(date(2026, 11, 2), 9)
+    p.refer("R-1", "Dr. Ann Lee", client_name=SAMPLE_PATIENT_VALUES[0], release_on_file="yes")
+    p.clock.to(date(2026, 11, 4), 9)
+    p.tick()
+    [thanks] = p.rows("first-referral-thanks")
+    assert thanks.state == State.done
+    p.refer(
+        "R-1",
+        "Dr. Bo Pine",
+        on=date(2026, 11, 2),
+        client_name=SAMPLE_PATIENT_VALUES[0],
+        release_on_file="yes",
+    )
+    p.clock.to(date(2026, 11, 5), 9)
+    p.tick()
+    lee = p.physician_id("Dr. Ann Lee")
+    [mine] = [r for r in p.rows("first-referral-thanks") if r.subject_id == lee]
+    assert mine.state == State.done
+    with p.store.session() as session:
+        record_release(session, "R-1", Recipient.physician, grant=False, on=p.clock.today, by="cli")
+    p.engine.withdraw_now()
+    [mine] = [r for r in p.rows("first-referral-thanks") if r.subject_id == lee]
+    assert mine.state == State.withdrawn
+
+
+def test_a_renamed_thank_you_rule_thanks_nobody_twice(practice_at, home):
+    p = practice_at(date(2026, 11, 2), 9)
+    p.refer("R-1", "Dr. Ann Lee")
+    p.clock.to(date(2026, 11, 4), 9)
+    p.tick()
+    [thanks] = p.rows("first-referral-thanks")
+    assert thanks.state == State.done
+    p.close()
+    edit_config(home, "  - name: first-referral-thanks\n", "  - name: thanks-for-a-first\n")
+    p = practice_at(date(2026, 11, 5), 9)
+    p.tick()
+    p.clock.to(date(2026, 11, 9), 9)
+    p.tick()
+    assert p.rows("thanks-for-a-first") == []
+    assert len(list((p.settings.outbox_dir / "drafts").glob("*.eml"))) == 1  # the thank-you
+
+
+@pytest.mark.parametrize("how", ["deleted", "moved"])
+def test_a_physicians_last_referral_deleted_or_moved_starts_the_quiet_spell_of_the_one_before(
+    practice_at, how
+):
+    """R-2 was entered by mistake (deleted) or belongs to another physician (corrected):
+    Dr. Lee's last referral is R-1 again, whose 90 days are long over: a call now."""
+    start = date(2026, 1, 6)
+    p = practice_at(start, 9)
+    p.refer("R-1", "Dr. Ann Lee")
+    p.clock.to(start + timedelta(days=60), 9)
+    p.refer("R-2", "Dr. Ann Lee")
+    p.tick()
+    p.clock.to(start + timedelta(days=100), 9)
+    p.tick()
+    assert p.rows("quiet-physician") == []  # R-2 was 40 days ago
+    with p.store.session() as session:
+        if how == "deleted":
+            assert delete_referral(session, "R-2").deleted
+        else:
+            upsert_referrals(
+                session,
+                [
+                    parse_referral(
+                        {
+                            "ref": "R-2",
+                            "received_on": (start + timedelta(days=60)).isoformat(),
+                            "physician": "Dr. Bo Pine",
+                            "physician_email": "pine@clinic.example",
+                            "client_name": "Test Client",
+                        }
+                    )
+                ],
+                Directory(),
+                today=p.clock.today,
+            )
+    p.clock.to(start + timedelta(days=100), 10)
+    p.tick()
+    [call] = p.rows("quiet-physician")
+    assert call.subject_id == p.referral_id("R-1") and call.state == State.done
+    assert "Call or visit Dr. Ann Lee" in title(p.file(call))
+
+
+def test_a_draft_made_anew_after_a_withdrawal_gets_its_own_unsent_reminder(practice_at):
+    p = practice_at(date(2026, 11, 2), 9)  # Monday
+    p.refer("R-1", "Dr. Ann Lee", release_on_file="yes")
+    p.clock.to(date(2026, 11, 3), 8, 1)
+    p.tick()
+    [ack] = p.rows("referral-acknowledgement")
+    p.clock.to(date(2026, 11, 5), 9)  # two business days on: the first reminder
+    p.tick()
+    [first] = p.rows("unsent-note")
+    assert first.state == State.done
+    with p.store.session() as session:
+        record_release(session, "R-1", Recipient.physician, grant=False, on=p.clock.today, by="cli")
+    p.engine.withdraw_now()
+    assert p.rows("referral-acknowledgement")[0].state == State.withdrawn
+    p.clock.to(date(2026, 11, 9), 9)  # released again on Monday: the draft is made anew
+    with p.store.session() as session:
+        record_release(session, "R-1", Recipient.physician, grant=True, on=p.clock.today, by="cli")
+    p.tick()
+    p.tick()
+    [ack] = p.rows("referral-acknowledgement")
+    assert ack.state == State.done and ack.made_at == p.clock.now
+    p.clock.to(date(2026, 11, 12), 9)  # two business days after that (11: Veterans Day)
+    p.tick()
+    rows = p.rows("unsent-note")
+    rows = [r for r in rows if r.subject_id != p.rows("first-referral-thanks")[0].id]
+    assert len(rows) == 2
+    old, new = rows
+    assert old.subject_id < 0 and old.state == State.done  # kept as history
+    assert (new.subject_id, new.state) == (ack.id, State.done)
+    assert new.remind_at == local(date(2026, 11, 12), 9)
 
 
 def test_first_referrals_older_than_the_history_cutoff_are_skipped(practice_at):

@@ -17,16 +17,20 @@ from followupd.models import Bundle
 from followupd.planning import Desired, Existing, Subject
 from followupd.store import (
     cancel_orphans,
+    changed_physicians,
     changed_referrals,
     changed_visits,
     drafts_made,
     insert_follow_ups,
     ledger_rows,
+    made_thank_yous,
     physician_facts,
     quiet_candidates,
     read_cursor,
     read_meta,
     referrals_by_id,
+    thank_you_facts,
+    thanked_about,
     update_follow_ups,
     write_cursor,
     write_meta,
@@ -54,21 +58,40 @@ class Planner(EngineCore):
             with self.store.session() as session:
                 report.cancelled += cancel_orphans(session, [r.name for r in self.enabled])
             self._orphans_checked = self.clock()
-        for subject_type, read, to_subject in (
-            ("referral", changed_referrals, referral_subject),
-            ("visit", changed_visits, visit_subject),
-        ):
-            self._plan_table(subject_type, read, to_subject, report)
+        self._plan_table("referral", changed_referrals, self._plan_referrals, report)
+        self._plan_table("visit", changed_visits, self._plan_visits, report)
+        if self._physician_rules():
+            self._plan_table("physician", changed_physicians, self._plan_physician_rows, report)
         self._plan_quiet_days(report)
         self._plan_drafts(report)
         self._plan_digests(report)
         return report
 
+    def _plan_referrals(self, session, rows, report: TickReport) -> None:
+        """Referrals changed: their notes, and their physicians' thank-you and quiet spell
+        (also the physician a thank-you was made about one of them for)."""
+        self._reconcile(session, "referral", [referral_subject(r) for r in rows], report)
+        self._plan_physicians(session, self._physicians_of(session, rows), report)
+
+    def _plan_visits(self, session, rows, report: TickReport) -> None:
+        self._reconcile(session, "visit", [visit_subject(r) for r in rows], report)
+
+    def _plan_physician_rows(self, session, rows, report: TickReport) -> None:
+        """Physicians changed (a referral of theirs moved away or was deleted)."""
+        self._plan_physicians(session, {r.id for r in rows}, report)
+
+    def _physicians_of(self, session, referrals) -> set[int]:
+        """The physicians whose outreach follow-ups these referrals bear on."""
+        ids = {r.physician_id for r in referrals}
+        if self._follows("physician"):
+            ids |= thanked_about(session, [r.id for r in referrals])
+        return ids
+
     def _plan_table(
         self,
         subject_type: str,
         read,
-        to_subject,
+        plan_rows,
         report: TickReport,
         *,
         stamp: str = "updated_at",
@@ -80,7 +103,8 @@ class Planner(EngineCore):
         this tick but committed after it was read carries an earlier timestamp, and must
         still be read next time. Once the table is quiet, the cursor reaches its newest row
         and an idle tick reads nothing. (`stamp` names the column the cursor follows;
-        `horizon`, if given, how far it may go instead.)
+        `horizon`, if given, how far it may go instead; `plan_rows(session, rows, report)`
+        plans a page.)
         """
         prefix = f"plan:{subject_type}:"
         cursor_name = prefix + self.fingerprint
@@ -92,9 +116,7 @@ class Planner(EngineCore):
             with self.store.session() as session:
                 rows = read(session, position, after, PAGE)
                 if rows:
-                    self._reconcile(session, subject_type, [to_subject(r) for r in rows], report)
-                    if subject_type == "referral":
-                        self._plan_physicians(session, {r.physician_id for r in rows}, report)
+                    plan_rows(session, rows, report)
             if not rows:
                 break
             after = newest = (getattr(rows[-1], stamp), rows[-1].id)
@@ -123,17 +145,25 @@ class Planner(EngineCore):
         with calls that a referral may yet make needless)."""
         if not self._physician_rules():
             return
-        rows = physician_facts(session, sorted(i for i in ids if i is not None))
-        if not rows:
-            return
+        ids = sorted(i for i in ids if i is not None)
+        rows = physician_facts(session, ids)
         if self._follows("physician"):
-            self._reconcile(session, "physician", [physician_subject(r) for r in rows], report)
-        if self._follows("quiet"):
+            self._plan_thank_yous(session, ids, rows, report)
+        if rows and self._follows("quiet"):
             today = self.today()
             spells = [quiet_subject(r, self.calendar) for r in rows]
             begun = [s for s in spells if s.events["physician.quiet"] <= today]
             if begun:
                 self._reconcile(session, "quiet", begun, report)
+
+    def _plan_thank_yous(self, session, ids: list[int], rows, report: TickReport) -> None:
+        """A thank-you is about the physician's first referral until it is made, then about
+        the referral it was made of: that release still gates it (a revoke takes it back),
+        whatever earlier referral is entered later or wherever that referral moves."""
+        made = made_thank_yous(session, ids)
+        facts = [r for r in rows if r.id not in made] + thank_you_facts(session, made)
+        if facts:
+            self._reconcile(session, "physician", [physician_subject(r) for r in facts], report)
 
     def _plan_quiet_days(self, report: TickReport) -> None:
         """Once a day: the physicians whose quiet spell began since the last look (their last
@@ -177,12 +207,16 @@ class Planner(EngineCore):
         self._plan_table(
             "draft",
             partial(drafts_made, until=until),
-            partial(draft_subject, calendar=self.calendar),
+            self._plan_draft_rows,
             report,
             stamp="made_at",
             horizon=until,
         )
         self._drafts_until = until
+
+    def _plan_draft_rows(self, session, rows, report: TickReport) -> None:
+        subjects = [draft_subject(r, self.calendar) for r in rows]
+        self._reconcile(session, "draft", subjects, report)
 
     def _plan_digests(self, report: TickReport) -> None:
         """Each digest rule's latest digest due by now and its next one (the ledger's unique
@@ -251,12 +285,16 @@ class Planner(EngineCore):
                 r.remind_at,
                 r.reason,
                 r.external_id,
+                r.basis_id,
+                r.kind,
             )
             for r in ledger_rows(session, subject_type, [s.id for s in subjects])
         ]
+        wanted = planning.once_only(wanted, existing, (r.name for r in self.enabled))
         changes = planning.reconcile(wanted, existing, [(s.type, s.id) for s in subjects])
         if not changes:
             return
+        update_follow_ups(session, changes.updates)  # first: a retired row frees its key
         insert_follow_ups(
             session,
             [
@@ -269,11 +307,11 @@ class Planner(EngineCore):
                     "remind_at": d.remind_at,
                     "state": d.state,
                     "reason": d.reason,
+                    "basis_id": d.basis_id,
                 }
                 for d in changes.inserts
             ],
         )
-        update_follow_ups(session, changes.updates)
         report.inserted += len(changes.inserts)
         report.skipped += sum(1 for d in changes.inserts if d.skip)
         report.planned_held += [d.hold for d in changes.inserts if d.hold and not d.skip]
@@ -311,6 +349,4 @@ class Planner(EngineCore):
         if not ids:
             return
         with self.store.session() as session:
-            rows = referrals_by_id(session, ids)
-            self._reconcile(session, "referral", [referral_subject(r) for r in rows], report)
-            self._plan_physicians(session, {r.physician_id for r in rows}, report)
+            self._plan_referrals(session, referrals_by_id(session, ids), report)

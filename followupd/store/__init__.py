@@ -133,13 +133,17 @@ from followupd.store.people import (
 )
 from followupd.store.quota import SharedTokenBucket
 from followupd.store.reads import (
+    changed_physicians,
     changed_referrals,
     changed_visits,
     drafts_made,
     ledger_rows,
+    made_thank_yous,
     physician_facts,
     quiet_candidates,
     referrals_by_id,
+    thank_you_facts,
+    thanked_about,
 )
 from followupd.store.sheet_status import NoteLine, StatusLine, status_lines
 from followupd.store.sources import mark_gone, read_source_states, write_source_state
@@ -179,6 +183,7 @@ __all__ = [
     "cancel_orphans",
     "change_referral",
     "change_stamp",
+    "changed_physicians",
     "changed_referrals",
     "changed_visits",
     "check_copy",
@@ -207,6 +212,7 @@ __all__ = [
     "ledger_size",
     "load_bundle",
     "load_bundles",
+    "made_thank_yous",
     "make_backup",
     "mark_gone",
     "mask_url",
@@ -240,6 +246,8 @@ __all__ = [
     "sqlite_file",
     "staged_restore",
     "status_lines",
+    "thank_you_facts",
+    "thanked_about",
     "unconfirmed_due",
     "update_follow_ups",
     "upsert_referrals",

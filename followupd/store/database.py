@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 _MIGRATION_LOCK = 0x466F6C6C  # PostgreSQL advisory lock id: one migrator at a time
-SCHEMA_HEAD = "0008"  # the newest migration; tests/test_store.py checks it against Alembic
+SCHEMA_HEAD = "0009"  # the newest migration; tests/test_store.py checks it against Alembic
 
 
 class StoreError(Exception):

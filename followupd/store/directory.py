@@ -309,3 +309,15 @@ def _replan_referrals_of(session: Session, physician_id: int, stamp: datetime) -
         )
         .values(updated_at=stamp)
     )
+
+
+def touch_physicians(session: Session, ids: set[int]) -> None:
+    """Stamp physicians changed: a referral of theirs moved to another physician or was
+    deleted, so planning looks again at their thank-you and quiet spell."""
+    ids = {i for i in ids if i is not None}
+    if ids:
+        session.execute(
+            sa.update(Physician)
+            .where(Physician.id.in_(ids))
+            .values(updated_at=change_stamp(session, Physician))
+        )

@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 from followupd.models import Recipient, Referral, Visit
 from followupd.records import ReferralRecord, RowError, VisitRecord, visit_key
 from followupd.store import releases
-from followupd.store.directory import AmbiguousPhysician, Directory
+from followupd.store.directory import AmbiguousPhysician, Directory, touch_physicians
 from followupd.store.stamps import change_stamp
 
 
@@ -72,11 +72,13 @@ def _upsert(
     key_column: str,
     items: Sequence[tuple[str, dict]],
     defaults: dict,
+    left: dict[str, set] | None = None,
 ) -> list[bool | None]:
     """Insert or update rows by a natural key with one statement per kind of change.
 
     Returns, for each item: None if added, else whether it changed. Core statements rather
-    than ORM objects: an import of a year of referrals is mostly this function.
+    than ORM objects: an import of a year of referrals is mostly this function. `left`:
+    for each column named, the old values of rows where it changed are added to its set.
     """
     stamp = change_stamp(session, table)
     key = table.c[key_column]
@@ -108,6 +110,9 @@ def _upsert(
             outcomes.append(None)
             continue
         changed = {column: value for column, value in values.items() if old[column] != value}
+        for column, olds in (left or {}).items():
+            if column in changed:
+                olds.add(old[column])
         if changed:
             old.update(changed)
             updates.setdefault(old["id"], {}).update(changed, updated_at=stamp)
@@ -165,7 +170,9 @@ def upsert_referrals(
         claims.append(releases.claims_of(values))
         items.append((record.ref, values))
         physician_changes.append(physician_changed)
-    outcomes = _upsert(session, Referral.__table__, "ref", items, REFERRAL_DEFAULTS)
+    left: dict[str, set] = {"physician_id": set()}
+    outcomes = _upsert(session, Referral.__table__, "ref", items, REFERRAL_DEFAULTS, left)
+    touch_physicians(session, left["physician_id"])  # a referral moved away: plan them again
     changed = _apply_releases(
         session,
         [r.ref for r in records],

@@ -25,7 +25,7 @@ from followupd.models import (
 )
 from followupd.store.dialect import dialect_insert
 from followupd.store.outreach import physician_history
-from followupd.store.reads import physician_facts
+from followupd.store.reads import physician_facts, thank_you_facts
 
 
 def _insert(session: Session):
@@ -186,7 +186,10 @@ def _load_physician(session: Session, bundle: Bundle) -> None:
     if physician_id is None:
         return
     bundle.physician = session.get(Physician, physician_id)
-    found = physician_facts(session, [physician_id])
+    if follow_up.subject_type == "physician" and follow_up.basis_id is not None:
+        found = thank_you_facts(session, {physician_id: follow_up.basis_id})  # about that one
+    else:
+        found = physician_facts(session, [physician_id])
     bundle.facts = found[0] if found else None
     if bundle.facts is None:
         return

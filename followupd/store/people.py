@@ -26,7 +26,7 @@ from followupd.models import (
     now_utc,
 )
 from followupd.records import physician_key
-from followupd.store.directory import Directory, _replan_referrals_of
+from followupd.store.directory import Directory, _replan_referrals_of, touch_physicians
 from followupd.store.entry import record_release
 from followupd.store.stamps import change_stamp
 
@@ -251,12 +251,19 @@ def delete_referral(session: Session, ref: str) -> Deleted | None:
     """Remove a referral entered by mistake, with its patient values, once none of its notes
     is still being taken back or delivered; its pending follow-ups are cancelled and the
     finished ones kept as history. None: there is no such referral."""
-    referral_id = session.execute(sa.select(Referral.id).where(Referral.ref == ref)).scalar()
-    if referral_id is None:
+    found = session.execute(
+        sa.select(Referral.id, Referral.physician_id).where(Referral.ref == ref)
+    ).first()
+    if found is None:
         return None
-    # its notes, and the quiet spell named by it (a physician's last referral)
-    mine = sa.and_(
-        FollowUp.subject_type.in_(("referral", "quiet")), FollowUp.subject_id == referral_id
+    referral_id = found.id
+    # its notes, the quiet spell named by it (a physician's last referral), and a thank-you
+    # made about it (a physician's first)
+    mine = sa.or_(
+        sa.and_(
+            FollowUp.subject_type.in_(("referral", "quiet")), FollowUp.subject_id == referral_id
+        ),
+        sa.and_(FollowUp.subject_type == "physician", FollowUp.basis_id == referral_id),
     )
     unfinished = session.execute(
         sa.select(sa.func.count()).where(mine, FollowUp.state.in_(UNFINISHED))
@@ -265,13 +272,28 @@ def delete_referral(session: Session, ref: str) -> Deleted | None:
         return Deleted(False, unfinished=unfinished)
     cancelled = session.execute(
         sa.update(FollowUp)
-        .where(mine, FollowUp.state.in_((State.planned, State.held)))
+        .where(
+            mine,
+            FollowUp.subject_type != "physician",  # planned again about their next first
+            FollowUp.state.in_((State.planned, State.held)),
+        )
         .values(state=State.cancelled, reason="the referral was deleted", updated_at=now_utc())
     ).rowcount
     # The ledger rows stay as history, but no longer point at the id: SQLite gives the
     # highest id again to the next referral, which would inherit them (a "sent" note, and
-    # no acknowledgement of its own). A negative subject id is no referral's.
-    session.execute(sa.update(FollowUp).where(mine).values(subject_id=-FollowUp.id))
+    # no acknowledgement of its own). A negative subject id is no referral's; a thank-you
+    # made about it keeps its physician and is about no referral any more.
+    session.execute(
+        sa.update(FollowUp)
+        .where(mine, FollowUp.subject_type != "physician")
+        .values(subject_id=-FollowUp.id)
+    )
+    session.execute(
+        sa.update(FollowUp)
+        .where(FollowUp.subject_type == "physician", FollowUp.basis_id == referral_id)
+        .values(basis_id=-FollowUp.id)
+    )
+    touch_physicians(session, {found.physician_id})  # their first or last may be another now
     session.execute(sa.delete(Release).where(Release.referral_id == referral_id))
     session.execute(sa.delete(Referral).where(Referral.id == referral_id))
     return Deleted(True, cancelled=cancelled)

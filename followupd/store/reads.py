@@ -7,14 +7,17 @@ That was most of an idle tick's cost.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import date, datetime
 from functools import cache
+from typing import NamedTuple
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from followupd.models import FollowUp, Physician, Referral, State, UTCDateTime, Visit
+
+NOT_MADE = (State.planned, State.held, State.cancelled, State.skipped, State.failed)
 
 
 def _changed(model, columns, has_since: bool, has_after: bool):
@@ -190,6 +193,122 @@ def physician_facts(session: Session, ids: Sequence[int]) -> Sequence[sa.Row]:
     if not ids:
         return []
     return session.execute(_physician_facts_query(), {"ids": list(ids)}).all()
+
+
+class ThankYouFacts(NamedTuple):
+    """`physician_facts` for a thank-you already made: the referral it was made about
+    stands as the physician's first (and last) one, wherever that referral is now."""
+
+    id: int
+    specialty: str | None
+    email: str | None
+    email_check: str | None
+    first_id: int
+    first_ref: str
+    first_received_on: date
+    first_created_at: datetime | None
+    first_updated_at: datetime | None
+    first_release_on_file: bool
+    first_release_on: date | None
+    first_gone: str | None
+    last_id: int
+    last_received_on: date
+    last_created_at: datetime | None
+
+
+def thank_you_facts(session: Session, basis: Mapping[int, int]) -> list[ThankYouFacts]:
+    """For physicians ({id: referral id}) whose thank-you was made about that referral: what
+    planning and delivery read of it, so its release still gates the note. A physician or
+    referral that no longer exists is left out."""
+    if not basis:
+        return []
+    referrals = {
+        row.id: row
+        for row in session.execute(
+            sa.select(
+                Referral.id,
+                Referral.ref,
+                Referral.received_on,
+                Referral.created_at,
+                Referral.updated_at,
+                Referral.release_on_file,
+                Referral.release_on,
+                Referral.gone,
+            ).where(Referral.id.in_(set(basis.values())))
+        )
+    }
+    doctors = session.execute(
+        sa.select(Physician.id, Physician.specialty, Physician.email, Physician.email_check)
+        .where(Physician.id.in_(list(basis)))
+        .order_by(Physician.id)
+    )
+    out = []
+    for doctor in doctors:
+        ref = referrals.get(basis[doctor.id])
+        if ref is not None:
+            out.append(
+                ThankYouFacts(
+                    *doctor,
+                    ref.id,
+                    ref.ref,
+                    ref.received_on,
+                    ref.created_at,
+                    ref.updated_at,
+                    ref.release_on_file,
+                    ref.release_on,
+                    ref.gone,
+                    ref.id,
+                    ref.received_on,
+                    ref.created_at,
+                )
+            )
+    return out
+
+
+def made_thank_yous(session: Session, physician_ids: Sequence[int]) -> dict[int, int]:
+    """{physician: referral} for the thank-yous already made (a draft or an event exists,
+    or did): each stays about the referral it was made of."""
+    if not physician_ids:
+        return {}
+    rows = session.execute(
+        sa.select(FollowUp.subject_id, FollowUp.basis_id)
+        .where(
+            FollowUp.subject_type == "physician",
+            FollowUp.subject_id.in_(list(physician_ids)),
+            FollowUp.basis_id.is_not(None),
+            sa.or_(FollowUp.external_id.is_not(None), FollowUp.state.not_in(NOT_MADE)),
+        )
+        .order_by(FollowUp.id)
+    )
+    made: dict[int, int] = {}
+    for physician_id, basis_id in rows:
+        made.setdefault(physician_id, basis_id)
+    return made
+
+
+def thanked_about(session: Session, referral_ids: Sequence[int]) -> set[int]:
+    """The physicians whose thank-you is about one of these referrals (a change to one, say
+    a revoked release or a move to another physician, is theirs to plan again)."""
+    if not referral_ids:
+        return set()
+    return set(
+        session.execute(
+            sa.select(FollowUp.subject_id).where(
+                FollowUp.basis_id.in_(list(referral_ids)), FollowUp.subject_type == "physician"
+            )
+        ).scalars()
+    )
+
+
+def changed_physicians(
+    session: Session, since: datetime | None, after: tuple[datetime, int] | None, limit: int
+) -> Sequence[sa.Row]:
+    """Physicians changed since a time (one whose referral moved away or was deleted is
+    stamped so): their thank-you and quiet spell are planned again. Paged as referrals."""
+    query = _changed(
+        Physician, (Physician.id, Physician.updated_at), since is not None, after is not None
+    )
+    return session.execute(query, _page_params(since, after, limit)).all()
 
 
 def quiet_candidates(session: Session, after: date | None, upto: date) -> list[int]:
