@@ -104,8 +104,13 @@ class Subject:
     # Whose release a note needs, as a hold reason names it, when not the label (a
     # physician's thank-you: the client's release of their first referral)
     release_label: str | None = None
-    # A physician's thank-you: the referral it is about (recorded on the ledger row)
+    # A physician's thank-you: the referral it is about (recorded on the ledger row); an
+    # unsent reminder: when its draft was made (minutes since the epoch)
     basis_id: int | None = None
+    # The rules this view of the subject is for: `only` these (None: all), none of `besides`
+    # (a physician's thank-you already made is planned from the referral it was made about)
+    only: frozenset[str] | None = None
+    besides: frozenset[str] = frozenset()
 
     def released_to(self, recipient: str) -> bool:
         return True if self.releases is None else bool(self.releases.get(recipient))
@@ -265,6 +270,10 @@ def desired(
     for rule in rules:
         if not rule.enabled or subject_type_of(rule) != subject.type:
             continue
+        if rule.name in subject.besides or (
+            subject.only is not None and rule.name not in subject.only
+        ):
+            continue
         event = event_of(rule)
         recipient = rule.to if rule.make == "draft" else "physician"
         day = (
@@ -405,11 +414,11 @@ def once_only(
 
 
 def _remade(row: Existing, want: Desired) -> bool:
-    """An unsent reminder made for a draft that was since taken back and made anew (its
-    basis is the day the draft was made): the new draft gets a reminder of its own."""
+    """An unsent reminder made (or failed) for a draft that was since taken back and made
+    anew (its basis is when the draft was made): the new draft gets a reminder of its own."""
     return (
         row.subject_type == "draft"
-        and row.made
+        and (row.made or row.state == State.failed)
         and row.state not in PENDING
         and row.basis_id is not None
         and want.basis_id is not None

@@ -211,11 +211,10 @@ def quiet_subject(row: PhysicianFacts, calendar: Calendar, last_id: int | None =
 def draft_subject(row: DraftFacts, calendar: Calendar) -> Subject:
     """A delivered draft: still in Drafts (`done`) `unsent_after` after it was made, it is
     unsent. Once sync sees it sent or deleted (or it is withdrawn), it has no event."""
-    events, made = {}, None
-    if row.made_at is not None:
+    events = {}
+    if row.state == State.done and row.made_at is not None:
         made = row.made_at.astimezone(calendar.zone).date()
-        if row.state == State.done:
-            events["note.unsent"] = shift(made, calendar.unsent_after, calendar.holidays)
+        events["note.unsent"] = shift(made, calendar.unsent_after, calendar.holidays)
     return Subject(
         "draft",
         row.id,
@@ -225,8 +224,14 @@ def draft_subject(row: DraftFacts, calendar: Calendar) -> Subject:
         {},
         events,
         entered=row.made_at,
-        basis_id=made.toordinal() if made else None,  # a draft made anew: a new reminder
+        basis_id=made_minute(row.made_at),  # a draft made anew: a new reminder
     )
+
+
+def made_minute(made_at: datetime | None) -> int | None:
+    """When a draft was made, as minutes since the epoch (an unsent reminder's basis: an
+    instant, so a change of the practice's zone makes no second reminder)."""
+    return None if made_at is None else int(made_at.timestamp() // 60)
 
 
 def digest_subject(day: date) -> Subject:

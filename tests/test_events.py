@@ -328,6 +328,166 @@ def test_a_thank_you_made_is_taken_back_when_its_referral_moves_and_is_revoked(p
     assert mine.state == State.withdrawn
 
 
+def test_a_pending_thank_you_whose_referral_moves_away_thanks_nobody(practice_at, home):
+    """R-1 was entered as Dr. Lee's, then corrected to Dr. Pine's before her thank-you was
+    due: she has no referral left and is not thanked for Dr. Pine's client."""
+    _client_thank_you(home)
+    p = practice_at(date(2026, 11, 2), 9)
+    p.refer("R-1", "Dr. Ann Lee", client_name=SAMPLE_PATIENT_VALUES[0], release_on_file="yes")
+    p.tick()
+    lee = p.physician_id("Dr. Ann Lee")
+    p.clock.to(date(2026, 11, 3), 9)
+    p.refer("R-1", "Dr. Bo Pine", on=date(2026, 11, 2), release_on_file="yes")
+    p.tick()
+    p.clock.to(date(2026, 11, 6), 9)
+    p.tick()
+    [mine] = [r for r in p.rows("first-referral-thanks") if r.subject_id == lee]
+    assert mine.state == State.cancelled and mine.external_id is None
+    [pines] = [r for r in p.rows("first-referral-thanks") if r.subject_id != lee]
+    assert pines.state == State.done and "Dr. Bo Pine" in body_of(p.file(pines))["To"]
+
+
+def test_a_withdrawn_thank_you_is_not_made_anew_under_another_physicians_release(practice_at, home):
+    _client_thank_you(home)
+    p = practice_at(date(2026, 11, 2), 9)
+    p.refer("R-1", "Dr. Ann Lee", client_name=SAMPLE_PATIENT_VALUES[0], release_on_file="yes")
+    p.clock.to(date(2026, 11, 4), 9)
+    p.tick()
+    lee = p.physician_id("Dr. Ann Lee")
+    with p.store.session() as session:
+        record_release(session, "R-1", Recipient.physician, grant=False, on=p.clock.today, by="cli")
+    p.engine.withdraw_now()
+    p.clock.to(date(2026, 11, 5), 9)  # R-1 was Dr. Pine's; the client's release names him
+    p.refer(
+        "R-1", "Dr. Bo Pine", on=date(2026, 11, 2), release_on_file="yes", release_on="2026-11-05"
+    )
+    p.tick()
+    p.clock.to(date(2026, 11, 10), 9)
+    p.tick()
+    [mine] = [r for r in p.rows("first-referral-thanks") if r.subject_id == lee]
+    assert mine.state == State.withdrawn
+
+
+def _call_rule(home: Path) -> None:
+    """A second thank-you rule: a reminder to call, beside the draft."""
+    (home / "templates").mkdir(exist_ok=True)
+    (home / "templates" / "thanks_call.txt.j2").write_text(
+        "Title: Call {{ physician.name }} to thank them\nA first referral.\n"
+    )
+    edit_config(
+        home,
+        "  - name: quiet-physician\n",
+        "  - name: first-referral-call\n    event: physician.first_referral\n"
+        '    after: 0 days\n    at: "09:00"\n    make: reminder\n'
+        "    template: thanks_call.txt.j2\n  - name: quiet-physician\n",
+    )
+
+
+def test_deleting_a_mistaken_first_referral_plans_the_waiting_thank_you_about_the_next(
+    practice_at, home
+):
+    """The call (made) was about R-1; the draft waits for R-1's release. R-1 was a mistake:
+    deleted, the draft is about R-2 (released) and goes; the call is not made again."""
+    _client_thank_you(home)
+    _call_rule(home)
+    p = practice_at(date(2026, 11, 2), 9)
+    p.refer("R-1", "Dr. Ann Lee", client_name=SAMPLE_PATIENT_VALUES[0])
+    p.clock.to(date(2026, 11, 2), 10)
+    p.tick()
+    [call] = p.rows("first-referral-call")
+    [thanks] = p.rows("first-referral-thanks")
+    assert (call.state, thanks.state) == (State.done, State.held)
+    p.refer("R-2", "Dr. Ann Lee", client_name=SAMPLE_PATIENT_VALUES[1], release_on_file="yes")
+    with p.store.session() as session:
+        assert delete_referral(session, "R-1").deleted
+    p.clock.to(date(2026, 11, 2), 11)
+    p.tick()
+    p.clock.to(date(2026, 11, 6), 9)
+    p.tick()
+    [thanks] = p.rows("first-referral-thanks")
+    assert thanks.state == State.done and thanks.basis_id == p.referral_id("R-2")
+    assert SAMPLE_PATIENT_VALUES[1] in p.file(thanks)
+    assert [r.state for r in p.rows("first-referral-call")] == [State.done]
+
+
+def test_a_revoke_after_a_merge_takes_back_the_merged_physicians_thank_you(practice_at, home):
+    """Dr. Lee entered twice (two practices), each thanked naming a client; merged, then
+    R-2's release revoked: the thank-you about R-2, kept as history, is taken back."""
+    _client_thank_you(home)
+    p = practice_at(date(2026, 11, 2), 9)
+    p.refer("R-1", "Dr. Ann Lee", client_name=SAMPLE_PATIENT_VALUES[0], release_on_file="yes")
+    p.refer(
+        "R-2",
+        "Dr. Ann Lee",
+        practice="Elm Street Clinic",
+        client_name=SAMPLE_PATIENT_VALUES[3],
+        release_on_file="yes",
+    )
+    p.clock.to(date(2026, 11, 4), 9)
+    p.tick()
+    [second] = [r for r in p.rows("first-referral-thanks") if r.basis_id == p.referral_id("R-2")]
+    assert second.state == State.done
+    with p.store.session() as session:
+        ids = sorted(session.execute(sa.select(Physician.id)).scalars())
+        merge_physicians(session, ids[0], ids[1])
+    p.clock.to(date(2026, 11, 4), 10)
+    p.tick()
+    with p.store.session() as session:
+        record_release(session, "R-2", Recipient.physician, grant=False, on=p.clock.today, by="cli")
+    p.engine.withdraw_now()
+    rows = {r.id: r for r in p.rows("first-referral-thanks")}
+    assert rows[second.id].state == State.withdrawn
+    assert [r.state for r in rows.values() if r.id != second.id] == [State.done]
+
+
+def test_a_merge_keeps_the_thank_you_made_and_cancels_the_waiting_one(practice_at, home):
+    """Dr. Lee at the Elm Street Clinic was thanked; the same Dr. Lee entered again without
+    a release waits. Merged into the waiting one, nobody is thanked twice."""
+    _client_thank_you(home)
+    p = practice_at(date(2026, 11, 2), 9)
+    p.refer("R-1", "Dr. Ann Lee", client_name=SAMPLE_PATIENT_VALUES[0])  # held: no release
+    p.refer(
+        "R-2",
+        "Dr. Ann Lee",
+        practice="Elm Street Clinic",
+        client_name=SAMPLE_PATIENT_VALUES[3],
+        release_on_file="yes",
+    )
+    p.clock.to(date(2026, 11, 4), 9)
+    p.tick()
+    states = {r.basis_id: r.state for r in p.rows("first-referral-thanks")}
+    assert states == {p.referral_id("R-1"): State.held, p.referral_id("R-2"): State.done}
+    with p.store.session() as session:
+        ids = sorted(session.execute(sa.select(Physician.id)).scalars())
+        merge_physicians(session, ids[0], ids[1])
+        record_release(session, "R-1", Recipient.physician, grant=True, on=p.clock.today, by="cli")
+    p.clock.to(date(2026, 11, 9), 9)
+    p.tick()
+    rows = p.rows("first-referral-thanks")
+    assert sorted((r.state, r.subject_id > 0) for r in rows) == [
+        (State.cancelled, False),
+        (State.done, True),
+    ]
+
+
+def test_a_change_of_time_zone_makes_no_second_unsent_reminder(practice_at, home):
+    p = practice_at(date(2026, 11, 2), 8)  # Monday
+    p.refer("R-1", "Dr. Ann Lee", release_on_file="yes", on=date(2026, 10, 30))
+    p.clock.to(date(2026, 11, 2), 23, 30)  # made late: Tuesday already in New York
+    p.tick()
+    [ack] = p.rows("referral-acknowledgement")
+    p.clock.to(date(2026, 11, 4), 9)
+    p.tick()
+    assert [r.state for r in p.rows("unsent-note") if r.subject_id == ack.id] == [State.done]
+    p.close()
+    edit_config(home, 'timezone: "America/Chicago"', 'timezone: "America/New_York"')
+    p = practice_at(date(2026, 11, 6), 9)
+    p.tick()
+    rows = p.rows("unsent-note")
+    assert [r.state for r in rows if r.subject_id == ack.id] == [State.done]
+    assert all(r.subject_id > 0 for r in rows)  # none retired for a draft made anew
+
+
 def test_a_renamed_thank_you_rule_thanks_nobody_twice(practice_at, home):
     p = practice_at(date(2026, 11, 2), 9)
     p.refer("R-1", "Dr. Ann Lee")

@@ -8,6 +8,7 @@ nothing: the cursor has reached the newest row.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import replace
 from datetime import datetime, time, timedelta
 from functools import partial
 
@@ -46,6 +47,11 @@ from followupd.subjects import (
 from followupd.timing import latest_base, localize
 
 QUIET_DAYS = "quiet:"  # the cursor of the days whose quiet spells were planned
+
+
+def _nobody(physician_id: int) -> Subject:
+    """A physician as planning sees one with no referral (left): no event, nothing due."""
+    return Subject("physician", physician_id, f"physician {physician_id}")
 
 
 class Planner(EngineCore):
@@ -158,12 +164,23 @@ class Planner(EngineCore):
 
     def _plan_thank_yous(self, session, ids: list[int], rows, report: TickReport) -> None:
         """A thank-you is about the physician's first referral until it is made, then about
-        the referral it was made of: that release still gates it (a revoke takes it back),
-        whatever earlier referral is entered later or wherever that referral moves."""
+        the referral it was made of: that referral's release naming them still gates it (a
+        revoke takes it back), whatever is entered later or wherever the referral moves. A
+        physician with no referral left has nothing pending to be thanked for."""
         made = made_thank_yous(session, ids)
-        facts = [r for r in rows if r.id not in made] + thank_you_facts(session, made)
-        if facts:
-            self._reconcile(session, "physician", [physician_subject(r) for r in facts], report)
+        facts = thank_you_facts(session, {(p, b) for p in made for b in made[p].values()})
+        current = {r.id: r for r in rows}
+        subjects = []
+        for physician_id in ids:
+            rules = made.get(physician_id, {})
+            found = current.get(physician_id)
+            view = physician_subject(found) if found else _nobody(physician_id)
+            subjects.append(replace(view, besides=frozenset(rules)))
+            for rule, basis_id in rules.items():
+                found = facts.get((physician_id, basis_id))
+                view = physician_subject(found) if found else _nobody(physician_id)
+                subjects.append(replace(view, only=frozenset({rule})))
+        self._reconcile(session, "physician", subjects, report)
 
     def _plan_quiet_days(self, report: TickReport) -> None:
         """Once a day: the physicians whose quiet spell began since the last look (their last

@@ -60,9 +60,24 @@ def insert_follow_ups(session: Session, rows: Sequence[dict]) -> None:
 
 
 def update_follow_ups(session: Session, updates: Sequence[tuple[int, dict]]) -> None:
-    """Apply planning's updates, only to rows that have not been claimed meanwhile."""
+    """Apply planning's updates, only to rows that have not been claimed meanwhile. What a
+    note is about (`basis_id`) changes only while it has not been made: another replica may
+    have made it since planning read it."""
     stamp = now_utc()
     for follow_up_id, values in updates:
+        if "basis_id" in values:
+            values = dict(values)
+            session.execute(
+                sa.update(FollowUp)
+                .where(
+                    FollowUp.id == follow_up_id,
+                    FollowUp.external_id.is_(None),
+                    FollowUp.state.in_((State.planned, State.held, State.cancelled, State.skipped)),
+                )
+                .values(basis_id=values.pop("basis_id"))
+            )
+            if not values:
+                continue
         session.execute(
             sa.update(FollowUp)
             .where(
@@ -187,7 +202,8 @@ def _load_physician(session: Session, bundle: Bundle) -> None:
         return
     bundle.physician = session.get(Physician, physician_id)
     if follow_up.subject_type == "physician" and follow_up.basis_id is not None:
-        found = thank_you_facts(session, {physician_id: follow_up.basis_id})  # about that one
+        pair = (physician_id, follow_up.basis_id)  # about that referral, under its release
+        found = [f for f in thank_you_facts(session, [pair]).values()]
     else:
         found = physician_facts(session, [physician_id])
     bundle.facts = found[0] if found else None

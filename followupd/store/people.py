@@ -204,37 +204,56 @@ def merge_physicians(session: Session, keep_id: int, merge_id: int) -> Merged:
 def _move_physician_notes(session: Session, keep_id: int, merge_id: int) -> None:
     """The merged physician's own follow-ups (their first referral's thank-you) become the
     kept one's, so a merge never thanks anyone a second time: a rule the kept physician has
-    no follow-up of takes the merged one's; one they have keeps theirs, and the merged
-    physician's is cancelled if pending and kept as history under no physician's id."""
-    mine = sa.and_(FollowUp.subject_type == "physician", FollowUp.subject_id == merge_id)
-    kept_rules = set(
+    no follow-up of takes the merged one's. Where both have one, the one made stays theirs
+    (the kept physician's, unless only the merged one's was made) and the other is cancelled
+    if pending and kept as history under no physician's id."""
+    rows = session.execute(
+        sa.select(
+            FollowUp.id, FollowUp.rule, FollowUp.subject_id, FollowUp.state, FollowUp.external_id
+        ).where(FollowUp.subject_type == "physician", FollowUp.subject_id.in_((keep_id, merge_id)))
+    ).all()
+    kept = {r.rule: r for r in rows if r.subject_id == keep_id}
+    retire, move = [], []
+    for row in rows:
+        if row.subject_id != merge_id:
+            continue
+        other = kept.get(row.rule)
+        if other is None:
+            move.append(row.id)
+        elif _made(row) and not _made(other):  # only the merged one's was made: it stays
+            retire.append(other.id)
+            move.append(row.id)
+        else:
+            retire.append(row.id)
+    if retire:
         session.execute(
-            sa.select(FollowUp.rule).where(
-                FollowUp.subject_type == "physician", FollowUp.subject_id == keep_id
+            sa.update(FollowUp)
+            .where(FollowUp.id.in_(retire), FollowUp.state.in_((State.planned, State.held)))
+            .values(
+                state=State.cancelled,
+                reason=f"physician {merge_id} was merged into physician {keep_id}",
+                updated_at=now_utc(),
             )
-        ).scalars()
-    )
-    session.execute(
-        sa.update(FollowUp)
-        .where(mine, FollowUp.state.in_((State.planned, State.held)), FollowUp.rule.in_(kept_rules))
-        .values(
-            state=State.cancelled,
-            reason=f"physician {merge_id} was merged into physician {keep_id}",
-            updated_at=now_utc(),
         )
-    )
-    session.execute(
-        sa.update(FollowUp)
-        .where(mine, FollowUp.rule.in_(kept_rules))
-        .values(subject_id=-FollowUp.id)
-        .execution_options(synchronize_session=False)
-    )
-    session.execute(
-        sa.update(FollowUp)
-        .where(mine)
-        .values(subject_id=keep_id, updated_at=now_utc())
-        .execution_options(synchronize_session=False)
-    )
+        session.execute(
+            sa.update(FollowUp)
+            .where(FollowUp.id.in_(retire))
+            .values(subject_id=-FollowUp.id)
+            .execution_options(synchronize_session=False)
+        )
+    if move:
+        session.execute(
+            sa.update(FollowUp)
+            .where(FollowUp.id.in_(move))
+            .values(subject_id=keep_id, updated_at=now_utc())
+            .execution_options(synchronize_session=False)
+        )
+
+
+def _made(row) -> bool:
+    """Has this follow-up been delivered (a draft or an event exists, or did)?"""
+    never = (State.planned, State.held, State.cancelled, State.skipped, State.failed)
+    return row.external_id is not None or row.state not in never
 
 
 def revoke_releases(session: Session, ref: str, *, on: date, by: str) -> bool:

@@ -7,7 +7,7 @@ That was most of an idle tick's cost.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from datetime import date, datetime
 from functools import cache
 from typing import NamedTuple
@@ -15,7 +15,16 @@ from typing import NamedTuple
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from followupd.models import FollowUp, Physician, Referral, State, UTCDateTime, Visit
+from followupd.models import (
+    FollowUp,
+    Physician,
+    Recipient,
+    Referral,
+    Release,
+    State,
+    UTCDateTime,
+    Visit,
+)
 
 NOT_MADE = (State.planned, State.held, State.cancelled, State.skipped, State.failed)
 
@@ -216,17 +225,23 @@ class ThankYouFacts(NamedTuple):
     last_created_at: datetime | None
 
 
-def thank_you_facts(session: Session, basis: Mapping[int, int]) -> list[ThankYouFacts]:
-    """For physicians ({id: referral id}) whose thank-you was made about that referral: what
-    planning and delivery read of it, so its release still gates the note. A physician or
-    referral that no longer exists is left out."""
-    if not basis:
-        return []
+def thank_you_facts(
+    session: Session, pairs: Iterable[tuple[int, int]]
+) -> dict[tuple[int, int], ThankYouFacts]:
+    """For (physician, referral) pairs, a thank-you to that physician about that referral:
+    what planning and delivery read of it. Its release is one of that referral naming that
+    physician: if the referral has since moved to another physician, theirs does not count.
+    A thank-you kept as history after a merge (a negative physician id) is addressed as the
+    referral's physician now is. A pair whose physician or referral is gone is left out."""
+    pairs = set(pairs)
+    if not pairs:
+        return {}
     referrals = {
         row.id: row
         for row in session.execute(
             sa.select(
                 Referral.id,
+                Referral.physician_id,
                 Referral.ref,
                 Referral.received_on,
                 Referral.created_at,
@@ -234,55 +249,90 @@ def thank_you_facts(session: Session, basis: Mapping[int, int]) -> list[ThankYou
                 Referral.release_on_file,
                 Referral.release_on,
                 Referral.gone,
-            ).where(Referral.id.in_(set(basis.values())))
+            ).where(Referral.id.in_({b for _, b in pairs}))
         )
     }
-    doctors = session.execute(
-        sa.select(Physician.id, Physician.specialty, Physician.email, Physician.email_check)
-        .where(Physician.id.in_(list(basis)))
-        .order_by(Physician.id)
-    )
-    out = []
-    for doctor in doctors:
-        ref = referrals.get(basis[doctor.id])
-        if ref is not None:
-            out.append(
-                ThankYouFacts(
-                    *doctor,
-                    ref.id,
-                    ref.ref,
-                    ref.received_on,
-                    ref.created_at,
-                    ref.updated_at,
-                    ref.release_on_file,
-                    ref.release_on,
-                    ref.gone,
-                    ref.id,
-                    ref.received_on,
-                    ref.created_at,
-                )
-            )
+    named = {p if p > 0 else getattr(referrals.get(b), "physician_id", None) for p, b in pairs}
+    doctors = {
+        row.id: row
+        for row in session.execute(
+            sa.select(
+                Physician.id, Physician.specialty, Physician.email, Physician.email_check
+            ).where(Physician.id.in_({n for n in named if n is not None}))
+        )
+    }
+    moved = [
+        (p, b) for p, b in pairs if p > 0 and b in referrals and referrals[b].physician_id != p
+    ]
+    grants = _grants_naming(session, moved)
+    out = {}
+    for physician_id, referral_id in pairs:
+        ref = referrals.get(referral_id)
+        doctor = doctors.get(
+            physician_id if physician_id > 0 else getattr(ref, "physician_id", None)
+        )
+        if ref is None or doctor is None:
+            continue
+        released, released_on = ref.release_on_file, ref.release_on
+        if physician_id > 0 and ref.physician_id != physician_id:  # moved to another
+            released_on = grants.get((physician_id, referral_id))
+            released = released_on is not None
+        out[(physician_id, referral_id)] = ThankYouFacts(
+            physician_id,
+            doctor.specialty,
+            doctor.email,
+            doctor.email_check,
+            ref.id,
+            ref.ref,
+            ref.received_on,
+            ref.created_at,
+            ref.updated_at,
+            released,
+            released_on,
+            ref.gone,
+            ref.id,
+            ref.received_on,
+            ref.created_at,
+        )
     return out
 
 
-def made_thank_yous(session: Session, physician_ids: Sequence[int]) -> dict[int, int]:
-    """{physician: referral} for the thank-yous already made (a draft or an event exists,
-    or did): each stays about the referral it was made of."""
+def _grants_naming(
+    session: Session, pairs: Sequence[tuple[int, int]]
+) -> dict[tuple[int, int], date]:
+    """{(physician, referral): signed} for releases in force of these referrals naming these
+    physicians (a referral that moved on: the release its old physician had)."""
+    if not pairs:
+        return {}
+    rows = session.execute(
+        sa.select(Release.physician_id, Release.referral_id, sa.func.max(Release.granted_on))
+        .where(
+            Release.referral_id.in_({b for _, b in pairs}),
+            Release.recipient == Recipient.physician,
+            Release.revoked_on.is_(None),
+        )
+        .group_by(Release.physician_id, Release.referral_id)
+    )
+    wanted = set(pairs)
+    return {(p, b): on for p, b, on in rows if (p, b) in wanted}
+
+
+def made_thank_yous(session: Session, physician_ids: Sequence[int]) -> dict[int, dict[str, int]]:
+    """{physician: {rule: referral}} for the thank-yous already made (a draft or an event
+    exists, or did): each stays about the referral it was made of."""
     if not physician_ids:
         return {}
     rows = session.execute(
-        sa.select(FollowUp.subject_id, FollowUp.basis_id)
-        .where(
+        sa.select(FollowUp.subject_id, FollowUp.rule, FollowUp.basis_id).where(
             FollowUp.subject_type == "physician",
             FollowUp.subject_id.in_(list(physician_ids)),
             FollowUp.basis_id.is_not(None),
             sa.or_(FollowUp.external_id.is_not(None), FollowUp.state.not_in(NOT_MADE)),
         )
-        .order_by(FollowUp.id)
     )
-    made: dict[int, int] = {}
-    for physician_id, basis_id in rows:
-        made.setdefault(physician_id, basis_id)
+    made: dict[int, dict[str, int]] = {}
+    for physician_id, rule, basis_id in rows:
+        made.setdefault(physician_id, {})[rule] = basis_id
     return made
 
 
