@@ -373,23 +373,26 @@ def test_demo_prints_its_table_and_a_summary_without_log_lines(tmp_path, monkeyp
 
 @pytest.mark.slow
 def test_twenty_thousand_rows_of_history(cli, home, tmp_path, db_url):
-    path = history_file(tmp_path, 20_000, 13)
+    """The issue's history on SQLite; a quarter of it on PostgreSQL (the same statements:
+    what the size adds is time)."""
+    old = 20_000 if db_url.startswith("sqlite") else 5_000
+    path = history_file(tmp_path, old, 13)
     dry = cli("import", "referrals", str(path), "--dry-run")
     assert dry.code == 0 and "a run now would make 13 drafts" in dry.stdout
-    assert "20,000 are history" in dry.stdout
+    assert f"{old:,} are history" in dry.stdout
     assert cli("import", "referrals", str(path)).code == 0
     assert "a run now would make 13 drafts" in cli("run", "--dry-run").stdout
     engine = sa.create_engine(db_url)
     with engine.connect() as connection:
         assert connection.execute(sa.select(sa.func.count()).select_from(FollowUp)).scalar() == 0
         assert connection.execute(sa.select(sa.func.count()).select_from(Referral)).scalar() == (
-            20_013
+            old + 13
         )
     ran = cli("run", "--once")
     assert ran.code == 0
     assert ran.stdout.splitlines()[:2] == [
         f"made 13 drafts in {home / 'outbox'}",
-        "skipped 20,000 as history (events already more than 14 days old when followupd "
+        f"skipped {old:,} as history (events already more than 14 days old when followupd "
         "learned of them make no note; `followupd status --state skipped` lists them)",
     ]
     assert len(drafts(home)) == 13
@@ -398,7 +401,7 @@ def test_twenty_thousand_rows_of_history(cli, home, tmp_path, db_url):
             sa.select(sa.func.count()).where(FollowUp.state == State.skipped)
         ).scalar()
     engine.dispose()
-    assert skipped == 20_000
+    assert skipped == old
 
 
 def test_help_shows_a_flag_without_a_value(cli):

@@ -496,6 +496,9 @@ def test_signing_in_asks_for_the_spreadsheets_scope_only_with_a_sheet_source(hom
 
 
 @pytest.mark.slow  # a sheet is read at most once a minute: 60-90 s
+# One database: the wait is the sheet's `every`, and the import is the same on both (the
+# other sheet tests run on each).
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 def test_the_daemon_drafts_a_referral_added_to_the_sheet_within_one_every(home, db_url, sheets):
     server, env = sheets
     add_source(home, SHEET)
