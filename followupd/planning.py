@@ -217,7 +217,10 @@ class Existing:
 
     @property
     def made(self) -> bool:
-        """Has it been delivered (a draft or an event exists, or did)?"""
+        """Has it been delivered, and not taken back (a draft or an event exists, or went
+        out)? A withdrawn note is as if never made: released again, it is made anew."""
+        if self.state == State.withdrawn:
+            return False
         return self.external_id is not None or self.state not in (*PENDING, *NEVER_MADE)
 
 

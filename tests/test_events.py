@@ -368,6 +368,79 @@ def test_a_withdrawn_thank_you_is_not_made_anew_under_another_physicians_release
     assert mine.state == State.withdrawn
 
 
+def test_a_thank_you_delivered_before_planning_sees_its_referral_move_waits(practice_at, home):
+    """R-1 moved to Dr. Pine after Dr. Lee's thank-you was planned; delivery comes before
+    the next plan (another replica, say): it is held, never made about R-1."""
+    _client_thank_you(home)
+    p = practice_at(date(2026, 11, 2), 9)
+    p.refer("R-1", "Dr. Ann Lee", client_name=SAMPLE_PATIENT_VALUES[0], release_on_file="yes")
+    p.tick()
+    lee = p.physician_id("Dr. Ann Lee")
+    p.clock.to(date(2026, 11, 6), 9)
+    p.refer("R-1", "Dr. Bo Pine", on=date(2026, 11, 2), release_on_file="yes")
+    p.engine.deliver_due()
+    [mine] = [r for r in p.rows("first-referral-thanks") if r.subject_id == lee]
+    assert mine.external_id is None and mine.state in (State.held, State.cancelled)
+    p.tick()
+    [mine] = [r for r in p.rows("first-referral-thanks") if r.subject_id == lee]
+    assert mine.state == State.cancelled and mine.external_id is None
+
+
+def test_a_thank_you_withdrawn_then_renamed_is_made_when_released_again(practice_at, home):
+    """Taken back before she had it, the thank-you does not count as made: under the
+    renamed rule, released again, she is thanked."""
+    _client_thank_you(home)
+    p = practice_at(date(2026, 11, 2), 9)
+    p.refer("R-1", "Dr. Ann Lee", client_name=SAMPLE_PATIENT_VALUES[0], release_on_file="yes")
+    p.clock.to(date(2026, 11, 4), 9)
+    p.tick()
+    with p.store.session() as session:
+        record_release(session, "R-1", Recipient.physician, grant=False, on=p.clock.today, by="cli")
+    p.engine.withdraw_now()
+    assert [r.state for r in p.rows("first-referral-thanks")] == [State.withdrawn]
+    p.close()
+    edit_config(home, "  - name: first-referral-thanks\n", "  - name: thanks-for-a-first\n")
+    p = practice_at(date(2026, 11, 5), 9)
+    with p.store.session() as session:
+        record_release(session, "R-1", Recipient.physician, grant=True, on=p.clock.today, by="cli")
+    p.tick()
+    p.clock.to(date(2026, 11, 9), 9)
+    p.tick()
+    assert [r.state for r in p.rows("thanks-for-a-first")] == [State.done]
+
+
+def test_a_withdrawn_thank_you_merged_away_is_not_made_anew(practice_at, home):
+    """Dr. Lee entered twice, thanked twice; one withdrawn (a revoke), then the two merged:
+    released again, the withdrawn one, kept as history, makes no second thank-you."""
+    _client_thank_you(home)
+    p = practice_at(date(2026, 11, 2), 9)
+    p.refer("R-1", "Dr. Ann Lee", client_name=SAMPLE_PATIENT_VALUES[0], release_on_file="yes")
+    p.refer(
+        "R-2",
+        "Dr. Ann Lee",
+        practice="Elm Street Clinic",
+        client_name=SAMPLE_PATIENT_VALUES[3],
+        release_on_file="yes",
+    )
+    p.clock.to(date(2026, 11, 4), 9)
+    p.tick()
+    with p.store.session() as session:
+        record_release(session, "R-2", Recipient.physician, grant=False, on=p.clock.today, by="cli")
+    p.engine.withdraw_now()
+    with p.store.session() as session:
+        ids = sorted(session.execute(sa.select(Physician.id)).scalars())
+        merge_physicians(session, ids[0], ids[1])
+    p.clock.to(date(2026, 11, 5), 9)
+    p.tick()
+    with p.store.session() as session:
+        record_release(session, "R-2", Recipient.physician, grant=True, on=p.clock.today, by="cli")
+    for day in (6, 9, 10):
+        p.clock.to(date(2026, 11, day), 9)
+        p.tick()
+    states = sorted((r.state, r.subject_id > 0) for r in p.rows("first-referral-thanks"))
+    assert states == [(State.done, True), (State.withdrawn, False)]
+
+
 def _call_rule(home: Path) -> None:
     """A second thank-you rule: a reminder to call, beside the draft."""
     (home / "templates").mkdir(exist_ok=True)

@@ -40,6 +40,10 @@ from followupd.store import (
 from followupd.subjects import bundle_subject
 from followupd.timing import latest_base, localize
 
+# A thank-you whose physician's first referral changed after it was planned: held until the
+# next plan says what it is about now (and under whose release)
+REBASED = "the physician's first referral changed: planned again at the next tick"
+
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
@@ -291,6 +295,9 @@ class Deliverer(EngineCore):
         )
         if not wanted:
             return None, f"no longer applies to {subject.label}"
+        if follow_up.subject_type == "physician" and wanted[0].basis_id != follow_up.basis_id:
+            # their first referral changed since planning: plan it again before it goes
+            return replace(wanted[0], hold=REBASED), None
         return wanted[0], None
 
     def render(

@@ -201,11 +201,15 @@ def _load_physician(session: Session, bundle: Bundle) -> None:
     if physician_id is None:
         return
     bundle.physician = session.get(Physician, physician_id)
-    if follow_up.subject_type == "physician" and follow_up.basis_id is not None:
-        pair = (physician_id, follow_up.basis_id)  # about that referral, under its release
-        found = [f for f in thank_you_facts(session, [pair]).values()]
-    else:
-        found = physician_facts(session, [physician_id])
+    found = physician_facts(session, [physician_id])
+    if (
+        follow_up.subject_type == "physician"
+        and follow_up.external_id is not None  # it may exist: about what it was made of
+        and follow_up.basis_id is not None
+        and not (found and found[0].first_id == follow_up.basis_id)
+    ):
+        pair = (physician_id, follow_up.basis_id)
+        found = list(thank_you_facts(session, [pair]).values())
     bundle.facts = found[0] if found else None
     if bundle.facts is None:
         return

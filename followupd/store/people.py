@@ -251,8 +251,10 @@ def _move_physician_notes(session: Session, keep_id: int, merge_id: int) -> None
 
 
 def _made(row) -> bool:
-    """Has this follow-up been delivered (a draft or an event exists, or did)?"""
+    """Has this follow-up been delivered and not taken back (as `planning.Existing.made`)?"""
     never = (State.planned, State.held, State.cancelled, State.skipped, State.failed)
+    if row.state == State.withdrawn:
+        return False
     return row.external_id is not None or row.state not in never
 
 

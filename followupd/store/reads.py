@@ -318,8 +318,8 @@ def _grants_naming(
 
 
 def made_thank_yous(session: Session, physician_ids: Sequence[int]) -> dict[int, dict[str, int]]:
-    """{physician: {rule: referral}} for the thank-yous already made (a draft or an event
-    exists, or did): each stays about the referral it was made of."""
+    """{physician: {rule: referral}} for the thank-yous already made and not taken back (a
+    draft or an event exists, or went out): each stays about the referral it was made of."""
     if not physician_ids:
         return {}
     rows = session.execute(
@@ -328,6 +328,7 @@ def made_thank_yous(session: Session, physician_ids: Sequence[int]) -> dict[int,
             FollowUp.subject_id.in_(list(physician_ids)),
             FollowUp.basis_id.is_not(None),
             sa.or_(FollowUp.external_id.is_not(None), FollowUp.state.not_in(NOT_MADE)),
+            FollowUp.state != State.withdrawn,  # taken back: made anew about the first
         )
     )
     made: dict[int, dict[str, int]] = {}
