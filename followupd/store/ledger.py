@@ -71,8 +71,15 @@ def update_follow_ups(session: Session, updates: Sequence[tuple[int, dict]]) -> 
                 sa.update(FollowUp)
                 .where(
                     FollowUp.id == follow_up_id,
-                    FollowUp.external_id.is_(None),
-                    FollowUp.state.in_((State.planned, State.held, State.cancelled, State.skipped)),
+                    sa.or_(
+                        sa.and_(
+                            FollowUp.external_id.is_(None),
+                            FollowUp.state.in_(
+                                (State.planned, State.held, State.cancelled, State.skipped)
+                            ),
+                        ),
+                        FollowUp.state == State.withdrawn,  # taken back: made anew, if at all
+                    ),
                 )
                 .values(basis_id=values.pop("basis_id"))
             )
