@@ -243,9 +243,9 @@ def engine_on(referrals: int, stamp: datetime) -> Iterator[tuple[Any, Path, floa
         store = Store(settings.database_url)
         engine = Engine(settings, store)
         with store.session() as session:
-            write_cursor(
-                session, f"plan:referral:{engine.fingerprint}", stamp, prefix="plan:referral:"
-            )
+            for table in ("referral", "physician"):
+                prefix = f"plan:{table}:"
+                write_cursor(session, prefix + engine.fingerprint, stamp, prefix=prefix)
             write_cursor(session, f"quiet:{engine.fingerprint}", datetime.now(UTC), prefix="quiet:")
         _expect_idle(engine.tick(), "the first tick after the build")
         built = time.perf_counter() - started
