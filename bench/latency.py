@@ -91,9 +91,9 @@ def _row(ref: str) -> dict[str, str]:
 
 def enter(store: Any, home: Path, ref: str) -> None:
     """What `followupd referral add` does once its arguments are parsed."""
-    from followupd.daemon import wake
     from followupd.records import parse_referral
     from followupd.store import Directory, upsert_referrals
+    from followupd.wakeup import wake
 
     with store.session() as session:
         upsert_referrals(session, [parse_referral(_row(ref))], Directory())
@@ -172,7 +172,7 @@ def cli_to_draft(
     """Seconds from starting `followupd referral add` to its draft, and to the moment the
     command had committed the referral (it touches the wake file right after), for each of
     `count` referrals."""
-    from followupd.daemon import WAKE_FILE
+    from followupd.wakeup import WAKE_FILE
 
     totals, committed = [], []
     for i in range(count):

@@ -48,9 +48,9 @@ from followupd.store import (
     newest_backup_time,
     rotate,
 )
+from followupd.wakeup import WAKE_FILE
 
 log = Log()
-WAKE_FILE = ".followupd-wake"
 WATCH_SECONDS = 1.0
 STOP_TIMEOUT = 9.0  # seconds to let the tick in hand finish before exiting anyway
 LOOK_AGAIN = QUIET_NS / 1e9  # seconds: a folder's file not complete yet is looked at again
@@ -63,12 +63,6 @@ class AlreadyRunning(Exception):
     def __init__(self, message: str, holder: str = "unknown"):
         super().__init__(message)
         self.holder = holder
-
-
-def wake(home: Path) -> None:
-    """Tell a daemon on this home that there is new data (touch the wake file)."""
-    with contextlib.suppress(OSError):  # read-only home: the next poll sees the data anyway
-        (home / WAKE_FILE).touch()
 
 
 def single_daemon_lock(settings: Settings) -> int | None:

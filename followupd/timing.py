@@ -123,10 +123,53 @@ class ClosedDays:
 
     def _holidays(self):
         if self._public is None:  # imported and built on first use: start-up stays quick
-            import holidays
-
-            self._public = holidays.country_holidays(self.country, subdiv=self.subdivision)
+            self._public = public_holidays(self.country, self.subdivision)
         return self._public
+
+
+def public_holidays(country: str, subdivision: str | None = None):
+    """`holidays.country_holidays(country, subdiv=subdivision)`, with only that country's
+    module imported: importing it the usual way runs `holidays.countries`, which imports
+    every country the package knows (7 MiB a daemon would keep for months)."""
+    import holidays
+
+    _import_country_alone(holidays, country)
+    return holidays.country_holidays(country, subdiv=subdivision)
+
+
+def _import_country_alone(holidays, country: str) -> None:
+    """Put `country`'s module in sys.modules without its package's `__init__`, so that the
+    package's lazy loader (`getattr(holidays, country)`) finds it there. Anything else (not
+    a country code, a module already loaded, a territory whose module imports its country's)
+    is left to the package, which then imports it the usual way: same entity, same errors."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    from holidays.registry import IMPORT_LOCK, EntityLoader
+
+    loader = getattr(holidays, country, None)
+    if not isinstance(loader, EntityLoader) or loader.entity is not None:
+        return
+    package, _, leaf = loader.module_name.rpartition(".")
+    if package != "holidays.countries" or loader.module_name in sys.modules:
+        return
+    path = Path(holidays.__file__).parent / "countries" / f"{leaf}.py"
+    with IMPORT_LOCK:
+        if loader.module_name in sys.modules or not path.is_file():
+            return
+        if b"holidays.countries" in path.read_bytes():  # a territory: its country first
+            return
+        spec = importlib.util.spec_from_file_location(loader.module_name, path)
+        if spec is None or spec.loader is None:
+            return
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[loader.module_name] = module
+        try:
+            spec.loader.exec_module(module)
+        except BaseException:
+            del sys.modules[loader.module_name]
+            raise
 
 
 def is_business_day(day: date, holidays: Container[date] = ()) -> bool:

@@ -124,6 +124,36 @@ def test_a_second_daemon_on_the_same_sqlite_home_refuses(home, tmp_path):
         stop(first)
 
 
+# What `followupd run` does before opening its store, then the store it opens: is Alembic
+# loaded in the daemon's process after a new database was migrated?
+MIGRATE_APART = """
+import sys
+from followupd import config
+from followupd.commands.running import _migrate_apart
+from followupd.store import SCHEMA_HEAD, Store
+settings = config.load(sys.argv[1])
+_migrate_apart(settings)
+store = Store(settings.database_url)
+with store.engine.connect() as connection:
+    revision = connection.exec_driver_sql("SELECT version_num FROM alembic_version").scalar()
+store.close()
+print(revision == SCHEMA_HEAD, "alembic" in sys.modules)
+"""
+
+
+def test_the_daemon_migrates_a_new_database_in_a_child_process(home, db_url):
+    """A daemon that migrated in its own process would keep Alembic loaded for months."""
+    ran = subprocess.run(
+        [sys.executable, "-c", MIGRATE_APART, str(home)],
+        env=env_for(db_url),
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    )
+    assert ran.stdout.split() == ["True", "False"], ran.stderr
+
+
 @pytest.mark.slow  # 400 drafts, a kill and a restart: 10-25 s
 def test_a_killed_daemon_restarted_finishes_without_duplicates(home, db_url, tmp_path):
     set_poll(home)

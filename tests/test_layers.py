@@ -23,7 +23,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("planning", "subjects", "render", "delivery"),
     ("store",),
     ("records", "config", "pacing", "timing", "sheet_dates"),
-    ("models", "migrations", "permissions", "logs", "resources", "__init__"),
+    ("models", "migrations", "permissions", "logs", "resources", "wakeup", "__init__"),
 ]
 LAYER_OF = {name: depth for depth, names in enumerate(LAYERS) for name in names}
 

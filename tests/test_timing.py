@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from datetime import UTC, date, datetime, time
 from zoneinfo import ZoneInfo
 
@@ -116,3 +119,56 @@ def test_months_land_in_the_right_month(start, months):
     result = add_months(start, months)
     assert (result.year * 12 + result.month) - (start.year * 12 + start.month) == months
     assert result.day <= start.day
+
+
+# The same question, two ways, each in a fresh interpreter: followupd's (only the country's
+# module imported) and the package's own `country_holidays` (every country imported).
+HOLIDAYS_PROBE = """
+import json, sys
+from datetime import date
+country, subdivision, ours = sys.argv[1], sys.argv[2] or None, sys.argv[3] == "ours"
+if ours:
+    from followupd.timing import public_holidays as make
+else:
+    from holidays import country_holidays as make
+try:
+    days = make(country, subdivision)
+    date(2027, 1, 1) in days
+    found = {"days": sorted(d.isoformat() for d in days if d.year == 2027), "error": None}
+except NotImplementedError as exc:
+    found = {"days": [], "error": str(exc)}
+found["every_country"] = "holidays.countries" in sys.modules
+print(json.dumps(found))
+"""
+
+
+def _holidays(country: str, subdivision: str | None, way: str) -> dict:
+    ran = subprocess.run(
+        [sys.executable, "-c", HOLIDAYS_PROBE, country, subdivision or "", way],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return json.loads(ran.stdout)
+
+
+@pytest.mark.parametrize(
+    ("country", "subdivision"),
+    [
+        ("US", "MN"),
+        ("CA", "ON"),
+        ("GB", None),
+        ("DE", "BY"),
+        ("PR", None),
+        ("US", "ZZ"),
+        ("XX", None),
+    ],
+)
+def test_public_holidays_load_one_country_and_match_the_package(country, subdivision):
+    """A country's holidays come from its own module, not from every country's (8 MiB kept
+    by a daemon); the days, and the error for an unknown country or subdivision, are the
+    package's own. A territory (PR builds on US) is loaded the package's way."""
+    ours, theirs = (_holidays(country, subdivision, way) for way in ("ours", "theirs"))
+    assert (ours["days"], ours["error"]) == (theirs["days"], theirs["error"])
+    if ours["days"] and country != "PR":
+        assert not ours["every_country"]

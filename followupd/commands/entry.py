@@ -30,7 +30,6 @@ from followupd.commands.common import (
     therapists,
     today,
 )
-from followupd.daemon import wake
 from followupd.models import Recipient, Referral
 from followupd.records import (
     PhysicianRecord,
@@ -61,6 +60,7 @@ from followupd.store import (
     upsert_referrals,
     upsert_visits,
 )
+from followupd.wakeup import wake
 
 physician_app = typer.Typer(help="Physicians who refer to you.", no_args_is_help=True)
 referral_app = typer.Typer(

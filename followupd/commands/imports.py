@@ -25,8 +25,8 @@ from followupd.commands.common import (
     today,
 )
 from followupd.commands.summaries import print_rehearsal
-from followupd.daemon import wake
 from followupd.intake import ImportRefused, ImportReport, Kind, import_csv
+from followupd.wakeup import wake
 
 import_app = typer.Typer(
     help="Import a CSV export of your referral or visit log.", no_args_is_help=True

@@ -127,11 +127,36 @@ def _run_daemon(settings: configuration.Settings, home: Path | None) -> None:
     except AlreadyRunning as exc:
         fail(EXIT_CONFIG, str(exc))
     try:
+        _migrate_apart(settings)
         with opened_store(settings) as store:
             _daemon_on(settings, store, home).run()
     finally:
         if lock is not None:
             os.close(lock)
+
+
+def _migrate_apart(settings: configuration.Settings) -> None:
+    """Bring the schema to this version's head in a child process: a daemon that migrated
+    in its own process would keep Alembic loaded for months (13 MiB). The store the daemon
+    opens next finds the schema at head and skips Alembic; if the child could not migrate (a
+    busy database, a schema from a newer followupd), that store meets the same problem and
+    reports it as it always has."""
+    from followupd.store import Store
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        pid = os.fork()  # before the daemon starts any thread
+    except OSError:  # no process to spare: the daemon's own store migrates, as it used to
+        return
+    if pid == 0:
+        status = 1
+        try:
+            Store(settings.database_url).close()
+            status = 0
+        finally:
+            os._exit(status)  # whatever happened: the daemon's own store says it again
+    os.waitpid(pid, 0)
 
 
 def _daemon_on(settings: configuration.Settings, store: Store, home: Path | None) -> Daemon:

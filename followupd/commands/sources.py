@@ -12,9 +12,9 @@ from rich.text import Text
 
 from followupd import config as configuration
 from followupd.commands.common import EXIT_CONFIG, Home, fail, load_settings, opened_store, out
-from followupd.daemon import wake
 from followupd.sources import FileOutcome, Watcher, folder_of
 from followupd.store import mask_url, read_source_states
+from followupd.wakeup import wake
 
 sources_app = typer.Typer(
     help="Watched sources: the tables you already keep, read on their own.",

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from dotenv import dotenv_values
 from pydantic import ValidationError
 
 from followupd.config.errors import ConfigError, explain, format_path
@@ -90,11 +89,11 @@ def resolve_home(home: str | os.PathLike[str] | None, environ: Mapping[str, str]
 def load_environment(home: Path, environ: Mapping[str, str] | None = None) -> dict[str, str]:
     """The process environment over `.env` in the home: the real environment always wins."""
     env_file = home / ".env"
-    values = (
-        {k: v for k, v in dotenv_values(env_file).items() if v is not None}
-        if env_file.is_file()
-        else {}
-    )
+    values: dict[str, str] = {}
+    if env_file.is_file():  # python-dotenv is imported only for a home that has one
+        from dotenv import dotenv_values
+
+        values = {k: v for k, v in dotenv_values(env_file).items() if v is not None}
     values.update(os.environ if environ is None else environ)
     return values
 

@@ -14,8 +14,7 @@ import tempfile
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-
-from icalendar import Alarm, Calendar, Event, Timezone
+from typing import TYPE_CHECKING
 
 from followupd.delivery import (
     Delivered,
@@ -29,6 +28,9 @@ from followupd.delivery import (
     Withdrawn,
 )
 from followupd.permissions import make_private_dir
+
+if TYPE_CHECKING:
+    from icalendar import Calendar
 
 # Mail programs (Outlook, Apple Mail, Thunderbird) open a file with this header as a draft to
 # edit and send, not as a message received: the therapist's review, then Send.
@@ -61,7 +63,10 @@ def write_atomically(path: Path, data: bytes) -> bool:
 
 
 def reminder_calendar(reminder: Reminder, stamp: datetime | None = None) -> Calendar:
-    """An iCalendar with one event, its VTIMEZONE and a display alarm."""
+    """An iCalendar with one event, its VTIMEZONE and a display alarm (icalendar is imported
+    here, when a reminder is written: an idle daemon never loads it)."""
+    from icalendar import Alarm, Calendar, Event, Timezone
+
     calendar = Calendar()
     calendar.add("prodid", "-//followupd//followupd//EN")
     calendar.add("version", "2.0")
