@@ -200,6 +200,8 @@ class EngineCore:
         self._quiet_day: date | None = None  # the last day quiet spells were looked for
         self._digest_days: list[date] | None = None  # the digests last planned
         self._drafts_until: datetime | None = None  # drafts made before it were read
+        # cursors kept in memory too (the physicians'): an idle tick reads none of them
+        self._positions: dict[str, datetime | None] = {}
 
     def today(self) -> date:
         """Today in the practice's zone."""

@@ -67,7 +67,9 @@ class Planner(EngineCore):
         self._plan_table("referral", changed_referrals, self._plan_referrals, report)
         self._plan_table("visit", changed_visits, self._plan_visits, report)
         if self._physician_rules():
-            self._plan_table("physician", changed_physicians, self._plan_physician_rows, report)
+            self._plan_table(
+                "physician", changed_physicians, self._plan_physician_rows, report, remember=True
+            )
         self._plan_quiet_days(report)
         self._plan_drafts(report)
         self._plan_digests(report)
@@ -102,6 +104,7 @@ class Planner(EngineCore):
         *,
         stamp: str = "updated_at",
         horizon: datetime | None = None,
+        remember: bool = False,
     ) -> None:
         """Plan every row changed after the cursor, a page (one transaction) at a time.
 
@@ -110,13 +113,17 @@ class Planner(EngineCore):
         still be read next time. Once the table is quiet, the cursor reaches its newest row
         and an idle tick reads nothing. (`stamp` names the column the cursor follows;
         `horizon`, if given, how far it may go instead; `plan_rows(session, rows, report)`
-        plans a page.)
+        plans a page; `remember`: the position is kept in memory after its first read, as a
+        cursor another replica moved on only means rows read again, which plan the same.)
         """
         prefix = f"plan:{subject_type}:"
         cursor_name = prefix + self.fingerprint
         horizon = horizon or self.clock() - CURSOR_OVERLAP
-        with self.store.session() as session:
-            position = read_cursor(session, cursor_name)
+        if remember and cursor_name in self._positions:
+            position = self._positions[cursor_name]
+        else:
+            with self.store.session() as session:
+                position = read_cursor(session, cursor_name)
         after, newest = None, None
         while True:
             with self.store.session() as session:
@@ -133,6 +140,9 @@ class Planner(EngineCore):
             if position is None or target > position:
                 with self.store.session() as session:
                     write_cursor(session, cursor_name, target, prefix=prefix)
+                position = target
+        if remember:
+            self._positions[cursor_name] = position
 
     # --- the outreach events: a physician's first referral and quiet spells, unsent drafts,
     # --- the digest

@@ -61,6 +61,7 @@ class Rehearser(Deliverer, Planner):
         # what planning remembers it did (the day it looked for quiet spells, the drafts and
         # digests it read) was rolled back with it
         self._quiet_day = self._drafts_until = self._digest_days = None
+        self._positions = {}
         for rule, kind, state, now, count in rows:
             bucket = _bucket(state, bool(now))
             if bucket is not None:
