@@ -28,6 +28,7 @@ from followupd.models import (
 from followupd.records import physician_key
 from followupd.store.directory import Directory, _replan_referrals_of, touch_physicians
 from followupd.store.entry import record_release
+from followupd.store.reads import NOT_MADE
 from followupd.store.stamps import change_stamp
 
 # A note in one of these states may still be at Google or on its way back: the referral
@@ -252,10 +253,9 @@ def _move_physician_notes(session: Session, keep_id: int, merge_id: int) -> None
 
 def _made(row) -> bool:
     """Has this follow-up been delivered and not taken back (as `planning.Existing.made`)?"""
-    never = (State.planned, State.held, State.cancelled, State.skipped, State.failed)
     if row.state == State.withdrawn:
         return False
-    return row.external_id is not None or row.state not in never
+    return row.external_id is not None or row.state not in NOT_MADE
 
 
 def revoke_releases(session: Session, ref: str, *, on: date, by: str) -> bool:
