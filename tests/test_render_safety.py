@@ -172,6 +172,39 @@ def test_the_bytes_are_read_back_and_an_injected_header_is_refused(home, unguard
     assert "header" in reason and "read back" in reason
 
 
+@pytest.mark.parametrize(
+    ("header", "written"),
+    [
+        ("to", '"Dr. Okafor" <m.okafor@lakeside-im.example>, <evil@attacker.example>'),
+        ("to", '"Dr. Okafor" <evil@attacker.example>'),
+        ("to", '"Dr. Evil" <m.okafor@lakeside-im.example>'),
+        ("from", '"Ana Reyes" <evil@attacker.example>'),
+    ],
+)
+def test_an_address_header_that_reads_back_otherwise_is_refused(home, header, written):
+    """The read-back of To and From is remembered per value (every draft has the same
+    From): a value that was fine once does not make a different one pass."""
+    made = draft(load(home))
+    block = render.headers.check_header_block(made.raw)
+    envelope = render.headers.Envelope(
+        sender=render.headers.Address("Ana Reyes", addr_spec="ana@reyes-therapy.example"),
+        to=render.headers.Address("Dr. Okafor", addr_spec="m.okafor@lakeside-im.example"),
+        to_what="physician",
+        subject=str(block["subject"]).strip(),
+        date=block["date"].strip(),
+        message_id=made.message_id,
+        tag=block["x-followupd-id"].strip(),
+    )
+    fine = {
+        **block,
+        "to": ' "Dr. Okafor" <m.okafor@lakeside-im.example>',
+        "from": ' "Ana Reyes" <ana@reyes-therapy.example>',
+    }
+    render.headers.check_parsed(fine, envelope)  # read back as meant (and remembered)
+    with pytest.raises(RenderError, match=f"the {header.title()} header did not read back"):
+        render.headers.check_parsed({**fine, header: f" {written}"}, envelope)
+
+
 def test_a_name_the_serializer_chokes_on_fails_with_the_step_and_type_only(home, unguarded):
     reason = refused(load(home), physician=CRASHER)
     assert reason == "serializing the message failed (UnicodeEncodeError)"
