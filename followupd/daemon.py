@@ -71,7 +71,7 @@ def single_daemon_lock(settings: Settings) -> int | None:
     if url.get_backend_name() != "sqlite" or not url.database:
         return None
     path = Path(url.database + ".lock")
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)  # a new folder: private
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -303,9 +303,12 @@ class Daemon:
         folder = settings.home / settings.config.backup.path
         try:
             made = make_backup(
-                settings.database_url, default_target(folder), stop=self.stop_requested.is_set
+                settings.database_url,
+                default_target(folder),
+                new=True,
+                stop=self.stop_requested.is_set,
             )
-            removed = rotate(folder, settings.config.backup.keep)
+            removed = rotate(folder, settings.config.backup.keep, made)
         except BackupError as exc:
             if self.stop_requested.is_set():
                 log.info("backup stopped")

@@ -12,7 +12,7 @@ import re
 import sqlite3
 import subprocess
 import sys
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -28,12 +28,14 @@ from followupd.store import (
     Store,
     backups_in,
     check_copy,
+    default_target,
     make_backup,
+    newest_backup_time,
     rotate,
 )
 
 RECEIVED = (date.today() - timedelta(days=10)).isoformat()
-OURS = re.compile(r"followupd-\d{8}T\d{6}Z(-\d+)?\.sqlite3")
+OURS = re.compile(r"followupd-[0-9]{8}T[0-9]{6}Z(-[0-9]+)?\.sqlite3")
 
 
 # --- helpers ------------------------------------------------------------------------------
@@ -460,36 +462,137 @@ def test_an_older_schema_is_restored_and_upgraded_on_open(filled, tmp_path):
 # --- rotation, modes, names --------------------------------------------------------------
 
 
-def test_keep_leaves_the_newest_of_ours_and_nothing_else_is_touched(filled):
+def test_keep_leaves_the_newest_of_ours_and_nothing_else_is_touched(filled, tmp_path):
     folder = filled / "backups"
     folder.mkdir(mode=0o700)
+    copy = tmp_path / "copy.sqlite3"
+    assert followupd(filled, "backup", str(copy))[0] == 0  # a backup of this home, to name
     old = [f"followupd-2020010{d}T030000Z.sqlite3" for d in range(1, 5)]
+    for name in old:
+        (folder / name).write_bytes(copy.read_bytes())
+    Path(f"{folder / old[0]}-journal").write_text("its journal")
     strangers = [
         "notes.txt",
         "followupd-manual.sqlite3",
         "followupd-20200101T030000Z.sqlite3.bak",
         "Followupd-20200101T030000Z.sqlite3",
         "followupd-2020-01-01.sqlite3",
+        "followupd-20201301T030000Z.sqlite3",  # month 13: only looks like ours
+        "followupd-\u0662\u0660\u0662\u0660\u0660\u0661\u0660\u0661T030000Z.sqlite3",  # not ASCII
     ]
-    for name in old + strangers:
+    for name in strangers:
         (folder / name).write_text("x")
     (folder / "followupd-19990101T000000Z.sqlite3").mkdir()  # a folder: never ours
     code, out, err = followupd(filled, "backup", "--keep", "3")
     assert code == 0, err
-    names = ours(folder)
-    assert len(names) == 4 and names[:3] == [
-        "followupd-19990101T000000Z.sqlite3",
-        old[2],
-        old[3],
-    ]
+    assert not (folder / old[0]).exists() and not (folder / old[1]).exists()
+    assert (folder / old[2]).exists() and (folder / old[3]).exists()
+    assert (folder / "followupd-19990101T000000Z.sqlite3").is_dir()
     for name in strangers:
         assert (folder / name).read_text() == "x"
-    assert "removed 2" in out
-    assert rotate(folder, 3) == []
+    assert "removed 2" in out and len(backups_in(folder)) == 3
+    assert not Path(f"{folder / old[0]}-journal").exists()
     with pytest.raises(ValueError):
-        rotate(folder, 0)
+        rotate(folder, 0, make_backup(f"sqlite:///{database(filled)}", tmp_path / "b.sqlite3"))
     code, _, err = followupd(filled, "backup", "--keep", "0")
     assert code == 2 and "--keep" in err
+
+
+def test_keep_never_removes_the_backup_it_just_made(filled):
+    """A name dated in the future (a clock that was wrong once) must not push out the new
+    backup: --keep 1 keeps the one just written."""
+    folder = filled / "backups"
+    assert followupd(filled, "backup", str(folder / "followupd-20991231T000000Z.sqlite3"))[0] == 0
+    code, out, err = followupd(filled, "backup", "--keep", "1")
+    assert code == 0, err
+    made = re.search(r"wrote (\S+)", out).group(1)
+    assert Path(made).exists() and ours(folder) == [Path(made).name]
+    assert "removed 1" in out and "20991231" in out
+
+
+def test_keep_leaves_another_homes_backups_in_a_shared_folder(filled, tmp_path):
+    other = tmp_path / "other"
+    assert run_cli("init", str(other), log_to=tmp_path).returncode == 0
+    add_referrals(other, ["O-1"])
+    vault = tmp_path / "vault"
+    for _ in range(2):
+        assert followupd(other, "backup", f"{vault}/")[0] == 0
+    theirs = ours(vault)
+    code, out, err = followupd(filled, "backup", str(vault), "--keep", "1")
+    assert code == 0, err
+    assert "removed" not in out
+    assert set(theirs) < set(ours(vault)) and len(ours(vault)) == 3
+
+
+def test_a_folder_named_with_a_slash_is_made_and_gets_a_dated_name(filled, tmp_path):
+    code, _, err = followupd(filled, "backup", f"{tmp_path / 'vault'}/")
+    assert code == 0, err
+    assert (tmp_path / "vault").is_dir() and len(ours(tmp_path / "vault")) == 1
+    assert os.stat(tmp_path / "vault").st_mode & 0o777 == 0o700
+
+
+def test_a_backup_replaces_only_an_earlier_backup_of_the_same_database(filled, tmp_path):
+    target = tmp_path / "copy.sqlite3"
+    assert followupd(filled, "backup", str(target))[0] == 0
+    assert followupd(filled, "backup", str(target))[0] == 0  # its own earlier copy: replaced
+    other = tmp_path / "other"
+    assert run_cli("init", str(other), log_to=tmp_path).returncode == 0
+    add_referrals(other, ["O-1"])
+    foreign = [database(other), tmp_path / "app.sqlite3"]
+    sqlite3.connect(foreign[1]).execute("CREATE TABLE t (x)").connection.close()
+    for path in foreign:
+        before = digest(path)
+        code, _, err = followupd(filled, "backup", str(path))
+        assert code == 2 and "not a backup of this database" in err, err
+        assert digest(path) == before
+    lock = Path(f"{database(filled)}.lock")
+    lock.unlink(missing_ok=True)
+    code, _, err = followupd(filled, "backup", str(lock))
+    assert code == 2 and "database itself" in err, err
+
+
+def test_a_name_that_only_looks_like_a_backup_does_not_upset_the_schedule(tmp_path):
+    """The daemon dates its first backup from the newest name in the folder: a month 13
+    there once stopped it from starting."""
+    (tmp_path / "followupd-20261301T000000Z.sqlite3").write_text("x")
+    assert newest_backup_time(tmp_path) is None
+    (tmp_path / "followupd-20261130T030000Z.sqlite3").write_text("x")
+    assert newest_backup_time(tmp_path) == datetime(2026, 11, 30, 3, 0, tzinfo=UTC)
+
+
+def test_two_backups_racing_for_one_dated_name_keep_both(filled):
+    """Both chose the same free name before either was written: the second takes `-2`."""
+    url = f"sqlite:///{database(filled)}"
+    target = default_target(filled / "backups")
+    first = make_backup(url, target, new=True)
+    second = make_backup(url, target, new=True)
+    assert first.path == target and second.path.name.endswith("-2.sqlite3")
+    assert check_copy(first.path).revision and check_copy(second.path).revision
+
+
+def test_a_fifo_or_folder_named_like_a_leftover_never_blocks_a_backup(filled):
+    folder = filled / "backups"
+    folder.mkdir(mode=0o700)
+    os.mkfifo(folder / ".followupd-backup-fifo.tmp")
+    (folder / ".followupd-backup-dir.tmp").mkdir()
+    code, _, err = followupd(filled, "backup")
+    assert code == 0, err
+    assert len(ours(folder)) == 1
+
+
+def test_restore_through_a_symlinked_database_restores_the_file_it_names(filled, tmp_path):
+    copy = tmp_path / "copy.sqlite3"
+    assert followupd(filled, "backup", str(copy))[0] == 0
+    add_referrals(filled, ["R-4"])
+    real = tmp_path / "volume" / "followupd.sqlite3"
+    real.parent.mkdir()
+    os.replace(database(filled), real)
+    database(filled).symlink_to(real)
+    code, _, err = followupd(filled, "restore", str(copy), "--yes")
+    assert code == 0, err
+    assert database(filled).is_symlink() and database(filled).resolve() == real
+    assert count(real, "SELECT count(*) FROM referral") == 3
+    assert list(real.parent.glob("followupd.sqlite3.before-restore-*"))
 
 
 def test_two_backups_in_one_second_get_two_names(filled):
@@ -610,3 +713,6 @@ def test_a_failed_scheduled_backup_is_logged_and_the_daemon_goes_on(filled):
 def test_the_backup_engine_url_is_sqlite_only(tmp_path):
     with pytest.raises(BackupError, match="pg_dump"):  # parsed, never connected to
         make_backup("postgresql+psycopg://u@127.0.0.1:9/x", tmp_path / "b.sqlite3")
+    with pytest.raises(BackupError, match="that database's own tools") as raised:
+        make_backup("mysql+pymysql://u@127.0.0.1:9/x", tmp_path / "b.sqlite3")
+    assert "pg_dump" not in str(raised.value)

@@ -38,6 +38,16 @@ def test_the_shipped_default_is_valid(home):
     assert settings.outbox_dir == home / "outbox"
 
 
+def test_a_country_code_in_lower_case_is_the_same_country(home):
+    """`country: us` is what a person types; the holidays package knows `US` only."""
+    from followupd.engine.core import closed_days
+
+    edit(home, "country: US", "country: us")
+    settings = configuration.load(home, environ={})
+    assert settings.config.holidays.country == "US"
+    assert closed_days(settings).problem() is None
+
+
 def test_every_key_of_the_default_has_a_comment():
     from followupd.resources import default_config_dir
 

@@ -3,9 +3,11 @@ recovery after a kill, health, and logs without patient details."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -132,7 +134,7 @@ from followupd import config
 from followupd.commands.running import _migrate_apart
 from followupd.store import SCHEMA_HEAD, Store
 settings = config.load(sys.argv[1])
-_migrate_apart(settings)
+_migrate_apart(settings, None)
 store = Store(settings.database_url)
 with store.engine.connect() as connection:
     revision = connection.exec_driver_sql("SELECT version_num FROM alembic_version").scalar()
@@ -152,6 +154,61 @@ def test_the_daemon_migrates_a_new_database_in_a_child_process(home, db_url):
         timeout=120,
     )
     assert ran.stdout.split() == ["True", "False"], ran.stderr
+
+
+def test_a_daemon_started_with_sigchld_ignored_still_starts(home, tmp_path):
+    """A parent that set SIGCHLD to SIG_IGN passes that on: the migration child is then
+    reaped by the kernel, and waiting for it must not stop the daemon from starting."""
+    env = env_for(f"sqlite:///{tmp_path / 'ignored.sqlite3'}")
+    log = open(home / "daemon.log", "w")  # noqa: SIM115 - closed with the process
+    daemon = subprocess.Popen(
+        [sys.executable, "-m", "followupd", "--home", str(home), "run"],
+        stdout=log,
+        stderr=log,
+        env=env,
+        preexec_fn=lambda: signal.signal(signal.SIGCHLD, signal.SIG_IGN),
+    )
+    try:
+        started = wait_for(lambda: "event=started" in (home / "daemon.log").read_text(), 60)
+        assert started, (home / "daemon.log").read_text()[-2000:]
+    finally:
+        stop(daemon)
+        log.close()
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for task in Path(f"/proc/{pid}/task").glob("*/children"):
+        found += [int(child) for child in task.read_text().split()]
+    return found
+
+
+def test_a_daemon_stopped_while_it_migrates_leaves_no_migration_behind(home, tmp_path):
+    """SIGTERM while the migration child waits for a busy database: the child is stopped
+    with the daemon, not left running as an orphan holding the daemon's lock."""
+    path = tmp_path / "busy.sqlite3"
+    Store(f"sqlite:///{path}").close()
+    with sa.create_engine(f"sqlite:///{path}").connect() as connection:
+        connection.exec_driver_sql("UPDATE alembic_version SET version_num = '0008'")
+        connection.commit()
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # the migration waits for this write lock (30 s)
+    daemon = start_daemon(home, env_for(f"sqlite:///{path}"))
+    try:
+        assert wait_for(lambda: _children(daemon.pid), 60), "no migration child"
+        [child] = _children(daemon.pid)
+        daemon.send_signal(signal.SIGTERM)
+        assert daemon.wait(timeout=20) == 0  # well before the 30 s busy timeout
+        assert wait_for(lambda: not Path(f"/proc/{child}").exists(), 20), "orphaned"
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+        stop(daemon)
+    lock = os.open(f"{path}.lock", os.O_RDWR)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # nobody holds the daemon's lock
+    finally:
+        os.close(lock)
 
 
 @pytest.mark.slow  # 400 drafts, a kill and a restart: 10-25 s

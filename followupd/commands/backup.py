@@ -42,14 +42,19 @@ PG_RESTORE = (
     "restore: the database is PostgreSQL: put a pg_dump back with pg_restore (the recipe is "
     "in docs/operations.md, Backups); followupd restore puts back a SQLite database"
 )
+OTHER = (
+    "{command}: the database is {kind}, not SQLite: use that database's own backup tools; "
+    "followupd {command} works on a SQLite database"
+)
 
 
 def backup(
     file: Annotated[
-        Path | None,
+        str | None,  # text, not a Path: a trailing `/` (a folder not made yet) must survive
         typer.Argument(
+            metavar="[FILE]",
             help="Where to write it: a file, or a folder for a dated name "
-            "(default: followupd-<UTC time>.sqlite3 in backup.path, backups/ in the home)."
+            "(default: followupd-<UTC time>.sqlite3 in backup.path, backups/ in the home).",
         ),
     ] = None,
     keep: Annotated[
@@ -65,14 +70,14 @@ def backup(
     """Copy the SQLite database, consistently, even while the daemon runs (mode 0600)."""
     settings = load_settings(home)
     _sqlite_only(settings, PG_BACKUP)
-    target = _target(settings, file)
+    target, dated = _target(settings, file)
     try:
-        made = make_backup(settings.database_url, target)
+        made = make_backup(settings.database_url, target, new=dated)
     except BackupError as exc:
         fail(EXIT_CONFIG, f"backup: {exc}")
     out.print(f"wrote {made.path} ({_size(made.size)}, schema {made.revision})", markup=False)
     try:
-        removed = rotate(target.parent, keep) if keep else []
+        removed = rotate(made.path.parent, keep, made) if keep else []
     except OSError as exc:  # the backup is made; only the older ones are still there
         fail(EXIT_FAILED, f"backup: older backups could not be removed: {file_problem(exc)}")
     if removed:
@@ -80,13 +85,15 @@ def backup(
         out.print(f"removed {len(removed)} older backups (--keep {keep}): {names}", markup=False)
 
 
-def _target(settings: configuration.Settings, file: Path | None) -> Path:
-    """The file to write: FILE, a dated name in the folder FILE names, or in backup.path."""
+def _target(settings: configuration.Settings, file: str | None) -> tuple[Path, bool]:
+    """The file to write: FILE, a dated name in the folder FILE names (one that ends in `/`
+    is a folder, made if missing), or in backup.path; and whether the name is a dated one."""
     if file is None:
-        return default_target(settings.home / settings.config.backup.path)
-    if file.is_dir():
-        return default_target(file)
-    return file
+        return default_target(settings.home / settings.config.backup.path), True
+    path = Path(file)
+    if path.is_dir() or file.endswith(os.sep):
+        return default_target(path), True
+    return path, False
 
 
 def restore(
@@ -133,7 +140,10 @@ def _sqlite_only(settings: configuration.Settings, message: str) -> None:
     """PostgreSQL: one line pointing to pg_dump / pg_restore, exit 2."""
     try:
         sqlite_file(settings.database_url)
-    except NotSQLite:
+    except NotSQLite as exc:
+        if exc.kind not in ("postgresql", "postgres"):
+            command = message.split(":", 1)[0]
+            fail(EXIT_CONFIG, OTHER.format(command=command, kind=exc.kind))
         fail(EXIT_CONFIG, message)
     except BackupError as exc:
         fail(EXIT_CONFIG, f"database: {exc}")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -127,7 +129,7 @@ def _run_daemon(settings: configuration.Settings, home: Path | None) -> None:
     except AlreadyRunning as exc:
         fail(EXIT_CONFIG, str(exc))
     try:
-        _migrate_apart(settings)
+        _migrate_apart(settings, lock)
         with opened_store(settings) as store:
             _daemon_on(settings, store, home).run()
     finally:
@@ -135,14 +137,21 @@ def _run_daemon(settings: configuration.Settings, home: Path | None) -> None:
             os.close(lock)
 
 
-def _migrate_apart(settings: configuration.Settings) -> None:
+def _migrate_apart(settings: configuration.Settings, lock: int | None) -> None:
     """Bring the schema to this version's head in a child process: a daemon that migrated
     in its own process would keep Alembic loaded for months (13 MiB). The store the daemon
     opens next finds the schema at head and skips Alembic; if the child could not migrate (a
     busy database, a schema from a newer followupd), that store meets the same problem and
-    reports it as it always has."""
+    reports it as it always has.
+
+    The child lets go of the daemon's lock at once (it is not the daemon), and a stop asked
+    of the daemon meanwhile (SIGTERM, ^C) stops the child too before the daemon goes: no
+    migration is left running, orphaned, after `followupd run` was stopped."""
     from followupd.store import Store
 
+    # An ignored SIGCHLD (inherited from a careless parent) would reap the child on its
+    # own, and waitpid would find none to wait for.
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     sys.stdout.flush()
     sys.stderr.flush()
     try:
@@ -152,11 +161,33 @@ def _migrate_apart(settings: configuration.Settings) -> None:
     if pid == 0:
         status = 1
         try:
+            if lock is not None:
+                os.close(lock)
             Store(settings.database_url).close()
             status = 0
         finally:
             os._exit(status)  # whatever happened: the daemon's own store says it again
-    os.waitpid(pid, 0)
+    stopped: list[int] = []
+
+    def stop_the_child(signum: int, _frame) -> None:
+        stopped.append(signum)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+
+    previous = {sig: signal.signal(sig, stop_the_child) for sig in STOP_SIGNALS}
+    previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, signal.SIG_IGN)  # read just now
+    try:
+        os.waitpid(pid, 0)  # retried by Python after a handled signal (PEP 475)
+    except ChildProcessError:
+        pass
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if stopped:
+        raise typer.Exit(0)  # asked to stop before it started: stopped, as asked
+
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 def _daemon_on(settings: configuration.Settings, store: Store, home: Path | None) -> Daemon:

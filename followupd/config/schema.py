@@ -454,6 +454,12 @@ class Holidays(Strict):
     subdivision: str | None = Field(None, pattern=r"^[A-Za-z0-9-]{1,10}$")  # a state: MN
     closed: list[date] = []
 
+    @field_validator("country", mode="before")
+    @classmethod
+    def _upper(cls, value: Any) -> Any:
+        """`us` is US: the holidays package knows country codes in capitals only."""
+        return value.upper() if isinstance(value, str) else value
+
     @model_validator(mode="after")
     def _country_first(self) -> Holidays:
         if self.country is None and self.subdivision is not None:

@@ -26,6 +26,7 @@ import os
 import re
 import shutil
 import sqlite3
+import stat
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -42,9 +43,10 @@ STEP_PAGES = 256  # pages copied per step (1 MiB at SQLite's 4 KiB pages)
 STEP_PAUSE = 0.005  # seconds between steps: the disk and the GIL go to the daemon's ticks
 IN_USE_TIMEOUT = 5.0  # seconds a restore waits for other connections to the database to end
 STAMP = "%Y%m%dT%H%M%SZ"
-# Our own backup files, and only they: `followupd-20261201T031500Z.sqlite3`, with `-2`, `-3`
-# for a second and third in the same second. Rotation deletes nothing else.
-BACKUP_NAME = re.compile(r"followupd-(\d{8}T\d{6}Z)(?:-([1-9]\d{0,3}))?\.sqlite3")
+# Our own backup files' names: `followupd-20261201T031500Z.sqlite3`, with `-2`, `-3` for a
+# second and third in the same second (ASCII digits only, and a time that exists). Rotation
+# deletes nothing else, and of those only the copies of the same home's database.
+BACKUP_NAME = re.compile(r"followupd-([0-9]{8}T[0-9]{6}Z)(?:-([1-9][0-9]{0,3}))?\.sqlite3")
 BACKUP_TEMP = ".followupd-backup-"  # + random + ".tmp": a backup being written
 RESTORE_TEMP = ".followupd-restore-"  # + random + ".tmp": a copy staged for a restore
 SIDECARS = ("-journal", "-wal", "-shm")
@@ -59,6 +61,10 @@ class BackupError(Exception):
 
 class NotSQLite(BackupError):
     """The database is not a SQLite file: PostgreSQL has pg_dump and pg_restore."""
+
+    def __init__(self, message: str, kind: str):
+        super().__init__(message)
+        self.kind = kind  # the URL's backend name: postgresql, mysql, ...
 
 
 class CopyRefused(BackupError):
@@ -75,6 +81,7 @@ class Backup:
     size: int  # bytes
     revision: str | None  # the schema revision it holds
     seconds: float
+    installation: str | None = None  # the home it is a copy of (rotation keeps to those)
 
 
 @dataclass(frozen=True)
@@ -105,11 +112,14 @@ def sqlite_file(url: str) -> Path:
         parsed = sa.make_url(url)
     except (sa.exc.ArgumentError, ValueError):
         raise BackupError("the database URL is not a SQLAlchemy URL") from None
-    if parsed.get_backend_name() != "sqlite":
-        raise NotSQLite(
-            f"the database is {parsed.get_backend_name()}, not a SQLite file: back it up "
-            "with pg_dump and put it back with pg_restore (docs/operations.md, Backups)"
+    kind = parsed.get_backend_name()
+    if kind != "sqlite":
+        tools = (
+            "pg_dump and put it back with pg_restore (docs/operations.md, Backups)"
+            if kind in ("postgresql", "postgres")
+            else "that database's own tools"
         )
+        raise NotSQLite(f"the database is {kind}, not a SQLite file: back it up with {tools}", kind)
     if parsed.database in (None, "", ":memory:"):
         raise BackupError("the database is in memory: there is no file to back up")
     return Path(parsed.database)
@@ -123,7 +133,8 @@ def backup_name(now: datetime, serial: int = 1) -> str:
 
 def default_target(folder: Path, now: datetime | None = None) -> Path:
     """A backup name in `folder` that is not taken (a second backup in one second gets
-    `-2`), so a new backup never replaces an earlier one."""
+    `-2`), so a new backup never replaces an earlier one. Two backups racing for the name
+    are kept apart when the copy is put in place (`make_backup(..., new=True)`)."""
     now = now or datetime.now(UTC)
     for serial in range(1, 10_000):
         target = folder / backup_name(now, serial)
@@ -132,10 +143,17 @@ def default_target(folder: Path, now: datetime | None = None) -> Path:
     raise BackupError(f"{folder}: too many backups in one second")
 
 
-def _order(path: Path) -> tuple[str, int]:
-    match = BACKUP_NAME.fullmatch(path.name)
-    assert match is not None
-    return match.group(1), int(match.group(2) or 1)
+def _when(name: str) -> tuple[datetime, int] | None:
+    """(time, serial) of one of our backup names; None for any other name, one that only
+    looks like ours (a month 13) included."""
+    match = BACKUP_NAME.fullmatch(name)
+    if match is None:
+        return None
+    try:
+        made = datetime.strptime(match.group(1), STAMP).replace(tzinfo=UTC)
+    except ValueError:
+        return None
+    return made, int(match.group(2) or 1)
 
 
 def backups_in(folder: Path) -> list[Path]:
@@ -143,11 +161,11 @@ def backups_in(folder: Path) -> list[Path]:
     if not folder.is_dir():
         return []
     found = [
-        path
+        (when, path)
         for path in folder.iterdir()
-        if BACKUP_NAME.fullmatch(path.name) and path.is_file() and not path.is_symlink()
+        if (when := _when(path.name)) is not None and path.is_file() and not path.is_symlink()
     ]
-    return sorted(found, key=_order)
+    return [path for _, path in sorted(found)]
 
 
 def newest_backup_time(folder: Path) -> datetime | None:
@@ -155,21 +173,55 @@ def newest_backup_time(folder: Path) -> datetime | None:
     found = backups_in(folder)
     if not found:
         return None
-    return datetime.strptime(_order(found[-1])[0], STAMP).replace(tzinfo=UTC)
+    when = _when(found[-1].name)
+    return when[0] if when else None
 
 
-def rotate(folder: Path, keep: int) -> list[Path]:
-    """Delete our own backups in `folder` beyond the `keep` newest, oldest first; any
-    other file there is never touched. Returns what was deleted."""
+def rotate(folder: Path, keep: int, made: Backup) -> list[Path]:
+    """Delete our own backups of the same home as `made` in `folder` beyond the `keep`
+    newest, oldest first, and never `made` itself (a name dated in the future does not push
+    it out). Another home's backups in a shared folder, and any other file, are never
+    touched. Returns what was deleted."""
     if keep < 1:
         raise ValueError("keep at least one backup")
-    found = backups_in(folder)
+    kept = made.path.resolve()
+    found = [
+        path
+        for path in backups_in(folder)
+        if path.resolve() != kept and made.installation and _installation(path) == made.installation
+    ]
     removed = []
-    for path in found[: max(0, len(found) - keep)]:
+    for path in found[: max(0, len(found) - (keep - 1))]:
         with contextlib.suppress(FileNotFoundError):  # another rotation took it first
             path.unlink()
             removed.append(path)
+        for sidecar in SIDECARS:  # a journal left beside it belongs to nothing now
+            with contextlib.suppress(FileNotFoundError):
+                Path(f"{path}{sidecar}").unlink()
     return removed
+
+
+def _installation(path: Path, *, live: bool = False) -> str | None:
+    """The installation id a database file holds (the home it is a copy of), read without
+    writing anything beside a backup (`live`: the database itself, its WAL read too); None
+    for a file that is not a readable followupd database."""
+    mode = "ro" if live else "ro&immutable=1"
+    try:
+        connection = sqlite3.connect(f"{path.resolve().as_uri()}?mode={mode}", uri=True)
+    except sqlite3.Error:
+        return None
+    try:
+        return _installation_of(connection)
+    finally:
+        connection.close()
+
+
+def _installation_of(connection: sqlite3.Connection) -> str | None:
+    try:
+        row = connection.execute("SELECT value FROM meta WHERE key = 'installation_id'").fetchone()
+    except sqlite3.Error:  # not SQLite, damaged, no meta table
+        return None
+    return str(row[0]) if row else None
 
 
 # --- making a backup ---------------------------------------------------------------------
@@ -179,13 +231,16 @@ def make_backup(
     url: str,
     target: Path,
     *,
+    new: bool = False,
     stop: Callable[[], bool] | None = None,
     pages: int = STEP_PAGES,
     pause: float = STEP_PAUSE,
 ) -> Backup:
     """Copy the live database at `url` to `target` consistently, while others write.
 
-    `stop` is asked between steps: true abandons the copy (the daemon is stopping)."""
+    `new`: `target` is a dated name (`default_target`) that must not replace a file another
+    backup put there meanwhile: the next free `-2`, `-3` is taken instead. `stop` is asked
+    between steps: true abandons the copy (the daemon is stopping)."""
     started = time.monotonic()
     source = sqlite_file(url)
     if not source.is_file():
@@ -199,23 +254,46 @@ def make_backup(
     _remove_leftovers(folder, BACKUP_TEMP)
     with _temporary(folder, BACKUP_TEMP) as (fd, temporary):
         try:
-            revision = _copy(source, temporary, stop, pages, pause)
+            revision, installation = _copy(source, temporary, stop, pages, pause)
         except _Stopped:
             raise BackupError("stopped before the copy was complete") from None
         except sqlite3.Error as exc:
             raise BackupError(f"the copy failed ({_first_line(exc)})") from None
         os.fsync(fd)
-        os.replace(temporary, target)
+        target = _put_in_place(temporary, target, new)
         _fsync_dir(folder)
         size = os.fstat(fd).st_size
-    return Backup(target, size, revision, time.monotonic() - started)
+    return Backup(target, size, revision, time.monotonic() - started, installation)
+
+
+def _put_in_place(temporary: Path, target: Path, new: bool) -> Path:
+    """Rename the finished copy onto `target`; with `new`, onto the first of its dated
+    names that nobody took meanwhile (a hard link never replaces a file, a rename would)."""
+    when = _when(target.name) if new else None
+    if when is None:
+        os.replace(temporary, target)
+        return target
+    made, first = when
+    for serial in range(first, 10_000):
+        candidate = target.with_name(backup_name(made, serial))
+        try:
+            os.link(temporary, candidate)
+        except FileExistsError:
+            continue
+        except OSError:  # a file system without hard links: the name was free a moment ago
+            os.replace(temporary, candidate)
+            return candidate
+        temporary.unlink()
+        return candidate
+    raise BackupError(f"{target.parent}: too many backups in one second")
 
 
 def _copy(
     source: Path, temporary: Path, stop: Callable[[], bool] | None, pages: int, pause: float
-) -> str | None:
+) -> tuple[str | None, str | None]:
     """The backup API from one read transaction on `source` into `temporary`, which ends up
-    one self-contained file (no WAL) that passed integrity_check; returns its revision."""
+    one self-contained file (no WAL) that passed integrity_check; returns its revision and
+    installation id."""
     live = sqlite3.connect(
         f"{source.resolve().as_uri()}?mode=rw",
         uri=True,
@@ -242,21 +320,27 @@ def _copy(
         problems = copy.execute("PRAGMA integrity_check").fetchall()
         if [row[0] for row in problems] != ["ok"]:
             raise BackupError(f"the copy failed its integrity check ({problems[0][0][:200]})")
-        return _revision(copy)
+        return _revision(copy), _installation_of(copy)
     finally:
         copy.close()
         live.close()
 
 
 def _not_the_database(source: Path, target: Path) -> None:
-    """A backup written over the database (or its -wal, -shm) would destroy it, and one
-    written over a file that is not a SQLite file (followupd.yaml, a typo) would lose it."""
-    names = {source.resolve(), *(Path(f"{source.resolve()}{s}") for s in SIDECARS)}
+    """A backup written over the database (or its -wal, -shm, its locks) would destroy it,
+    and one written over any file but an earlier backup of this same database (followupd.yaml,
+    another program's or another home's database, a typo) would lose that file."""
+    live = source.resolve()
+    names = {live, *(Path(f"{live}{s}") for s in (*SIDECARS, ".lock", ".migrate.lock"))}
     if target.resolve() in names or (target.exists() and os.path.samefile(source, target)):
         raise BackupError(f"{target} is the database itself; write the backup elsewhere")
     if target.is_dir() or (target.exists() and not _is_sqlite(target)):
         raise BackupError(
             f"{target} exists and is not a SQLite backup; name a new file (or a folder)"
+        )
+    if target.exists() and _installation(target) != _installation(source, live=True):
+        raise BackupError(
+            f"{target} exists and is not a backup of this database; name a new file (or a folder)"
         )
 
 
@@ -378,6 +462,8 @@ def staged_restore(url: str, copy: Path) -> Iterator[Staged]:
     """The copy, copied next to the database and checked there (what is checked is what
     goes in); removed at the end unless `install()` put it in place."""
     database = sqlite_file(url)
+    if database.is_symlink():  # the file it names is restored, where it is; the link stays
+        database = database.resolve()
     if database.exists() and copy.exists() and os.path.samefile(database, copy):
         raise BackupError(f"{copy} is the database itself; name a backup to restore")
     folder = database.parent
@@ -523,8 +609,10 @@ def _remove_leftovers(folder: Path, prefix: str) -> None:
     if not folder.is_dir():
         return
     for path in folder.glob(f"{prefix}*.tmp"):
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        try:  # a FIFO or a folder under such a name is not ours: opening one could block
+            if not stat.S_ISREG(path.lstat().st_mode):
+                continue
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
         except OSError:
             continue
         try:
@@ -539,7 +627,7 @@ def _remove_leftovers(folder: Path, prefix: str) -> None:
             os.close(fd)
     for sidecar in folder.glob(f"{prefix}*.tmp-*"):
         base = Path(str(sidecar).rsplit("-", 1)[0])
-        if not base.exists():
+        if not base.exists() and sidecar.is_file() and not sidecar.is_symlink():
             with contextlib.suppress(FileNotFoundError):
                 sidecar.unlink()
 

@@ -49,7 +49,7 @@ def _private_file(path: Path) -> None:
     An existing file is never opened here: SQLite's locks are POSIX locks, which a process
     loses on closing *any* descriptor of the file, so an open and close beside a live
     connection (a second engine, as a dry run makes) would drop that connection's locks."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)  # a new folder: private
     if not path.exists():
         with contextlib.suppress(FileExistsError):  # another process made it just now
             os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600))
