@@ -3,6 +3,7 @@ recovery after a kill, health, and logs without patient details."""
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -16,11 +17,13 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from alembic import command
 
 from conftest import run_cli, wait_for
 from followupd.demo import SAMPLE_CLIENTS, load_samples, prepare_home
 from followupd.models import FollowUp
 from followupd.store import Store, write_meta
+from followupd.store.database import _alembic_config
 
 
 def env_for(db_url: str, **extra: str) -> dict[str, str]:
@@ -183,21 +186,34 @@ def _children(pid: int) -> list[int]:
     return found
 
 
+def _has_open(pid: int, path: Path) -> bool:
+    with contextlib.suppress(FileNotFoundError, PermissionError):
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            with contextlib.suppress(FileNotFoundError):
+                if os.readlink(fd) == str(path):
+                    return True
+    return False
+
+
 def test_a_daemon_stopped_while_it_migrates_leaves_no_migration_behind(home, tmp_path):
     """SIGTERM while the migration child waits for a busy database: the child is stopped
     with the daemon, not left running as an orphan holding the daemon's lock."""
     path = tmp_path / "busy.sqlite3"
     Store(f"sqlite:///{path}").close()
-    with sa.create_engine(f"sqlite:///{path}").connect() as connection:
-        connection.exec_driver_sql("UPDATE alembic_version SET version_num = '0008'")
-        connection.commit()
+    engine = sa.create_engine(f"sqlite:///{path}")
+    with engine.begin() as connection:  # one revision back: the daemon has one to apply
+        alembic = _alembic_config()
+        alembic.attributes["connection"] = connection
+        command.downgrade(alembic, "-1")
+    engine.dispose()
     holder = sqlite3.connect(path, isolation_level=None)
     holder.execute("BEGIN IMMEDIATE")  # the migration waits for this write lock (30 s)
     daemon = start_daemon(home, env_for(f"sqlite:///{path}"))
     try:
         assert wait_for(lambda: _children(daemon.pid), 60), "no migration child"
         [child] = _children(daemon.pid)
-        daemon.send_signal(signal.SIGTERM)
+        assert wait_for(lambda: _has_open(child, path), 60), "the child never opened it"
+        daemon.send_signal(signal.SIGTERM)  # the child is migrating, or waiting to
         assert daemon.wait(timeout=20) == 0  # well before the 30 s busy timeout
         assert wait_for(lambda: not Path(f"/proc/{child}").exists(), 20), "orphaned"
     finally:

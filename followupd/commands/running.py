@@ -140,33 +140,41 @@ def _run_daemon(settings: configuration.Settings, home: Path | None) -> None:
 def _migrate_apart(settings: configuration.Settings, lock: int | None) -> None:
     """Bring the schema to this version's head in a child process: a daemon that migrated
     in its own process would keep Alembic loaded for months (13 MiB). The store the daemon
-    opens next finds the schema at head and skips Alembic; if the child could not migrate (a
-    busy database, a schema from a newer followupd), that store meets the same problem and
-    reports it as it always has.
+    opens next finds the schema at head and skips Alembic. A database the child could not
+    use (busy past the timeout, unreachable, from a newer followupd) is said in one line and
+    the daemon exits 2 at once, instead of waiting out the same timeout again; any other
+    failure, the daemon's own store meets again and reports as it always has.
 
     The child lets go of the daemon's lock at once (it is not the daemon), and a stop asked
     of the daemon meanwhile (SIGTERM, ^C) stops the child too before the daemon goes: no
     migration is left running, orphaned, after `followupd run` was stopped."""
-    from followupd.store import Store
+    from followupd.store import Store, StoreError
 
     # An ignored SIGCHLD (inherited from a careless parent) would reap the child on its
     # own, and waitpid would find none to wait for.
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     sys.stdout.flush()
     sys.stderr.flush()
+    said, says = os.pipe()  # the child's one line on a database it could not use
     try:
         pid = os.fork()  # before the daemon starts any thread
     except OSError:  # no process to spare: the daemon's own store migrates, as it used to
+        os.close(said)
+        os.close(says)
         return
     if pid == 0:
         status = 1
         try:
+            os.close(said)
             if lock is not None:
                 os.close(lock)
             Store(settings.database_url).close()
             status = 0
+        except StoreError as exc:  # busy, unreachable, newer: said once, not waited for twice
+            os.write(says, str(exc).encode("utf-8", "replace")[:4000])
         finally:
-            os._exit(status)  # whatever happened: the daemon's own store says it again
+            os._exit(status)  # anything else: the daemon's own store says it again
+    os.close(says)
     stopped: list[int] = []
 
     def stop_the_child(signum: int, _frame) -> None:
@@ -183,8 +191,12 @@ def _migrate_apart(settings: configuration.Settings, lock: int | None) -> None:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        with os.fdopen(said, "rb") as reading:
+            problem = reading.read().decode("utf-8", "replace").strip()
     if stopped:
         raise typer.Exit(0)  # asked to stop before it started: stopped, as asked
+    if problem:
+        fail(EXIT_CONFIG, f"database: {problem}")
 
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
