@@ -22,7 +22,7 @@ from alembic import command
 from conftest import run_cli, wait_for
 from followupd.demo import SAMPLE_CLIENTS, load_samples, prepare_home
 from followupd.models import FollowUp
-from followupd.store import Store, write_meta
+from followupd.store import SCHEMA_HEAD, Store, write_meta
 from followupd.store.database import _alembic_config
 
 
@@ -220,6 +220,17 @@ def test_a_daemon_stopped_while_it_migrates_leaves_no_migration_behind(home, tmp
         holder.execute("ROLLBACK")
         holder.close()
         stop(daemon)
+    said = (home / "daemon.log").read_text()
+    assert "event=stopping signal=SIGTERM" in said and "migration=" in said, said[-2000:]
+    with sqlite3.connect(path) as connection:  # the migration was not made, nor half made
+        assert connection.execute("SELECT version_num FROM alembic_version").fetchone() != (
+            SCHEMA_HEAD,
+        )
+    Store(f"sqlite:///{path}").close()  # and the next start makes it
+    with sqlite3.connect(path) as connection:
+        assert connection.execute("SELECT version_num FROM alembic_version").fetchone() == (
+            SCHEMA_HEAD,
+        )
     lock = os.open(f"{path}.lock", os.O_RDWR)
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # nobody holds the daemon's lock

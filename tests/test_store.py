@@ -44,6 +44,40 @@ def test_migrations_create_every_table_and_rerun_as_no_ops(db_url):
     store.close()
 
 
+def _columns(engine: sa.Engine, table: str) -> set[str]:
+    return {column["name"] for column in sa.inspect(engine).get_columns(table)}
+
+
+def test_a_migration_that_fails_halfway_leaves_the_schema_as_it_was(db_url):
+    """A migration stopped between two statements (here: its last index cannot be made)
+    must leave no column added under the old revision: else every later start fails on a
+    duplicate column, and the database needs a person with sqlite3 to mend it."""
+    from alembic import command
+
+    from followupd.store.database import SCHEMA_HEAD, _alembic_config
+
+    Store(db_url).close()
+    engine = sa.create_engine(db_url)
+    with engine.begin() as connection:  # one revision back, and a name the last step wants
+        alembic = _alembic_config()
+        alembic.attributes["connection"] = connection
+        command.downgrade(alembic, "-1")
+        connection.exec_driver_sql("CREATE INDEX ix_physician_updated ON physician (name)")
+    before = _columns(engine, "follow_up")
+    with pytest.raises(StoreError):
+        Store(db_url)
+    assert _columns(engine, "follow_up") == before  # nothing of the migration stayed
+    with engine.begin() as connection:
+        assert connection.exec_driver_sql("SELECT version_num FROM alembic_version").scalar() != (
+            SCHEMA_HEAD
+        )
+        connection.exec_driver_sql("DROP INDEX ix_physician_updated")
+    engine.dispose()
+    store = Store(db_url)  # the obstacle gone, the same migration goes through
+    assert "basis_id" in _columns(store.engine, "follow_up")
+    store.close()
+
+
 def test_schema_head_constant_names_the_newest_migration():
     """The fast "already migrated" check compares against SCHEMA_HEAD: a new migration must
     move it, or databases would never be upgraded."""

@@ -145,26 +145,63 @@ def _migrate_apart(settings: configuration.Settings, lock: int | None) -> None:
     the daemon exits 2 at once, instead of waiting out the same timeout again; any other
     failure, the daemon's own store meets again and reports as it always has.
 
-    The child lets go of the daemon's lock at once (it is not the daemon), and a stop asked
-    of the daemon meanwhile (SIGTERM, ^C) stops the child too before the daemon goes: no
+    The child lets go of the daemon's lock at once (it is not the daemon). A stop asked of
+    the daemon meanwhile (SIGTERM, ^C) stops the child too, and the daemon exits 0: the
+    migration is one transaction, so a stopped one leaves the schema as it was, and no
     migration is left running, orphaned, after `followupd run` was stopped."""
-    from followupd.store import Store, StoreError
+    from followupd.logs import Log
 
     # An ignored SIGCHLD (inherited from a careless parent) would reap the child on its
-    # own, and waitpid would find none to wait for.
+    # own, and waitpid would find none to wait for, nor its exit status.
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    child: list[int] = []  # the child's pid, once forked
+    stopped: list[int] = []  # the stop signals that came meanwhile
+
+    def stop_the_child(signum: int, _frame) -> None:
+        stopped.append(signum)
+        for pid in child:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+
+    # Handlers before the fork: a stop between the fork and waiting is not lost.
+    previous = {sig: signal.signal(sig, stop_the_child) for sig in STOP_SIGNALS}
+    previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, signal.SIG_IGN)  # read just now
+    try:
+        status, problem = _migrated_in_child(settings, lock, child, stopped)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if stopped:  # stopped, as asked; the schema is at head or as it was
+        log = Log()
+        log.info("stopping", signal=signal.Signals(stopped[0]).name)
+        log.info("stopped", migration="finished" if status == 0 else "not made")
+        raise typer.Exit(0)
+    if problem:
+        fail(EXIT_CONFIG, f"database: {problem}")
+
+
+def _migrated_in_child(
+    settings: configuration.Settings, lock: int | None, child: list[int], stopped: list[int]
+) -> tuple[int | None, str]:
+    """Fork, migrate in the child, wait for it: (its exit status, the one line it said
+    about a database it could not use). No process to spare: (None, ""), and the daemon's
+    own store migrates, as it used to."""
+    from followupd.store import Store, StoreError
+
     sys.stdout.flush()
     sys.stderr.flush()
-    said, says = os.pipe()  # the child's one line on a database it could not use
+    said, says = os.pipe()
     try:
         pid = os.fork()  # before the daemon starts any thread
-    except OSError:  # no process to spare: the daemon's own store migrates, as it used to
+    except OSError:
         os.close(said)
         os.close(says)
-        return
+        return None, ""
     if pid == 0:
         status = 1
         try:
+            for sig in STOP_SIGNALS:  # stopped by the daemon: its transaction rolls back
+                signal.signal(sig, signal.SIG_DFL)
             os.close(said)
             if lock is not None:
                 os.close(lock)
@@ -175,28 +212,13 @@ def _migrate_apart(settings: configuration.Settings, lock: int | None) -> None:
         finally:
             os._exit(status)  # anything else: the daemon's own store says it again
     os.close(says)
-    stopped: list[int] = []
-
-    def stop_the_child(signum: int, _frame) -> None:
-        stopped.append(signum)
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGTERM)
-
-    previous = {sig: signal.signal(sig, stop_the_child) for sig in STOP_SIGNALS}
-    previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, signal.SIG_IGN)  # read just now
-    try:
-        os.waitpid(pid, 0)  # retried by Python after a handled signal (PEP 475)
-    except ChildProcessError:
-        pass
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-        with os.fdopen(said, "rb") as reading:
-            problem = reading.read().decode("utf-8", "replace").strip()
-    if stopped:
-        raise typer.Exit(0)  # asked to stop before it started: stopped, as asked
-    if problem:
-        fail(EXIT_CONFIG, f"database: {problem}")
+    child.append(pid)  # from here a stop signal stops the child too
+    if stopped:  # one came while forking
+        os.kill(pid, signal.SIGTERM)
+    _, waited = os.waitpid(pid, 0)  # retried by Python after a handled signal (PEP 475)
+    with os.fdopen(said, "rb") as reading:
+        problem = reading.read().decode("utf-8", "replace").strip()
+    return os.waitstatus_to_exitcode(waited), problem
 
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)

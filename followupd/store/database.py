@@ -164,22 +164,47 @@ def migrate(engine: sa.Engine) -> None:
 
     One migrator at a time: on PostgreSQL an advisory lock, on SQLite a lock file beside the
     database (six first commands at once on a new home must not all create the tables).
+    A migration is one transaction on either: stopped or killed halfway, it leaves the
+    schema as it was, never a column added under the old revision.
     """
-    with _sqlite_migration_lock(engine), engine.begin() as connection:
-        if connection.dialect.name == "postgresql":
-            connection.execute(
-                sa.text("SELECT pg_advisory_xact_lock(:id)"), {"id": _MIGRATION_LOCK}
-            )
-        if _current_revision(connection) == SCHEMA_HEAD:
-            return  # the usual case, and Alembic's import (0.2 s a command) is skipped
-        current, head = schema_state(connection)
-        if current == head:
-            return
-        from alembic import command
+    with _sqlite_migration_lock(engine):
+        with engine.begin() as connection:
+            if connection.dialect.name == "postgresql":
+                connection.execute(
+                    sa.text("SELECT pg_advisory_xact_lock(:id)"), {"id": _MIGRATION_LOCK}
+                )
+            if _current_revision(connection) == SCHEMA_HEAD:
+                return  # the usual case, and Alembic's import (0.2 s a command) is skipped
+            if connection.dialect.name == "postgresql":  # DDL is transactional there
+                _upgrade(connection)
+                return
+        _upgrade_sqlite(engine.url)
 
-        cfg = _alembic_config()
-        cfg.attributes["connection"] = connection
-        command.upgrade(cfg, "head")
+
+def _upgrade_sqlite(url: sa.URL) -> None:
+    """Upgrade a SQLite file in one explicit transaction: pysqlite would commit each
+    ALTER TABLE on its own, and a kill between two of them leaves a half-made schema."""
+    engine = sa.create_engine(
+        url, hide_parameters=True, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}
+    )
+    sa.event.listen(engine, "connect", _on_sqlite_connect)
+    _explicit_sqlite_transactions(engine)  # BEGIN IMMEDIATE: the write lock before reading
+    try:
+        with engine.begin() as connection:
+            _upgrade(connection)
+    finally:
+        engine.dispose()
+
+
+def _upgrade(connection: sa.Connection) -> None:
+    current, head = schema_state(connection)
+    if current == head:
+        return
+    from alembic import command
+
+    cfg = _alembic_config()
+    cfg.attributes["connection"] = connection
+    command.upgrade(cfg, "head")
 
 
 @contextmanager
