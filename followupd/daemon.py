@@ -339,7 +339,12 @@ class Daemon:
             return
         seconds = max(1.0, every.as_timedelta().total_seconds())
         now = self.engine.clock()
-        newest = newest_backup_time(self.settings.home / self.settings.config.backup.path)
+        folder = self.settings.home / self.settings.config.backup.path
+        try:
+            newest = newest_backup_time(folder, self.settings.database_url, now)
+        except OSError as exc:  # an unreadable folder: the first backup says why it fails
+            log.warning("backup folder not read", detail=_safe(exc))
+            newest = None
         first = now
         if newest is not None:
             turn = timedelta(seconds=seconds)

@@ -33,6 +33,7 @@ from followupd.store import (
     newest_backup_time,
     rotate,
 )
+from followupd.store.backup import backup_name
 
 RECEIVED = (date.today() - timedelta(days=10)).isoformat()
 OURS = re.compile(r"followupd-[0-9]{8}T[0-9]{6}Z(-[0-9]+)?\.sqlite3")
@@ -558,6 +559,121 @@ def test_a_name_that_only_looks_like_a_backup_does_not_upset_the_schedule(tmp_pa
     assert newest_backup_time(tmp_path) is None
     (tmp_path / "followupd-20261130T030000Z.sqlite3").write_text("x")
     assert newest_backup_time(tmp_path) == datetime(2026, 11, 30, 3, 0, tzinfo=UTC)
+
+
+HOSTILE_META = """
+CREATE VIEW meta AS WITH RECURSIVE r(key, value) AS (
+    SELECT 'x', 1 UNION ALL SELECT key, value + 1 FROM r
+) SELECT key, value FROM r
+"""
+
+
+def test_a_backup_named_file_with_a_view_that_never_ends_is_passed_over(filled, tmp_path):
+    """Anyone who can write to the backups folder can put a file there under our name:
+    reading its home id once ran for ever (a recursive `meta` view), and the backup, the
+    daemon's rotation with it, never finished."""
+    folder = filled / "backups"
+    folder.mkdir(mode=0o700)
+    hostile = folder / "followupd-20200101T000000Z.sqlite3"
+    with sqlite3.connect(hostile) as connection:
+        connection.execute(HOSTILE_META)
+    connection.close()
+    ran = run_cli("--home", str(filled), "backup", "--keep", "1", log_to=tmp_path, timeout=120)
+    assert ran.returncode == 0, ran.stderr
+    assert hostile.exists() and len(ours(folder)) == 2  # not ours to remove, nor a hang
+
+
+def test_keep_with_a_named_file_keeps_n_dated_backups(filled, tmp_path):
+    """--keep N counts the new backup only when it is one of the dated ones in the folder:
+    a backup written to a name of one's own choosing left N - 1."""
+    folder = tmp_path / "vault"
+    for _ in range(3):
+        assert followupd(filled, "backup", f"{folder}/")[0] == 0
+    code, out, err = followupd(
+        filled, "backup", str(folder / "before-upgrade.sqlite3"), "--keep", "2"
+    )
+    assert code == 0, err
+    assert len(ours(folder)) == 2 and (folder / "before-upgrade.sqlite3").exists()
+    assert "removed 1" in out
+
+
+def test_a_folder_named_like_a_journal_does_not_stop_rotation(filled, tmp_path):
+    folder = tmp_path / "vault"
+    for _ in range(2):
+        assert followupd(filled, "backup", f"{folder}/")[0] == 0
+    oldest = folder / ours(folder)[0]
+    Path(f"{oldest}-wal").mkdir()
+    code, _, err = followupd(filled, "backup", f"{folder}/", "--keep", "1")
+    assert code == 0, err
+    assert not oldest.exists() and Path(f"{oldest}-wal").is_dir() and len(ours(folder)) == 1
+
+
+def test_a_home_restored_from_our_copy_is_never_taken_for_a_backup(filled, tmp_path):
+    """A home restored from another's copy holds the same installation id: its database
+    must still never be written over by a backup, nor deleted by rotation."""
+    copy = tmp_path / "copy.sqlite3"
+    assert followupd(filled, "backup", str(copy))[0] == 0
+    twin = tmp_path / "twin"
+    assert run_cli("init", str(twin), log_to=tmp_path).returncode == 0
+    assert followupd(twin, "restore", str(copy), "--yes")[0] == 0
+    add_referrals(twin, ["T-1"])  # in use: the twin's own database now
+    before = digest(database(twin))
+    code, _, err = followupd(filled, "backup", str(database(twin)))
+    assert code == 2 and "not a backup of this database" in err, err
+    assert digest(database(twin)) == before
+
+
+def test_rotation_never_deletes_a_database_in_use_under_a_backup_name(tmp_path):
+    """A database kept in the backups folder under a dated name (a restore by hand with
+    cp) is in use, not a backup: --keep once deleted it."""
+    folder = tmp_path / "vault"
+    folder.mkdir()
+    live = folder / "followupd-20200101T000000Z.sqlite3"
+    url = f"sqlite:///{live}"
+    Store(url).close()
+    made = make_backup(url, default_target(folder), new=True)
+    assert rotate(folder, 1, made) == []
+    assert live.exists() and made.path.exists()
+
+
+def test_a_file_of_no_followupd_home_is_never_written_over(tmp_path):
+    """Two SQLite files without a home id (None == None) once passed for the same home."""
+    source, target = tmp_path / "app.sqlite3", tmp_path / "other.sqlite3"
+    for path in (source, target):
+        sqlite3.connect(path).execute("CREATE TABLE t (x)").connection.close()
+    before = digest(target)
+    with pytest.raises(BackupError, match="not a backup of this database"):
+        make_backup(f"sqlite:///{source}", target)
+    assert digest(target) == before
+
+
+def test_a_backup_is_not_written_through_a_symbolic_link(filled, tmp_path):
+    earlier = tmp_path / "earlier.sqlite3"
+    assert followupd(filled, "backup", str(earlier))[0] == 0
+    link = tmp_path / "latest.sqlite3"
+    link.symlink_to(earlier)
+    code, _, err = followupd(filled, "backup", str(link))
+    assert code == 2 and "symbolic link" in err, err
+    assert link.is_symlink()
+
+
+def test_the_schedule_counts_this_homes_backups_up_to_now(filled, tmp_path):
+    """The first scheduled backup is dated from the newest backup of this home made before
+    now: a name dated 9999 (once an overflow that stopped the daemon) or another home's
+    newer backup in a shared folder would put it off."""
+    url = f"sqlite:///{database(filled)}"
+    folder = tmp_path / "vault"
+    folder.mkdir()
+    mine = datetime(2026, 11, 1, 3, 0, tzinfo=UTC)
+    make_backup(url, folder / backup_name(mine))
+    make_backup(url, folder / backup_name(datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC)))
+    other = tmp_path / "other"
+    assert run_cli("init", str(other), log_to=tmp_path).returncode == 0
+    add_referrals(other, ["O-1"])
+    theirs = datetime(2026, 11, 20, 3, 0, tzinfo=UTC)
+    make_backup(f"sqlite:///{database(other)}", folder / backup_name(theirs))
+    assert newest_backup_time(folder, url) == mine
+    assert newest_backup_time(folder) == theirs  # any home's, as `status` may say
 
 
 def test_two_backups_racing_for_one_dated_name_keep_both(filled):

@@ -39,7 +39,7 @@ def test_preview_of_a_follow_up_that_does_not_exist(cli):
 
 
 def test_preview_shows_a_reminder_as_a_calendar_does(cli):
-    day = (date.today() - timedelta(days=3)).isoformat()
+    day = (date.today() - timedelta(days=7)).isoformat()
     assert cli("visit", "add", "--practice", "Lakeside Internal Medicine", "--on", day).code == 0
     assert cli("run", "--once").code == 0
     shown = cli("preview", "1")
@@ -99,7 +99,7 @@ def test_a_closing_note_without_a_summary_carries_no_placeholder(cli, home):
     import email.policy
 
     received = (date.today() - timedelta(days=10)).isoformat()
-    closed = (date.today() - timedelta(days=3)).isoformat()
+    closed = (date.today() - timedelta(days=7)).isoformat()
     added = cli(
         "referral", "add", "--ref", "R-1", "--physician", "Dr. Miriam Okafor",
         "--physician-email", "m.okafor@lakeside-im.example", "--client-name", "Ann Lee",

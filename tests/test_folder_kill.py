@@ -59,7 +59,7 @@ class Drop:
         return f"from {self.name}"
 
     def text(self) -> str:
-        day = (date.today() - timedelta(days=3)).isoformat()
+        day = (date.today() - timedelta(days=7)).isoformat()
         line = "{ref},{day},Dr. K{n},k{n}@clinic.example,Test Client,{focus}\n"
         return HEADER + "".join(
             line.format(ref=ref, day=day, n=i % 7, focus=self.focus)

