@@ -78,6 +78,25 @@ def test_a_migration_that_fails_halfway_leaves_the_schema_as_it_was(db_url):
     store.close()
 
 
+def test_a_migration_lock_held_too_long_is_said_not_waited_for_ever(tmp_path, monkeypatch):
+    """A process stuck while it migrates held every later command, silently, for ever."""
+    import fcntl
+
+    from followupd.store import database
+
+    path = tmp_path / "followupd.sqlite3"
+    Store(f"sqlite:///{path}").close()
+    monkeypatch.setattr(database, "MIGRATION_WAIT", 0.3)
+    held = os.open(f"{path}.migrate.lock", os.O_RDWR)
+    fcntl.flock(held, fcntl.LOCK_EX)
+    try:
+        with pytest.raises(StoreError, match=r"migrate\.lock for 0 s .*fuser"):
+            Store(f"sqlite:///{path}")
+    finally:
+        os.close(held)
+    Store(f"sqlite:///{path}").close()  # let go of, it is taken at once
+
+
 def test_schema_head_constant_names_the_newest_migration():
     """The fast "already migrated" check compares against SCHEMA_HEAD: a new migration must
     move it, or databases would never be upgraded."""

@@ -12,6 +12,7 @@ import fcntl
 import os
 import re
 import stat
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib.resources import files
@@ -21,6 +22,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+MIGRATION_WAIT = 300.0  # seconds a command waits for another one's migration of a SQLite file
 _MIGRATION_LOCK = 0x466F6C6C  # PostgreSQL advisory lock id: one migrator at a time
 SCHEMA_HEAD = "0009"  # the newest migration; tests/test_store.py checks it against Alembic
 
@@ -214,12 +216,31 @@ def _sqlite_migration_lock(engine: sa.Engine) -> Iterator[None]:
     if path is None:
         yield
         return
-    fd = os.open(f"{path}.migrate.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    lock = f"{path}.migrate.lock"
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        _wait_for_lock(fd, lock)
         yield
     finally:
         os.close(fd)  # closing releases the lock
+
+
+def _wait_for_lock(fd: int, lock: str) -> None:
+    """Take the migration lock, waiting up to MIGRATION_WAIT for another process's
+    migration to end; a lock held longer than that is a process stuck, said so."""
+    deadline = time.monotonic() + MIGRATION_WAIT
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                raise StoreError(
+                    f"another followupd process has held {lock} for {MIGRATION_WAIT:.0f} s "
+                    f"(a migration that does not end); find it with `fuser {lock}`, let it "
+                    "finish or stop it, then try again"
+                ) from None
+            time.sleep(0.05)
 
 
 class Store:
