@@ -583,6 +583,57 @@ def test_a_backup_named_file_with_a_view_that_never_ends_is_passed_over(filled, 
     assert hostile.exists() and len(ours(folder)) == 2  # not ours to remove, nor a hang
 
 
+def test_two_rotations_at_once_keep_the_newest_backup(filled):
+    """Two backups made before either rotated (the daemon's and a cron job's): each spared
+    only its own, so between them --keep 1 deleted both."""
+    url = f"sqlite:///{database(filled)}"
+    folder = filled / "backups"
+    first = make_backup(url, default_target(folder), new=True)
+    second = make_backup(url, default_target(folder), new=True)
+    rotate(folder, 1, first)
+    rotate(folder, 1, second)
+    assert backups_in(folder) == [second.path]
+
+
+def home_id(path: Path) -> str:
+    with sqlite3.connect(path) as connection:
+        row = connection.execute("SELECT value FROM meta WHERE key = 'installation_id'")
+        found = row.fetchone()[0]
+    connection.close()
+    return found
+
+
+def test_a_meta_that_computes_its_value_is_never_taken_for_ours(filled):
+    """A generated column passes for a table, and may compute anything (seconds, gigabytes,
+    or this home's very id): only stored values are read, so such a file is not ours and
+    rotation leaves it."""
+    folder = filled / "backups"
+    folder.mkdir(mode=0o700)
+    forged = folder / "followupd-20200101T000000Z.sqlite3"
+    with sqlite3.connect(forged) as connection:
+        connection.execute(
+            f"CREATE TABLE meta (key TEXT, value TEXT AS ('{home_id(database(filled))}'))"
+        )
+        connection.execute("INSERT INTO meta (key) VALUES ('installation_id')")
+    connection.close()
+    code, _, err = followupd(filled, "backup", "--keep", "1")
+    assert code == 0, err
+    assert forged.exists() and len(ours(folder)) == 2
+
+
+def test_reading_a_home_id_past_its_time_gives_up(filled, monkeypatch):
+    """The clock is looked at as SQLite reads: past the budget the read is abandoned, and
+    the file counts as no backup of ours (never an error, never a wait)."""
+    from followupd.store import backup
+
+    url = f"sqlite:///{database(filled)}"
+    made = make_backup(url, filled / "copy.sqlite3")
+    assert backup._installation(made.path) == home_id(database(filled))
+    monkeypatch.setattr(backup, "PROBE_SECONDS", -1.0)
+    monkeypatch.setattr(backup, "PROBE_STEPS", 1)
+    assert backup._installation(made.path) is None
+
+
 def test_keep_with_a_named_file_keeps_n_dated_backups(filled, tmp_path):
     """--keep N counts the new backup only when it is one of the dated ones in the folder:
     a backup written to a name of one's own choosing left N - 1."""

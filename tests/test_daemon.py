@@ -238,6 +238,56 @@ def test_a_daemon_stopped_while_it_migrates_leaves_no_migration_behind(home, tmp
         os.close(lock)
 
 
+STOPPED_AS_IT_FORKS = """
+import os, signal, subprocess, sys, time, types
+from followupd.commands import running
+
+real_fork = os.fork
+
+
+def slow_fork():  # the child is slow to set its own handlers; the stop comes meanwhile
+    pid = real_fork()
+    if pid == 0:
+        time.sleep(0.5)
+    else:
+        os.kill(os.getpid(), signal.SIGTERM)
+    return pid
+
+
+os.fork = slow_fork
+try:
+    running._migrate_apart(types.SimpleNamespace(database_url=sys.argv[1]), None)
+except BaseException as exc:
+    print(type(exc).__name__, getattr(exc, "exit_code", None))
+"""
+
+
+def test_a_stop_as_the_migration_child_is_forked_stops_it(tmp_path):
+    """A stop that reached the child before it set its own handlers ran the daemon's there,
+    which forwards to nobody: the child migrated on, waiting out a busy database (30 s)."""
+    path = tmp_path / "race.sqlite3"
+    Store(f"sqlite:///{path}").close()
+    engine = sa.create_engine(f"sqlite:///{path}")
+    with engine.begin() as connection:
+        alembic = _alembic_config()
+        alembic.attributes["connection"] = connection
+        command.downgrade(alembic, "-1")
+    engine.dispose()
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # the child would wait 30 s for this
+    try:
+        ran = subprocess.run(
+            [sys.executable, "-c", STOPPED_AS_IT_FORKS, f"sqlite:///{path}"],
+            capture_output=True,
+            text=True,
+            timeout=25,  # stopped while the holder still holds: not after its 30 s
+        )
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert ran.stdout.split() == ["Exit", "0"], ran.stderr[-2000:]
+
+
 @pytest.mark.slow  # 400 drafts, a kill and a restart: 10-25 s
 def test_a_killed_daemon_restarted_finishes_without_duplicates(home, db_url, tmp_path):
     set_poll(home)

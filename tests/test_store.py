@@ -97,6 +97,16 @@ def test_a_migration_lock_held_too_long_is_said_not_waited_for_ever(tmp_path, mo
     Store(f"sqlite:///{path}").close()  # let go of, it is taken at once
 
 
+@pytest.mark.parametrize("url", ["sqlite://", "sqlite:///:memory:"])
+def test_an_in_memory_database_is_migrated_too(url):
+    store = Store(url)
+    try:
+        tables = set(sa.inspect(store.engine).get_table_names())
+        assert {"referral", "follow_up", "alembic_version"} <= tables
+    finally:
+        store.close()
+
+
 def test_schema_head_constant_names_the_newest_migration():
     """The fast "already migrated" check compares against SCHEMA_HEAD: a new migration must
     move it, or databases would never be upgraded."""

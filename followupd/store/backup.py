@@ -52,11 +52,14 @@ RESTORE_TEMP = ".followupd-restore-"  # + random + ".tmp": a copy staged for a r
 SIDECARS = ("-journal", "-wal", "-shm")
 SQLITE_MAGIC = b"SQLite format 3\x00"
 WAL_HEADER = b"\x02\x02"  # header bytes 18-19 of a database in WAL mode (a backup: 1, 1)
+PLAIN_TABLE = re.compile(r"\s*CREATE\s+TABLE\s", re.IGNORECASE)  # not VIRTUAL, not a view
 LIVE_BESIDE = (".lock", ".migrate.lock", "-wal")  # beside a database followupd has opened
-# Reading the home id of a file in the backups folder, which anyone may have put there: a
-# `meta` view that recurses would run for ever, so SQLite is stopped after this many steps.
-PROBE_STEPS = 1000  # virtual machine steps between two looks
-PROBE_LOOKS = 5000  # 5M steps: a real meta table is read in a few hundred
+# Reading the home id of a file in the backups folder, which anyone may have put there:
+# only from a plain `meta` table (a view, a virtual table or a generated column could run
+# for ever or fill the memory), and abandoned past a time and a value size no real one nears.
+PROBE_STEPS = 1000  # SQLite virtual machine steps between two looks at the clock
+PROBE_SECONDS = 2.0  # a real meta table is read in well under a millisecond
+PROBE_LENGTH = 1 << 20  # bytes in any one value (an installation id is 32)
 # Ledger states a follow-up may leave for `done` after a backup was taken.
 UNFINISHED = ("planned", "held", "claimed", "waiting")
 
@@ -196,9 +199,10 @@ def newest_backup_time(
 
 def rotate(folder: Path, keep: int, made: Backup, now: datetime | None = None) -> list[Path]:
     """Delete our own backups of the same home as `made` in `folder` beyond the `keep`
-    newest, oldest first (a name dated in the future first of all), `made` counted among
-    them when it is one, and never `made` itself. Another home's backups in a shared folder,
-    a database in use and any other file are never touched. Returns what was deleted."""
+    newest, oldest first (a name dated in the future first of all), and never `made`
+    itself. A newer backup made meanwhile is among the newest (two rotations at once keep
+    it); another home's backups in a shared folder, a database in use and any other file
+    are never touched. Returns what was deleted."""
     if keep < 1:
         raise ValueError("keep at least one backup")
     if made.installation is None:
@@ -207,11 +211,12 @@ def rotate(folder: Path, keep: int, made: Backup, now: datetime | None = None) -
     found = [
         path
         for path in backups_in(folder, now)
-        if path.resolve() != kept and _backup_of(path, made.installation)
+        if path.resolve() == kept or _backup_of(path, made.installation)
     ]
-    counted = kept.parent == folder.resolve() and _when(made.path.name) is not None
     removed = []
-    for path in found[: max(0, len(found) - (keep - 1 if counted else keep))]:
+    for path in found[: max(0, len(found) - keep)]:
+        if path.resolve() == kept:
+            continue  # older than `keep` others made meanwhile: theirs to rotate, not ours
         with contextlib.suppress(FileNotFoundError):  # another rotation took it first
             path.unlink()
             removed.append(path)
@@ -255,21 +260,33 @@ def _installation(path: Path, *, live: bool = False) -> str | None:
 
 
 def _installation_of(connection: sqlite3.Connection) -> str | None:
-    """The id in `meta`, read within a bounded number of steps from a table, never a view."""
-    looks = iter(range(PROBE_LOOKS))
-    connection.set_progress_handler(lambda: next(looks, None) is None, PROBE_STEPS)
+    """The id in `meta`, read from a plain table of stored values, in bounded time and
+    memory; None for anything else."""
+    deadline = time.monotonic() + PROBE_SECONDS
+    connection.set_progress_handler(lambda: time.monotonic() > deadline, PROBE_STEPS)
+    length = connection.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, PROBE_LENGTH)
     try:
-        kind = connection.execute(
-            "SELECT type FROM sqlite_master WHERE name = 'meta' AND type = 'table'"
-        ).fetchone()
-        if kind is None:
+        if not _plain_meta(connection):
             return None
         row = connection.execute("SELECT value FROM meta WHERE key = 'installation_id'").fetchone()
-    except sqlite3.Error:  # not SQLite, damaged, no meta table, too long to read
+    except sqlite3.Error:  # not SQLite, damaged, too long or too large to read
         return None
     finally:
         connection.set_progress_handler(None, 0)
+        connection.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, length)
     return str(row[0]) if row and row[0] is not None else None
+
+
+def _plain_meta(connection: sqlite3.Connection) -> bool:
+    """`meta` is an ordinary table of two stored columns, key and value, as followupd makes
+    it: reading it computes nothing."""
+    made = connection.execute(
+        "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'meta'"
+    ).fetchone()
+    if made is None or not PLAIN_TABLE.match(str(made[0] or "")):
+        return False
+    columns = connection.execute("PRAGMA table_xinfo(meta)").fetchall()
+    return sorted((column[1], column[6]) for column in columns) == [("key", 0), ("value", 0)]
 
 
 def _regular(path: Path) -> bool:

@@ -177,8 +177,8 @@ def migrate(engine: sa.Engine) -> None:
                 )
             if _current_revision(connection) == SCHEMA_HEAD:
                 return  # the usual case, and Alembic's import (0.2 s a command) is skipped
-            if connection.dialect.name == "postgresql":  # DDL is transactional there
-                _upgrade(connection)
+            if _sqlite_path(engine.url) is None:  # PostgreSQL (transactional DDL), others,
+                _upgrade(connection)  # and SQLite in memory: no file another engine could open
                 return
         _upgrade_sqlite(engine.url)
 
