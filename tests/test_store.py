@@ -78,6 +78,39 @@ def test_a_migration_that_fails_halfway_leaves_the_schema_as_it_was(db_url):
     store.close()
 
 
+def test_a_migration_that_would_leave_dangling_references_is_not_made(tmp_path):
+    """Migrations run with foreign keys off (SQLite's way to rebuild a table without its
+    cascades firing), so what they point at is checked before the commit instead."""
+    import sqlite3
+
+    from alembic import command
+
+    from followupd.store.database import SCHEMA_HEAD, _alembic_config
+
+    path = tmp_path / "followupd.sqlite3"
+    url = f"sqlite:///{path}"
+    Store(url).close()
+    engine = sa.create_engine(url)
+    with engine.begin() as connection:
+        alembic = _alembic_config()
+        alembic.attributes["connection"] = connection
+        command.downgrade(alembic, "-1")
+    engine.dispose()
+    with sqlite3.connect(path) as connection:  # a release of a referral that is not there
+        connection.execute(
+            "INSERT INTO release (referral_id, recipient, granted_on, granted_by, created_at, "
+            "updated_at) VALUES (999, 'physician', '2026-01-01', 'cli', '2026-01-01', "
+            "'2026-01-01')"
+        )
+    connection.close()
+    with pytest.raises(StoreError, match="not made: 1 row of release "):
+        Store(url)
+    with sqlite3.connect(path) as connection:
+        revision = connection.execute("SELECT version_num FROM alembic_version").fetchone()
+    connection.close()
+    assert revision != (SCHEMA_HEAD,)
+
+
 def test_a_migration_lock_held_too_long_is_said_not_waited_for_ever(tmp_path, monkeypatch):
     """A process stuck while it migrates held every later command, silently, for ever."""
     import fcntl

@@ -190,12 +190,32 @@ def _upgrade_sqlite(url: sa.URL) -> None:
         url, hide_parameters=True, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}
     )
     sa.event.listen(engine, "connect", _on_sqlite_connect)
+    sa.event.listen(engine, "connect", _foreign_keys_off)
     _explicit_sqlite_transactions(engine)  # BEGIN IMMEDIATE: the write lock before reading
     try:
         with engine.begin() as connection:
             _upgrade(connection)
+            _no_dangling_references(connection)
     finally:
         engine.dispose()
+
+
+def _foreign_keys_off(dbapi_connection, _record) -> None:
+    """SQLite's own way to change a schema: foreign keys off (it cannot be turned off inside
+    the transaction), so a table rebuilt in batch mode does not cascade-delete the rows that
+    point at it when its old copy is dropped; checked before the commit instead."""
+    dbapi_connection.execute("PRAGMA foreign_keys = OFF")
+
+
+def _no_dangling_references(connection: sa.Connection) -> None:
+    dangling = connection.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
+    if dangling:
+        tables = ", ".join(sorted({str(row[0]) for row in dangling}))
+        raise StoreError(
+            f"the schema upgrade was not made: {len(dangling)} "
+            f"{'row' if len(dangling) == 1 else 'rows'} of {tables} would point at rows that "
+            "are not there; restore a backup, or ask for help with this database"
+        )
 
 
 def _upgrade(connection: sa.Connection) -> None:
