@@ -621,6 +621,20 @@ def test_a_meta_that_computes_its_value_is_never_taken_for_ours(filled):
     assert forged.exists() and len(ours(folder)) == 2
 
 
+def test_a_schema_larger_than_any_of_ours_is_not_parsed(filled):
+    """SQLite parses a file's whole schema before reading anything: a forged one (100 views
+    of 480,000 columns, 1 MiB each), beside a real meta table with this home's id, cost 24 s
+    and 4 GiB to parse. A statement longer than any of ours makes the file no backup."""
+    from followupd.store import backup
+
+    made = make_backup(f"sqlite:///{database(filled)}", filled / "copy.sqlite3")
+    assert backup._installation(made.path) == home_id(database(filled))
+    with sqlite3.connect(made.path) as connection:
+        connection.execute("CREATE VIEW wide AS SELECT " + ",".join(["1"] * 12_000))
+    connection.close()
+    assert backup._installation(made.path) is None
+
+
 def test_reading_a_home_id_past_its_time_gives_up(filled, monkeypatch):
     """The clock is looked at as SQLite reads: past the budget the read is abandoned, and
     the file counts as no backup of ours (never an error, never a wait)."""

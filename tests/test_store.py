@@ -78,17 +78,53 @@ def test_a_migration_that_fails_halfway_leaves_the_schema_as_it_was(db_url):
     store.close()
 
 
-def test_a_migration_that_would_leave_dangling_references_is_not_made(tmp_path):
-    """Migrations run with foreign keys off (SQLite's way to rebuild a table without its
-    cascades firing), so what they point at is checked before the commit instead."""
+def test_an_upgrade_over_a_reference_that_already_dangled_goes_through(tmp_path):
+    """A row whose parent was deleted by hand (the sqlite3 shell has foreign keys off) is
+    not the upgrade's doing: the upgrade must not refuse the database for it."""
     import sqlite3
-
-    from alembic import command
-
-    from followupd.store.database import SCHEMA_HEAD, _alembic_config
 
     path = tmp_path / "followupd.sqlite3"
     url = f"sqlite:///{path}"
+    _one_revision_back(url)
+    with sqlite3.connect(path) as connection:  # a release of a referral that is not there
+        connection.execute(ORPHAN_RELEASE)
+    connection.close()
+    Store(url).close()
+    with sqlite3.connect(path) as connection:
+        assert connection.execute("SELECT count(*) FROM release").fetchone() == (1,)
+    connection.close()
+
+
+def test_an_upgrade_that_would_leave_a_reference_dangling_is_refused(tmp_path):
+    """Migrations run with foreign keys off (SQLite's way to rebuild a table without its
+    cascades firing), so what a migration made point at nothing is refused before the
+    commit: here, a row made dangling between the two looks."""
+    from followupd.store.database import _dangling, _no_new_dangling
+
+    path = tmp_path / "followupd.sqlite3"
+    Store(f"sqlite:///{path}").close()
+    engine = sa.create_engine(f"sqlite:///{path}")
+    with engine.begin() as connection:
+        connection.exec_driver_sql("PRAGMA foreign_keys = OFF")
+        before = _dangling(connection)
+        connection.exec_driver_sql(ORPHAN_RELEASE)
+        with pytest.raises(StoreError, match="would leave 1 row of release pointing"):
+            _no_new_dangling(connection, before)
+        _no_new_dangling(connection, _dangling(connection))  # the same ones again: fine
+    engine.dispose()
+
+
+ORPHAN_RELEASE = (
+    "INSERT INTO release (referral_id, recipient, granted_on, granted_by, created_at, "
+    "updated_at) VALUES (999, 'physician', '2026-01-01', 'cli', '2026-01-01', '2026-01-01')"
+)
+
+
+def _one_revision_back(url: str) -> None:
+    from alembic import command
+
+    from followupd.store.database import _alembic_config
+
     Store(url).close()
     engine = sa.create_engine(url)
     with engine.begin() as connection:
@@ -96,19 +132,6 @@ def test_a_migration_that_would_leave_dangling_references_is_not_made(tmp_path):
         alembic.attributes["connection"] = connection
         command.downgrade(alembic, "-1")
     engine.dispose()
-    with sqlite3.connect(path) as connection:  # a release of a referral that is not there
-        connection.execute(
-            "INSERT INTO release (referral_id, recipient, granted_on, granted_by, created_at, "
-            "updated_at) VALUES (999, 'physician', '2026-01-01', 'cli', '2026-01-01', "
-            "'2026-01-01')"
-        )
-    connection.close()
-    with pytest.raises(StoreError, match="not made: 1 row of release "):
-        Store(url)
-    with sqlite3.connect(path) as connection:
-        revision = connection.execute("SELECT version_num FROM alembic_version").fetchone()
-    connection.close()
-    assert revision != (SCHEMA_HEAD,)
 
 
 def test_a_migration_lock_held_too_long_is_said_not_waited_for_ever(tmp_path, monkeypatch):
@@ -123,16 +146,22 @@ def test_a_migration_lock_held_too_long_is_said_not_waited_for_ever(tmp_path, mo
     held = os.open(f"{path}.migrate.lock", os.O_RDWR)
     fcntl.flock(held, fcntl.LOCK_EX)
     try:
-        with pytest.raises(StoreError, match=r"migrate\.lock for 0 s .*fuser"):
+        with pytest.raises(StoreError, match=r"waited 0 s for .*migrate\.lock: .*fuser"):
             Store(f"sqlite:///{path}")
     finally:
         os.close(held)
     Store(f"sqlite:///{path}").close()  # let go of, it is taken at once
 
 
-@pytest.mark.parametrize("url", ["sqlite://", "sqlite:///:memory:"])
-def test_an_in_memory_database_is_migrated_too(url):
+@pytest.mark.filterwarnings("ignore:Selection of the SingletonThreadPool")  # SQLAlchemy's
+@pytest.mark.parametrize(
+    "url",
+    ["sqlite://", "sqlite:///:memory:", "sqlite:///file:kept?mode=memory&cache=shared&uri=true"],
+)
+def test_an_in_memory_database_is_migrated_too(url, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     store = Store(url)
+    assert list(tmp_path.iterdir()) == []  # no file named after it
     try:
         tables = set(sa.inspect(store.engine).get_table_names())
         assert {"referral", "follow_up", "alembic_version"} <= tables

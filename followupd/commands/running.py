@@ -193,20 +193,22 @@ def _migrated_in_child(
     said, says = os.pipe()
     # Held back across the fork: in the child, a stop before its own handlers are set would
     # reach the daemon's (which forwards to nobody there), and be lost.
-    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     try:
         pid = os.fork()  # before the daemon starts any thread
-    except OSError:
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+    except BaseException as exc:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         os.close(said)
         os.close(says)
-        return None, ""
+        if isinstance(exc, OSError):
+            return None, ""
+        raise
     if pid == 0:
         status = 1
         try:
             for sig in STOP_SIGNALS:  # stopped by the daemon: its transaction rolls back
                 signal.signal(sig, signal.SIG_DFL)
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
             os.close(said)
             if lock is not None:
                 os.close(lock)
@@ -218,7 +220,7 @@ def _migrated_in_child(
             os._exit(status)  # anything else: the daemon's own store says it again
     os.close(says)
     child.append(pid)  # from here a stop signal stops the child too
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # one held back is handled now
+    signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # one held back is handled now
     if stopped:  # one handled before the fork
         os.kill(pid, signal.SIGTERM)
     _, waited = os.waitpid(pid, 0)  # retried by Python after a handled signal (PEP 475)

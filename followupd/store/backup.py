@@ -60,6 +60,9 @@ LIVE_BESIDE = (".lock", ".migrate.lock", "-wal")  # beside a database followupd 
 PROBE_STEPS = 1000  # SQLite virtual machine steps between two looks at the clock
 PROBE_SECONDS = 2.0  # a real meta table is read in well under a millisecond
 PROBE_LENGTH = 1 << 20  # bytes in any one value (an installation id is 32)
+# SQLite parses a file's whole schema before reading anything: followupd's longest
+# statement is under 1 KB; forged ones of 1 MiB each took 24 s and 4 GiB to parse.
+PROBE_SQL_LENGTH = 20_000
 # Ledger states a follow-up may leave for `done` after a backup was taken.
 UNFINISHED = ("planned", "held", "claimed", "waiting")
 
@@ -264,7 +267,11 @@ def _installation_of(connection: sqlite3.Connection) -> str | None:
     memory; None for anything else."""
     deadline = time.monotonic() + PROBE_SECONDS
     connection.set_progress_handler(lambda: time.monotonic() > deadline, PROBE_STEPS)
-    length = connection.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, PROBE_LENGTH)
+    limits = {
+        sqlite3.SQLITE_LIMIT_LENGTH: PROBE_LENGTH,
+        sqlite3.SQLITE_LIMIT_SQL_LENGTH: PROBE_SQL_LENGTH,
+    }
+    before = {limit: connection.setlimit(limit, value) for limit, value in limits.items()}
     try:
         if not _plain_meta(connection):
             return None
@@ -273,7 +280,8 @@ def _installation_of(connection: sqlite3.Connection) -> str | None:
         return None
     finally:
         connection.set_progress_handler(None, 0)
-        connection.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, length)
+        for limit, value in before.items():
+            connection.setlimit(limit, value)
     return str(row[0]) if row and row[0] is not None else None
 
 

@@ -40,7 +40,10 @@ def _alembic_config():
 
 
 def _sqlite_path(url: sa.URL) -> Path | None:
+    """The file behind a SQLite URL; None for another database or one in memory."""
     if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
+        return None
+    if url.query.get("mode") == "memory":  # sqlite:///file:name?mode=memory&uri=true
         return None
     return Path(url.database)
 
@@ -194,8 +197,9 @@ def _upgrade_sqlite(url: sa.URL) -> None:
     _explicit_sqlite_transactions(engine)  # BEGIN IMMEDIATE: the write lock before reading
     try:
         with engine.begin() as connection:
+            before = _dangling(connection)
             _upgrade(connection)
-            _no_dangling_references(connection)
+            _no_new_dangling(connection, before)
     finally:
         engine.dispose()
 
@@ -207,14 +211,22 @@ def _foreign_keys_off(dbapi_connection, _record) -> None:
     dbapi_connection.execute("PRAGMA foreign_keys = OFF")
 
 
-def _no_dangling_references(connection: sa.Connection) -> None:
-    dangling = connection.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
-    if dangling:
-        tables = ", ".join(sorted({str(row[0]) for row in dangling}))
+def _dangling(connection: sa.Connection) -> set[tuple]:
+    """Rows that point at rows that are not there: (table, rowid, parent table, key)."""
+    return {tuple(row) for row in connection.exec_driver_sql("PRAGMA foreign_key_check")}
+
+
+def _no_new_dangling(connection: sa.Connection, before: set[tuple]) -> None:
+    """Refuse an upgrade that left references dangling; ones the database already had (a
+    row deleted by hand in the sqlite3 shell, where foreign keys are off) are not its doing."""
+    new = _dangling(connection) - before
+    if new:
+        tables = ", ".join(sorted({str(row[0]) for row in new}))
         raise StoreError(
-            f"the schema upgrade was not made: {len(dangling)} "
-            f"{'row' if len(dangling) == 1 else 'rows'} of {tables} would point at rows that "
-            "are not there; restore a backup, or ask for help with this database"
+            f"the schema upgrade was not made: it would leave {len(new)} "
+            f"{'row' if len(new) == 1 else 'rows'} of {tables} pointing at rows that are not "
+            "there; this followupd cannot upgrade this database: report it, with the revision "
+            "`followupd status` shows"
         )
 
 
@@ -256,9 +268,9 @@ def _wait_for_lock(fd: int, lock: str) -> None:
         except BlockingIOError:
             if time.monotonic() >= deadline:
                 raise StoreError(
-                    f"another followupd process has held {lock} for {MIGRATION_WAIT:.0f} s "
-                    f"(a migration that does not end); find it with `fuser {lock}`, let it "
-                    "finish or stop it, then try again"
+                    f"waited {MIGRATION_WAIT:.0f} s for {lock}: another followupd process "
+                    f"holds it (a migration still running, or stuck); find it with `fuser "
+                    f"{lock}`, let it finish or stop it, then try again"
                 ) from None
             time.sleep(0.05)
 
