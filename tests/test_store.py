@@ -169,6 +169,25 @@ def test_an_in_memory_database_is_migrated_too(url, tmp_path, monkeypatch):
         store.close()
 
 
+@pytest.mark.filterwarnings("ignore:Query string argument")  # SQLAlchemy: mode without uri
+@pytest.mark.filterwarnings("ignore:Selection of the SingletonThreadPool")
+@pytest.mark.parametrize(
+    ("url", "made"),
+    [
+        ("sqlite:///file:kept?mode=memory", "file:kept"),  # no uri=true: a file by that name
+        ("sqlite:///file:real.sqlite3?uri=true", "real.sqlite3"),  # the file the URI names
+    ],
+)
+def test_a_sqlite_file_named_in_uri_form_is_the_one_made_private(url, made, tmp_path, monkeypatch):
+    """`mode=memory` is memory only as a URI; a URI names a file by its path: that file is
+    the database, made 0600 with its migration lock beside it, and no decoy is left."""
+    monkeypatch.chdir(tmp_path)
+    Store(url).close()
+    assert stat.S_IMODE((tmp_path / made).stat().st_mode) == 0o600
+    assert (tmp_path / f"{made}.migrate.lock").exists()
+    assert not (tmp_path / "file:real.sqlite3").exists()
+
+
 def test_schema_head_constant_names_the_newest_migration():
     """The fast "already migrated" check compares against SCHEMA_HEAD: a new migration must
     move it, or databases would never be upgraded."""

@@ -13,10 +13,12 @@ import os
 import re
 import stat
 import time
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib.resources import files
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
@@ -40,12 +42,19 @@ def _alembic_config():
 
 
 def _sqlite_path(url: sa.URL) -> Path | None:
-    """The file behind a SQLite URL; None for another database or one in memory."""
+    """The file behind a SQLite URL; None for another database or one in memory. With
+    `uri=true` the name is a `file:` URI (sqlite:///file:name.db?mode=ro&uri=true), whose
+    `mode=memory` is no file at all."""
     if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
         return None
-    if url.query.get("mode") == "memory":  # sqlite:///file:name?mode=memory&uri=true
-        return None
-    return Path(url.database)
+    name = url.database
+    if str(url.query.get("uri", "")).lower() in ("true", "1") and name.startswith("file:"):
+        if url.query.get("mode") == "memory":
+            return None
+        name = unquote(urlsplit(name).path)
+        if name in ("", ":memory:"):
+            return None
+    return Path(name)
 
 
 def _private_file(path: Path) -> None:
@@ -211,22 +220,26 @@ def _foreign_keys_off(dbapi_connection, _record) -> None:
     dbapi_connection.execute("PRAGMA foreign_keys = OFF")
 
 
-def _dangling(connection: sa.Connection) -> set[tuple]:
-    """Rows that point at rows that are not there: (table, rowid, parent table, key)."""
-    return {tuple(row) for row in connection.exec_driver_sql("PRAGMA foreign_key_check")}
+def _dangling(connection: sa.Connection) -> Counter[tuple[str, str]]:
+    """How many rows of each table point at rows of each parent that are not there (by
+    table and parent only: a batch rebuild may renumber rowids and foreign keys)."""
+    rows = connection.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
+    return Counter((str(row[0]), str(row[2])) for row in rows)
 
 
-def _no_new_dangling(connection: sa.Connection, before: set[tuple]) -> None:
+def _no_new_dangling(connection: sa.Connection, before: Counter[tuple[str, str]]) -> None:
     """Refuse an upgrade that left references dangling; ones the database already had (a
     row deleted by hand in the sqlite3 shell, where foreign keys are off) are not its doing."""
     new = _dangling(connection) - before
     if new:
-        tables = ", ".join(sorted({str(row[0]) for row in new}))
+        count = sum(new.values())
+        tables = ", ".join(sorted({table for table, _ in new}))
         raise StoreError(
-            f"the schema upgrade was not made: it would leave {len(new)} "
-            f"{'row' if len(new) == 1 else 'rows'} of {tables} pointing at rows that are not "
-            "there; this followupd cannot upgrade this database: report it, with the revision "
-            "`followupd status` shows"
+            f"the schema upgrade was not made: it would leave {count} "
+            f"{'row' if count == 1 else 'rows'} of {tables} pointing at rows that are not "
+            "there, most likely made from rows that already do (a row deleted by hand); "
+            "`sqlite3 DATABASE 'PRAGMA foreign_key_check'` lists those: mend or delete them, "
+            "then start followupd again"
         )
 
 
