@@ -47,6 +47,7 @@ from followupd.store import (
     make_backup,
     newest_backup_time,
     rotate,
+    sqlite_path,
 )
 from followupd.wakeup import WAKE_FILE
 
@@ -67,10 +68,10 @@ class AlreadyRunning(Exception):
 
 def single_daemon_lock(settings: Settings) -> int | None:
     """Hold an exclusive lock beside a SQLite database for the daemon's lifetime."""
-    url = sa.make_url(settings.database_url)
-    if url.get_backend_name() != "sqlite" or not url.database:
+    database = sqlite_path(sa.make_url(settings.database_url))
+    if database is None:  # another database, or SQLite in memory: no file to share
         return None
-    path = Path(url.database + ".lock")
+    path = Path(f"{database}.lock")
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)  # a new folder: private
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
@@ -79,7 +80,7 @@ def single_daemon_lock(settings: Settings) -> int | None:
         holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
         os.close(fd)
         raise AlreadyRunning(
-            f"another `followupd run` (pid {holder}) is already using {url.database}; one "
+            f"another `followupd run` (pid {holder}) is already using {database}; one "
             "daemon per SQLite database (use PostgreSQL to run several)",
             holder,
         ) from None

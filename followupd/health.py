@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from pathlib import Path
 
 import sqlalchemy as sa
 
@@ -22,6 +21,7 @@ from followupd.store import (
     health_facts,
     read_source_states,
     schema_state,
+    sqlite_path,
     write_meta,
 )
 from followupd.store.health import CREDENTIALS, HEARTBEAT
@@ -109,8 +109,8 @@ def _source_lines(settings: Settings) -> list[str]:
 def _read_facts(settings: Settings, now: datetime, verdict: Verdict):
     """(heartbeat, credentials states, due backlog, recent failures), or None when the
     database has nothing to judge (the verdict then says why)."""
-    url = sa.make_url(settings.database_url)
-    if url.get_backend_name() == "sqlite" and url.database and not Path(url.database).exists():
+    database = sqlite_path(sa.make_url(settings.database_url))
+    if database is not None and not database.exists():
         verdict.problems.append("no tick has completed yet (no database)")
         return None
     try:

@@ -6,6 +6,7 @@ import json
 import os
 import stat
 from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -181,9 +182,12 @@ def test_an_in_memory_database_is_migrated_too(url, tmp_path, monkeypatch):
 def test_a_sqlite_file_named_in_uri_form_is_the_one_made_private(url, made, tmp_path, monkeypatch):
     """`mode=memory` is memory only as a URI; a URI names a file by its path: that file is
     the database, made 0600 with its migration lock beside it, and no decoy is left."""
+    from followupd.store import sqlite_file
+
     monkeypatch.chdir(tmp_path)
     Store(url).close()
     assert stat.S_IMODE((tmp_path / made).stat().st_mode) == 0o600
+    assert sqlite_file(url) == Path(made)  # what a backup copies
     assert (tmp_path / f"{made}.migrate.lock").exists()
     assert not (tmp_path / "file:real.sqlite3").exists()
 

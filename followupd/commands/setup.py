@@ -24,7 +24,7 @@ from followupd.engine import auth_hint
 from followupd.permissions import make_private_dir, write_private
 from followupd.render import Templates
 from followupd.resources import default_config_dir, default_templates_dir
-from followupd.store import Store, StoreError, mask_url, schema_state
+from followupd.store import Store, StoreError, mask_url, schema_state, sqlite_path
 
 
 def init(
@@ -152,8 +152,9 @@ def _database_state(settings: configuration.Settings) -> str:
             "URL (e.g. sqlite:///followupd.sqlite3 or "
             "postgresql+psycopg://user@host/db)",
         )
-    if url.get_backend_name() == "sqlite" and url.database and not Path(url.database).exists():
-        return f"{url.database} does not exist yet; it is created on first use"
+    database = sqlite_path(url)
+    if database is not None and not database.exists():
+        return f"{database} does not exist yet; it is created on first use"
     try:
         engine = Store(settings.database_url, migrate_schema=False).engine
         with engine.connect() as connection:

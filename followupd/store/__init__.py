@@ -62,6 +62,7 @@ from followupd.store.database import (
     mask_url,
     migrate,
     schema_state,
+    sqlite_path,
 )
 from followupd.store.directory import (
     AmbiguousPhysician,
@@ -244,6 +245,7 @@ __all__ = [
     "rotate",
     "schema_state",
     "sqlite_file",
+    "sqlite_path",
     "staged_restore",
     "status_lines",
     "thank_you_facts",

@@ -37,7 +37,7 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from followupd.store.database import SQLITE_BUSY_TIMEOUT_MS, _alembic_config
+from followupd.store.database import SQLITE_BUSY_TIMEOUT_MS, _alembic_config, sqlite_path
 
 STEP_PAGES = 256  # pages copied per step (1 MiB at SQLite's 4 KiB pages)
 STEP_PAUSE = 0.005  # seconds between steps: the disk and the GIL go to the daemon's ticks
@@ -133,9 +133,10 @@ def sqlite_file(url: str) -> Path:
             else "that database's own tools"
         )
         raise NotSQLite(f"the database is {kind}, not a SQLite file: back it up with {tools}", kind)
-    if parsed.database in (None, "", ":memory:"):
+    path = sqlite_path(parsed)
+    if path is None:
         raise BackupError("the database is in memory: there is no file to back up")
-    return Path(parsed.database)
+    return path
 
 
 def backup_name(now: datetime, serial: int = 1) -> str:

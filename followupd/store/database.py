@@ -41,7 +41,7 @@ def _alembic_config():
     return cfg
 
 
-def _sqlite_path(url: sa.URL) -> Path | None:
+def sqlite_path(url: sa.URL) -> Path | None:
     """The file behind a SQLite URL; None for another database or one in memory. With
     `uri=true` the name is a `file:` URI (sqlite:///file:name.db?mode=ro&uri=true), whose
     `mode=memory` is no file at all."""
@@ -113,7 +113,7 @@ def create_engine(url: str) -> sa.Engine:
             f"database url {mask_url(url)!r} is not a SQLAlchemy URL "
             "(e.g. sqlite:///followupd.sqlite3 or postgresql+psycopg://host/db)"
         ) from None
-    path = _sqlite_path(parsed)
+    path = sqlite_path(parsed)
     if path is not None:
         _private_file(path)
         engine = sa.create_engine(
@@ -189,7 +189,7 @@ def migrate(engine: sa.Engine) -> None:
                 )
             if _current_revision(connection) == SCHEMA_HEAD:
                 return  # the usual case, and Alembic's import (0.2 s a command) is skipped
-            if _sqlite_path(engine.url) is None:  # PostgreSQL (transactional DDL), others,
+            if sqlite_path(engine.url) is None:  # PostgreSQL (transactional DDL), others,
                 _upgrade(connection)  # and SQLite in memory: no file another engine could open
                 return
         _upgrade_sqlite(engine.url)
@@ -257,7 +257,7 @@ def _upgrade(connection: sa.Connection) -> None:
 @contextmanager
 def _sqlite_migration_lock(engine: sa.Engine) -> Iterator[None]:
     """Hold `<database>.migrate.lock` while checking and migrating a SQLite file."""
-    path = _sqlite_path(engine.url)
+    path = sqlite_path(engine.url)
     if path is None:
         yield
         return
