@@ -116,11 +116,7 @@ def create_engine(url: str) -> sa.Engine:
     path = sqlite_path(parsed)
     if path is not None:
         _private_file(path)
-        engine = sa.create_engine(
-            parsed, hide_parameters=True, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}
-        )
-        sa.event.listen(engine, "connect", _on_sqlite_connect)
-        return engine
+        return _sqlite_engine(parsed)
     try:
         return sa.create_engine(parsed, pool_pre_ping=True, hide_parameters=True)
     except ModuleNotFoundError as exc:
@@ -128,6 +124,15 @@ def create_engine(url: str) -> sa.Engine:
             f"no driver for {parsed.drivername} ({exc.name} is not installed; "
             "for PostgreSQL: pip install 'followupd[postgres]')"
         ) from None
+
+
+def _sqlite_engine(url: sa.URL) -> sa.Engine:
+    """A SQLite file's engine: parameters hidden, the busy timeout, WAL, foreign keys on."""
+    engine = sa.create_engine(
+        url, hide_parameters=True, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}
+    )
+    sa.event.listen(engine, "connect", _on_sqlite_connect)
+    return engine
 
 
 def _explicit_sqlite_transactions(engine: sa.Engine) -> None:
@@ -198,11 +203,8 @@ def migrate(engine: sa.Engine) -> None:
 def _upgrade_sqlite(url: sa.URL) -> None:
     """Upgrade a SQLite file in one explicit transaction: pysqlite would commit each
     ALTER TABLE on its own, and a kill between two of them leaves a half-made schema."""
-    engine = sa.create_engine(
-        url, hide_parameters=True, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}
-    )
-    sa.event.listen(engine, "connect", _on_sqlite_connect)
-    sa.event.listen(engine, "connect", _foreign_keys_off)
+    engine = _sqlite_engine(url)
+    sa.event.listen(engine, "connect", _foreign_keys_off)  # after the one that turns them on
     _explicit_sqlite_transactions(engine)  # BEGIN IMMEDIATE: the write lock before reading
     try:
         with engine.begin() as connection:
